@@ -1,0 +1,1 @@
+"""Example networks built from poolexport layers (installed as poolexport.models)."""

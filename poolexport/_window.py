@@ -1,0 +1,220 @@
+"""ONNX pooling windows: one definition of shapes, padding and window contents.
+
+Every backend (the PyTorch ops, the ONNX decomposition, the C++/CUDA kernels) follows
+exactly these rules, which are those of ONNX ``AveragePool``/``MaxPool`` as ONNX Runtime
+implements them:
+
+* ``pads`` is ``[begin_1..begin_k, end_1..end_k]``; padded positions are never part of a
+  window (``count_include_pad=0``); a window with no valid position outputs 0.
+* ``auto_pad`` NOTSET uses ``pads``; VALID uses no padding; SAME_UPPER/SAME_LOWER give
+  ``out = ceil(in / stride)`` and split the total padding with the extra element at the
+  end (UPPER) or at the beginning (LOWER). ``ceil_mode`` only matters for NOTSET.
+* NOTSET: ``out = floor_or_ceil((in + pad_b + pad_e - ((k - 1) * d + 1)) / s) + 1``;
+  with ``ceil_mode`` a last window that would start past the input and the begin padding
+  is dropped (PyTorch's and ONNX Runtime's rule).
+* Window positions are enumerated row-major over the kernel (last axis fastest). The
+  stochastic pick relies on this order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Validated pooling attributes for ``k`` spatial axes (all tuples have length k)."""
+
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # 2k: begins then ends
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    auto_pad: str = "NOTSET"
+
+    @property
+    def rank(self) -> int:
+        return len(self.kernel_shape)
+
+    def resolve(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Output spatial shape and effective begin pads for an input's spatial shape."""
+        return _resolve(self, tuple(int(s) for s in spatial))
+
+
+def _tuple(value, k: int, name: str, op: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * k
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value * k
+    if len(value) != k:
+        raise ValueError(f"{op}: {name} must have 1 or {k} values, got {list(value)}")
+    return value
+
+
+def make_window_spec(
+    op: str,
+    k: int,
+    kernel_shape,
+    strides=None,
+    pads=0,
+    dilations=1,
+    ceil_mode: bool = False,
+    auto_pad: str = "NOTSET",
+) -> WindowSpec:
+    """Build a WindowSpec from PyTorch-style or ONNX-style arguments, validating them.
+
+    ``pads`` may be an int, k symmetric values (PyTorch ``padding``) or 2k ONNX values.
+    """
+    if k not in (1, 2, 3):
+        raise ValueError(f"{op}: only 1-D, 2-D and 3-D pooling is supported, got {k}-D")
+    kernel = _tuple(kernel_shape, k, "kernel_size", op)
+    stride = kernel if strides is None or (not isinstance(strides, int) and len(strides) == 0) else _tuple(strides, k, "stride", op)
+    if isinstance(pads, int):
+        pad = (pads,) * (2 * k)
+    else:
+        pads = tuple(int(p) for p in pads)
+        if len(pads) == 2 * k:
+            pad = pads
+        else:
+            sym = _tuple(pads, k, "padding", op)
+            pad = sym + sym
+    dil = _tuple(dilations, k, "dilation", op)
+    if auto_pad not in AUTO_PADS:
+        raise ValueError(f"{op}: auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
+    if any(v <= 0 for v in kernel):
+        raise ValueError(f"{op}: kernel_size must be positive, got {list(kernel)}")
+    if any(v <= 0 for v in stride):
+        raise ValueError(f"{op}: stride must be positive, got {list(stride)}")
+    if any(v <= 0 for v in dil):
+        raise ValueError(f"{op}: dilation must be positive, got {list(dil)}")
+    if any(v < 0 for v in pad):
+        raise ValueError(f"{op}: padding must be non-negative, got {list(pad)}")
+    return WindowSpec(kernel, stride, pad, dil, bool(ceil_mode), auto_pad)
+
+
+def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int, ceil_mode: bool, auto_pad: str):
+    """Output size and effective begin pad of one spatial axis.
+
+    Written without Python branches on ``n`` so that it also works on symbolic sizes
+    (torch.export with dynamic spatial dims); validation happens in ``_resolve``.
+    """
+    span = (kernel - 1) * dilation + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = (n + stride - 1) // stride
+        total = torch.sym_max(0, (out - 1) * stride + span - n)
+        begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        return out, begin
+    if auto_pad == "VALID":
+        return (n - span) // stride + 1, 0
+    room = n + pad_begin + pad_end - span
+    if not ceil_mode:
+        return room // stride + 1, pad_begin
+    out = (room + stride - 1) // stride + 1
+    # a last window starting in the end padding is dropped (PyTorch / ONNX Runtime rule)
+    return torch.sym_ite((out - 1) * stride >= n + pad_begin, out - 1, out), pad_begin
+
+
+@lru_cache(maxsize=512)
+def _resolve(spec: WindowSpec, spatial: tuple[int, ...]):
+    k = spec.rank
+    if len(spatial) != k:
+        raise ValueError(f"input has {len(spatial)} spatial axes, the window has {k}")
+    out, begin = [], []
+    for i in range(k):
+        n, kk, d = spatial[i], spec.kernel_shape[i], spec.dilations[i]
+        span = (kk - 1) * d + 1
+        padded = n if spec.auto_pad != "NOTSET" else n + spec.pads[i] + spec.pads[k + i]
+        if spec.auto_pad in ("NOTSET", "VALID") and span > padded:
+            raise ValueError(
+                f"kernel_size: window span {span} exceeds the padded input size {padded} on spatial axis {i}"
+            )
+        o, b = axis_output(n, kk, spec.strides[i], spec.pads[i], spec.pads[k + i], d, spec.ceil_mode, spec.auto_pad)
+        out.append(int(o))
+        begin.append(int(b))
+    return tuple(out), tuple(begin)
+
+
+def output_spatial(spec: WindowSpec, spatial) -> list:
+    """Output spatial sizes; accepts symbolic sizes (no validation)."""
+    k = spec.rank
+    return [
+        axis_output(spatial[i], spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i],
+                    spec.dilations[i], spec.ceil_mode, spec.auto_pad)[0]
+        for i in range(k)
+    ]
+
+
+def window_index(spec: WindowSpec, spatial: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices of every window into the flattened input.
+
+    Returns ``(index, valid)`` of shape ``(P, K)``: P output positions (row-major), K
+    kernel positions (row-major). Invalid (padded) positions index ``L`` = the number of
+    input positions, a sentinel column the caller appends.
+    """
+    spatial = tuple(int(s) for s in spatial)
+    out, begin = spec.resolve(spatial)
+    return _window_index_cached(spec, spatial, out, begin, str(device or "cpu"))
+
+
+@lru_cache(maxsize=128)
+def _window_index_cached(spec, spatial, out, begin, device):
+    k = spec.rank
+    # coordinate of (output o, kernel j) on axis i: o*s - b + j*d
+    coords, valid = [], None
+    for i in range(k):
+        o = torch.arange(out[i], dtype=torch.int64) * spec.strides[i] - begin[i]
+        j = torch.arange(spec.kernel_shape[i], dtype=torch.int64) * spec.dilations[i]
+        c = o[:, None] + j[None, :]  # (out_i, kernel_i)
+        coords.append(c)
+    # broadcast to (out_1..out_k, kernel_1..kernel_k)
+    flat = torch.zeros((), dtype=torch.int64)
+    valid = torch.ones((), dtype=torch.bool)
+    for i in range(k):
+        shape = [1] * (2 * k)
+        shape[i] = out[i]
+        shape[k + i] = spec.kernel_shape[i]
+        c = coords[i].reshape(shape)
+        valid = valid & (c >= 0) & (c < spatial[i])
+        flat = flat * spatial[i] + c.clamp(0, spatial[i] - 1)
+    total = 1
+    for n in spatial:
+        total *= n
+    P = 1
+    for o in out:
+        P *= o
+    K = 1
+    for kk in spec.kernel_shape:
+        K *= kk
+    flat = torch.where(valid, flat, torch.full_like(flat, total)).reshape(P, K)
+    return flat.to(device), valid.reshape(P, K).to(device)
+
+
+def reduce_layout(shape: Sequence[int], axes: Sequence[int] | None, keepdims: bool, op: str):
+    """Normalise reduction axes (ReduceMean's meaning; None or empty = all axes).
+
+    Returns ``(axes, permutation, kept_shape, out_shape)`` where the permutation moves the
+    kept axes first and the reduced axes (ascending, so window order is row-major over
+    them) last.
+    """
+    r = len(shape)
+    if axes is None or len(axes) == 0:
+        axes = tuple(range(r))
+    norm = []
+    for a in axes:
+        a = int(a)
+        if not -r <= a < r:
+            raise ValueError(f"{op}: axis {a} is out of range for a {r}-D input")
+        norm.append(a % r)
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"{op}: axes contain duplicates: {list(axes)}")
+    red = tuple(sorted(norm))
+    kept = tuple(i for i in range(r) if i not in red)
+    kept_shape = tuple(shape[i] for i in kept)
+    out_shape = tuple(1 if i in red else shape[i] for i in range(r)) if keepdims else kept_shape
+    return red, kept + red, kept_shape, out_shape

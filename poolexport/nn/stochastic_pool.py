@@ -1,0 +1,77 @@
+"""Stochastic pooling modules (Zeiler and Fergus, ICLR 2013).
+
+"Stochastic Pooling for Regularization of Deep Convolutional Neural Networks": in
+training each window outputs one activation drawn with probability p_i = a_i / sum(a)
+(activations assumed non-negative; negatives count as 0); in evaluation it outputs the
+probabilistic weighting sum(p_i a_i). Picks come from a counter-based generator
+(``poolexport._philox``) keyed by the seed and the output element, so they are
+reproducible on every backend.
+
+``seed=None`` draws a fresh seed from torch's global generator at every training
+forward (reproducible under ``torch.manual_seed``); an int fixes it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .. import functional as F
+
+_Size = Union[int, Sequence[int]]
+
+
+def _draw_seed(seed: Optional[int]) -> int:
+    if seed is not None:
+        return int(seed)
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+class _StochasticPoolNd(nn.Module):
+    _fn = None
+
+    def __init__(self, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
+                 dilation: _Size = 1, ceil_mode: bool = False, seed: Optional[int] = None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode, self.seed = dilation, ceil_mode, seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                  mode="sample", seed=_draw_seed(self.seed))
+        return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              mode="expectation")
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, seed={self.seed}")
+
+
+class StochasticPool1d(_StochasticPoolNd):
+    _fn = staticmethod(F.stochastic_pool1d)
+
+
+class StochasticPool2d(_StochasticPoolNd):
+    _fn = staticmethod(F.stochastic_pool2d)
+
+
+class StochasticPool3d(_StochasticPoolNd):
+    _fn = staticmethod(F.stochastic_pool3d)
+
+
+class StochasticPoolReduce(nn.Module):
+    """Stochastic pooling over whole axes (global, or across channels in CBAM)."""
+
+    def __init__(self, dim=None, keepdim: bool = False, seed: Optional[int] = None):
+        super().__init__()
+        self.dim, self.keepdim, self.seed = dim, keepdim, seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.stochastic_pool_reduce(x, self.dim, self.keepdim, "sample", _draw_seed(self.seed))
+        return F.stochastic_pool_reduce(x, self.dim, self.keepdim, "expectation")
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}, seed={self.seed}"

@@ -1,0 +1,70 @@
+"""Turn an input into a (..., P, K) tensor of windows and scatter gradients back.
+
+Both the windowed form (kernel over spatial axes) and the reduction form (over chosen
+axes) become the same thing: rows of K values, some of them padding. The per-window math
+in ``soft_pool.py`` and ``stochastic_pool.py`` then never looks at shapes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .._window import WindowSpec, make_window_spec, reduce_layout, window_index
+
+
+def spec_from_attrs(op, x_dim, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad) -> WindowSpec:
+    k = x_dim - 2
+    if k not in (1, 2, 3):
+        raise ValueError(f"{op}: input must be N x C x D1..Dk with k in 1..3 (rank 3-5), got rank {x_dim}")
+    if len(kernel_shape) != k:
+        raise ValueError(f"{op}: kernel_shape has {len(kernel_shape)} values for a {k}-D input")
+    for name, v, n in (("strides", strides, k), ("dilations", dilations, k), ("pads", pads, 2 * k)):
+        if len(v) not in (0, n):
+            raise ValueError(f"{op}: {name} must have {n} values, got {list(v)}")
+    return make_window_spec(
+        op, k, list(kernel_shape), list(strides) or None, list(pads) or 0, list(dilations) or 1, ceil_mode, auto_pad
+    )
+
+
+def gather_windows(x: torch.Tensor, spec: WindowSpec, fill: float = 0.0):
+    """Returns ``(windows (N, C, P, K), valid (P, K), out_spatial)``; padding holds ``fill``."""
+    n, c, *spatial = x.shape
+    out, _ = spec.resolve(spatial)
+    index, valid = window_index(spec, spatial, x.device)
+    flat = x.reshape(n, c, -1)
+    flat = torch.cat([flat, flat.new_full((n, c, 1), fill)], dim=-1)
+    windows = flat[:, :, index]
+    return windows, valid, tuple(out)
+
+
+def scatter_windows(grad_windows: torch.Tensor, x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+    """Adjoint of gather_windows: sum each window position's gradient into its input."""
+    n, c, *spatial = x.shape
+    index, _ = window_index(spec, spatial, x.device)
+    total = 1
+    for s in spatial:
+        total *= s
+    grad = grad_windows.new_zeros((n, c, total + 1))
+    grad.index_add_(-1, index.reshape(-1), grad_windows.reshape(n, c, -1))
+    return grad[..., :total].reshape(x.shape)
+
+
+def reduce_windows(x: torch.Tensor, axes: Sequence[int] | None, keepdims: bool, op: str):
+    """Returns ``(windows (M, K), out_shape)`` for a reduction over ``axes``."""
+    _, perm, kept_shape, out_shape = reduce_layout(tuple(x.shape), axes, keepdims, op)
+    m = 1
+    for s in kept_shape:
+        m *= s
+    windows = x.permute(perm).reshape(m, -1)
+    return windows, out_shape
+
+
+def unreduce_windows(grad_windows: torch.Tensor, x: torch.Tensor, axes, keepdims: bool, op: str) -> torch.Tensor:
+    """Adjoint of reduce_windows."""
+    _, perm, _, _ = reduce_layout(tuple(x.shape), axes, keepdims, op)
+    permuted_shape = [x.shape[p] for p in perm]
+    inverse = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    return grad_windows.reshape(permuted_shape).permute(inverse).contiguous()

@@ -1,0 +1,164 @@
+"""SoftPool as torch.library custom ops (Stergiou et al., ICCV 2021).
+
+y = sum_i w_i a_i with w = softmax(beta * a) over the window's valid positions. Computed
+stably: the window maximum of beta * a is subtracted before exp, so any finite input
+gives a finite output. beta = 0 is average pooling (padding excluded); beta -> inf
+approaches max pooling. An all-padding window outputs 0.
+
+Gradient (exact, including the weights' derivative):
+    dy/da_j = w_j * (1 + beta * (a_j - y)).
+
+Schemas use the ONNX attribute names of the ``poolexport`` domain (see poolexport.onnx),
+so an exported node carries exactly the op's arguments.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._window import output_spatial
+from ._windows import gather_windows, reduce_windows, scatter_windows, spec_from_attrs, unreduce_windows
+from ._windows import reduce_layout
+
+OP = "SoftPool"
+REDUCE_OP = "ReduceSoftPool"
+
+
+def _check_input(op: str, x: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{op}: input must be a floating-point tensor, got {x.dtype}")
+
+
+def _weights(windows: torch.Tensor, valid: Optional[torch.Tensor], beta: float):
+    """Normalised softmax weights (float32 or wider) over the last axis."""
+    z = windows * beta
+    if valid is not None:
+        z = z.masked_fill(~valid, float("-inf"))
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-padding rows
+    e = torch.exp(z - m)
+    s = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # float16/bfloat16 accumulate in float32, as the kernels do
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def soft_pool_windows(windows, valid, beta):
+    w = _weights(windows, valid, beta)
+    return (w * windows).sum(dim=-1)
+
+
+def soft_pool_windows_backward(grad, windows, valid, beta):
+    w = _weights(windows, valid, beta)
+    y = (w * windows).sum(dim=-1, keepdim=True)
+    return grad.unsqueeze(-1) * w * (1 + beta * (windows - y))
+
+
+# ---------------------------------------------------------------- windowed form
+@torch.library.custom_op("poolexport::soft_pool", mutates_args=())
+def soft_pool(
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    beta: float,
+) -> torch.Tensor:
+    _check_input(OP, X)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    xc = X.to(_compute_dtype(X))
+    windows, valid, out = gather_windows(xc, spec)
+    y = soft_pool_windows(windows, valid, beta)
+    return y.reshape(X.shape[0], X.shape[1], *out).to(X.dtype)
+
+
+@torch.library.custom_op("poolexport::soft_pool_backward", mutates_args=())
+def soft_pool_backward(
+    grad: torch.Tensor,
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    beta: float,
+) -> torch.Tensor:
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    dt = _compute_dtype(X)
+    xc = X.to(dt)
+    windows, valid, _ = gather_windows(xc, spec)
+    g = grad.to(dt).reshape(windows.shape[:-1])
+    gw = soft_pool_windows_backward(g, windows, valid, beta) * valid
+    return scatter_windows(gw, xc, spec).to(X.dtype)
+
+
+def _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return X.new_empty((X.shape[0], X.shape[1], *output_spatial(spec, X.shape[2:])))
+
+
+@soft_pool.register_fake
+def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+    return _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+
+
+@soft_pool_backward.register_fake
+def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+    return torch.empty_like(X)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.attrs = inputs[1:]
+
+
+def _backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return (soft_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+
+
+soft_pool.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- reduction form
+@torch.library.custom_op("poolexport::reduce_soft_pool", mutates_args=())
+def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float) -> torch.Tensor:
+    _check_input(REDUCE_OP, X)
+    windows, out_shape = reduce_windows(X.to(_compute_dtype(X)), axes, keepdims, REDUCE_OP)
+    return soft_pool_windows(windows, None, beta).reshape(out_shape).to(X.dtype)
+
+
+@torch.library.custom_op("poolexport::reduce_soft_pool_backward", mutates_args=())
+def reduce_soft_pool_backward(
+    grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float
+) -> torch.Tensor:
+    dt = _compute_dtype(X)
+    windows, _ = reduce_windows(X.to(dt), axes, keepdims, REDUCE_OP)
+    gw = soft_pool_windows_backward(grad.to(dt).reshape(-1), windows, None, beta)
+    return unreduce_windows(gw, X, axes, keepdims, REDUCE_OP).to(X.dtype)
+
+
+@reduce_soft_pool.register_fake
+def _(X, axes, keepdims, beta):
+    _, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+    return X.new_empty(out_shape)
+
+
+@reduce_soft_pool_backward.register_fake
+def _(grad, X, axes, keepdims, beta):
+    return torch.empty_like(X)
+
+
+def _reduce_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return (reduce_soft_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+
+
+reduce_soft_pool.register_autograd(_reduce_backward, setup_context=_setup)

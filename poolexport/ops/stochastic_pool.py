@@ -1,0 +1,185 @@
+"""Stochastic pooling as torch.library custom ops (Zeiler and Fergus, ICLR 2013).
+
+With r = max(a, 0) over a window's valid positions and p_i = r_i / sum(r):
+
+* ``mode="sample"`` picks one a_i with probability p_i, using the counter-based
+  generator of ``poolexport._philox`` keyed by ``seed`` and the output element's index,
+  so every backend makes the same picks. The gradient flows to the picked element.
+* ``mode="expectation"`` (inference) returns sum(p_i * a_i) = sum(r^2) / sum(r), with
+  gradient [a_j > 0] * (2 r_j - y) / sum(r).
+
+A window whose r sums to 0 (all zero, negative or padding) outputs 0 with zero gradient.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._philox import uniform_for_elements
+from ._windows import gather_windows, reduce_layout, reduce_windows, scatter_windows, spec_from_attrs, unreduce_windows
+from .soft_pool import _check_input, _compute_dtype, _setup, _windowed_fake
+
+OP = "StochasticPool"
+REDUCE_OP = "ReduceStochasticPool"
+MODES = ("expectation", "sample")
+
+
+def _check_mode(op: str, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+
+
+def sample_positions(r: torch.Tensor, seed: int) -> torch.Tensor:
+    """Index of the picked position in each row of r (M, K), float32; -1 if sum(r) == 0.
+
+    Sequential float32 prefix sums, exactly as the C++/CUDA kernels compute them (a
+    vectorised cumsum could reassociate and change a pick).
+    """
+    m, k = r.shape
+    u = uniform_for_elements(seed, m, r.device)
+    total = torch.zeros(m, dtype=torch.float32, device=r.device)
+    for j in range(k):
+        total = total + r[:, j]
+    t = u * total
+    pick = torch.full((m,), -1, dtype=torch.int64, device=r.device)
+    last_positive = torch.full((m,), -1, dtype=torch.int64, device=r.device)
+    cum = torch.zeros_like(total)
+    for j in range(k):
+        cum = cum + r[:, j]
+        pick = torch.where((pick < 0) & (cum > t), torch.full_like(pick, j), pick)
+        last_positive = torch.where(r[:, j] > 0, torch.full_like(pick, j), last_positive)
+    pick = torch.where(pick < 0, last_positive, pick)
+    return torch.where(total > 0, pick, torch.full_like(pick, -1))
+
+
+def _rows(windows: torch.Tensor) -> torch.Tensor:
+    return windows.reshape(-1, windows.shape[-1])
+
+
+def stochastic_windows(windows, mode, seed):
+    """windows (..., K) with padding as 0 -> (...)."""
+    r = windows.clamp_min(0)
+    if mode == "expectation":
+        s1 = r.sum(-1)
+        s2 = (r * r).sum(-1)
+        return torch.where(s1 > 0, s2 / torch.where(s1 > 0, s1, torch.ones_like(s1)), torch.zeros_like(s1))
+    rows = _rows(r.to(torch.float32))
+    pick = sample_positions(rows, seed)
+    picked = _rows(windows).gather(1, pick.clamp_min(0)[:, None])[:, 0]
+    picked = torch.where(pick >= 0, picked, torch.zeros_like(picked))
+    return picked.reshape(windows.shape[:-1])
+
+
+def stochastic_windows_backward(grad, windows, mode, seed):
+    r = windows.clamp_min(0)
+    if mode == "expectation":
+        s1 = r.sum(-1, keepdim=True)
+        s2 = (r * r).sum(-1, keepdim=True)
+        safe = torch.where(s1 > 0, s1, torch.ones_like(s1))
+        y = s2 / safe
+        g = (windows > 0) * (2 * r - y) / safe
+        return grad.unsqueeze(-1) * torch.where(s1 > 0, g, torch.zeros_like(g))
+    pick = sample_positions(_rows(r.to(torch.float32)), seed)
+    onehot = torch.zeros_like(_rows(windows))
+    hit = pick >= 0
+    onehot[hit, pick[hit]] = 1
+    return grad.unsqueeze(-1) * onehot.reshape(windows.shape)
+
+
+# ---------------------------------------------------------------- windowed form
+@torch.library.custom_op("poolexport::stochastic_pool", mutates_args=())
+def stochastic_pool(
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    mode: str,
+    seed: int,
+) -> torch.Tensor:
+    _check_input(OP, X)
+    _check_mode(OP, mode)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    windows, _, out = gather_windows(X.to(_compute_dtype(X)), spec)
+    y = stochastic_windows(windows, mode, seed)
+    return y.reshape(X.shape[0], X.shape[1], *out).to(X.dtype)
+
+
+@torch.library.custom_op("poolexport::stochastic_pool_backward", mutates_args=())
+def stochastic_pool_backward(
+    grad: torch.Tensor,
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    mode: str,
+    seed: int,
+) -> torch.Tensor:
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    dt = _compute_dtype(X)
+    xc = X.to(dt)
+    windows, valid, _ = gather_windows(xc, spec)
+    gw = stochastic_windows_backward(grad.to(dt).reshape(windows.shape[:-1]), windows, mode, seed) * valid
+    return scatter_windows(gw, xc, spec).to(X.dtype)
+
+
+@stochastic_pool.register_fake
+def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    return _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+
+
+@stochastic_pool_backward.register_fake
+def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    return torch.empty_like(X)
+
+
+def _backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return (stochastic_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+
+
+stochastic_pool.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- reduction form
+@torch.library.custom_op("poolexport::reduce_stochastic_pool", mutates_args=())
+def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int) -> torch.Tensor:
+    _check_input(REDUCE_OP, X)
+    _check_mode(REDUCE_OP, mode)
+    windows, out_shape = reduce_windows(X.to(_compute_dtype(X)), axes, keepdims, REDUCE_OP)
+    return stochastic_windows(windows, mode, seed).reshape(out_shape).to(X.dtype)
+
+
+@torch.library.custom_op("poolexport::reduce_stochastic_pool_backward", mutates_args=())
+def reduce_stochastic_pool_backward(
+    grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int
+) -> torch.Tensor:
+    dt = _compute_dtype(X)
+    windows, _ = reduce_windows(X.to(dt), axes, keepdims, REDUCE_OP)
+    gw = stochastic_windows_backward(grad.to(dt).reshape(-1), windows, mode, seed)
+    return unreduce_windows(gw, X, axes, keepdims, REDUCE_OP).to(X.dtype)
+
+
+@reduce_stochastic_pool.register_fake
+def _(X, axes, keepdims, mode, seed):
+    _, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+    return X.new_empty(out_shape)
+
+
+@reduce_stochastic_pool_backward.register_fake
+def _(grad, X, axes, keepdims, mode, seed):
+    return torch.empty_like(X)
+
+
+def _reduce_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return (reduce_stochastic_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+
+
+reduce_stochastic_pool.register_autograd(_reduce_backward, setup_context=_setup)
