@@ -32,7 +32,10 @@ def gather_windows(x: torch.Tensor, spec: WindowSpec, fill: float = 0.0):
     n, c, *spatial = x.shape
     out, _ = spec.resolve(spatial)
     index, valid = window_index(spec, spatial, x.device)
-    flat = x.reshape(n, c, -1)
+    total = 1
+    for s in spatial:
+        total *= s
+    flat = x.reshape(n, c, total)
     flat = torch.cat([flat, flat.new_full((n, c, 1), fill)], dim=-1)
     windows = flat[:, :, index]
     return windows, valid, tuple(out)
@@ -53,10 +56,12 @@ def scatter_windows(grad_windows: torch.Tensor, x: torch.Tensor, spec: WindowSpe
 def reduce_windows(x: torch.Tensor, axes: Sequence[int] | None, keepdims: bool, op: str):
     """Returns ``(windows (M, K), out_shape)`` for a reduction over ``axes``."""
     _, perm, kept_shape, out_shape = reduce_layout(tuple(x.shape), axes, keepdims, op)
-    m = 1
+    m, k = 1, 1
     for s in kept_shape:
         m *= s
-    windows = x.permute(perm).reshape(m, -1)
+    for i in perm[len(kept_shape):]:
+        k *= x.shape[i]
+    windows = x.permute(perm).reshape(m, k)
     return windows, out_shape
 
 
