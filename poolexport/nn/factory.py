@@ -1,0 +1,155 @@
+"""String factories: ``create_pool`` for every pool of the family in each of its forms,
+``create_attention`` for SE / ECA / CBAM (timm's ``get_attn`` habit).
+
+Forms of a pool:
+
+* ``"global"``: N x C x D1.. -> N x C x 1.. (``flatten=True``: N x C); channel descriptors.
+* ``"channel"``: N x C x D1.. -> N x 1 x D1..; the reduction across the channel axis that
+  CBAM's spatial branch uses.
+* ``"reduce"``: over explicit axes ``dim`` with ``keepdim``.
+* ``"window"``: a kernel sliding over ``dims`` (1, 2 or 3) spatial axes; needs
+  ``kernel_size`` (and takes ``stride``, ``padding``, ``dilation``, ``ceil_mode``).
+
+Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``)
+go to the pools that have them and are ignored by the others, so one set of options can
+serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
+for its output shape.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import nn
+
+from .avg_max_pool import AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d
+from .global_pool import (GlobalAvgPool, GlobalLpPool, GlobalMaxPool, GlobalMixedPool, GlobalSoftPool,
+                          GlobalStochasticPool)
+from .lp_pool import LpPool1d, LpPool2d, LpPool3d, LpPoolReduce
+from .mixed_pool import MixedPool1d, MixedPool2d, MixedPool3d, MixedPoolReduce
+from .reduce_pool import AvgPoolReduce, MaxPoolReduce
+from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
+from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
+
+POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed")
+POOL_FORMS = ("global", "channel", "reduce", "window")
+ATTENTION_NAMES = ("se", "eca", "cbam")
+
+_WINDOW = {
+    "avg": (AvgPool1d, AvgPool2d, AvgPool3d),
+    "max": (MaxPool1d, MaxPool2d, MaxPool3d),
+    "lp": (LpPool1d, LpPool2d, LpPool3d),
+    "soft": (SoftPool1d, SoftPool2d, SoftPool3d),
+    "stochastic": (StochasticPool1d, StochasticPool2d, StochasticPool3d),
+    "mixed": (MixedPool1d, MixedPool2d, MixedPool3d),
+}
+
+
+def _lp_args(name: str, p: float, mean: bool) -> tuple[float, bool]:
+    if name == "l2":
+        return 2.0, False
+    if name == "rms":
+        return 2.0, True
+    return float(p), bool(mean)
+
+
+def _reduce(name: str, dim, keepdim: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
+    if name == "avg":
+        return AvgPoolReduce(dim, keepdim)
+    if name == "max":
+        return MaxPoolReduce(dim, keepdim)
+    if name in ("l2", "lp", "rms"):
+        pp, mm = _lp_args(name, p, mean)
+        return LpPoolReduce(pp, dim, keepdim, mm)
+    if name == "soft":
+        return SoftPoolReduce(dim, keepdim, beta)
+    if name == "stochastic":
+        return StochasticPoolReduce(dim, keepdim, seed)
+    return MixedPoolReduce(dim, keepdim, alpha, learn_alpha)
+
+
+def _global(name: str, flatten: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
+    if name == "avg":
+        return GlobalAvgPool(flatten)
+    if name == "max":
+        return GlobalMaxPool(flatten)
+    if name in ("l2", "lp", "rms"):
+        pp, mm = _lp_args(name, p, mean)
+        return GlobalLpPool(pp, mm, flatten)
+    if name == "soft":
+        return GlobalSoftPool(beta, flatten)
+    if name == "stochastic":
+        return GlobalStochasticPool(seed, flatten)
+    return GlobalMixedPool(alpha, learn_alpha, flatten)
+
+
+def create_pool(
+    pool: Union[str, nn.Module],
+    form: str = "global",
+    *,
+    dims: int = 2,
+    kernel_size=None,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    dim=None,
+    keepdim: bool = True,
+    flatten: bool = False,
+    p: float = 2.0,
+    mean: bool = False,
+    beta: float = 1.0,
+    seed: Optional[int] = None,
+    alpha: float = 0.5,
+    learn_alpha: bool = False,
+    argname: str = "pool",
+) -> nn.Module:
+    """Build pool ``pool`` (a name of POOL_NAMES or an nn.Module) in form ``form``.
+
+    ``argname`` names the caller's argument in error messages (e.g. ``"CBAM: spatial_pools[1]"``).
+    """
+    if isinstance(pool, nn.Module):
+        return pool
+    if not isinstance(pool, str) or pool.lower() not in POOL_NAMES:
+        raise ValueError(f"{argname} must be one of {POOL_NAMES} or an nn.Module, got {pool!r}")
+    name = pool.lower()
+    opts = dict(p=p, mean=mean, beta=beta, seed=seed, alpha=alpha, learn_alpha=learn_alpha)
+    if form == "global":
+        return _global(name, flatten, **opts)
+    if form == "channel":
+        return _reduce(name, 1, True, **opts)
+    if form == "reduce":
+        return _reduce(name, dim, keepdim, **opts)
+    if form != "window":
+        raise ValueError(f"create_pool: form must be one of {POOL_FORMS}, got {form!r}")
+    if dims not in (1, 2, 3):
+        raise ValueError(f"create_pool: dims must be 1, 2 or 3 for form='window', got {dims!r}")
+    if kernel_size is None:
+        raise ValueError("create_pool: kernel_size is required for form='window'")
+    cls = _WINDOW["lp" if name in ("l2", "rms") else name][dims - 1]
+    window = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    if name in ("l2", "lp", "rms"):
+        pp, mm = _lp_args(name, p, mean)
+        return cls(pp, kernel_size, stride, ceil_mode, padding=padding, dilation=dilation, mean=mm)
+    if name == "soft":
+        return cls(kernel_size, **window, beta=beta)
+    if name == "stochastic":
+        return cls(kernel_size, **window, seed=seed)
+    if name == "mixed":
+        return cls(kernel_size, **window, alpha=alpha, learn_alpha=learn_alpha)
+    return cls(kernel_size, **window)
+
+
+def create_attention(attn: Union[str, nn.Module, None], channels: int, **kwargs) -> nn.Module:
+    """Build attention block ``attn`` ("se", "eca", "cbam") for ``channels`` channels;
+    ``None`` or ``"none"`` gives nn.Identity, an nn.Module is returned unchanged."""
+    from .attention import CBAM, ECA, SE
+
+    if isinstance(attn, nn.Module):
+        return attn
+    if attn is None or (isinstance(attn, str) and attn.lower() == "none"):
+        return nn.Identity()
+    blocks = {"se": SE, "eca": ECA, "cbam": CBAM}
+    if not isinstance(attn, str) or attn.lower() not in blocks:
+        raise ValueError(f"create_attention: attn must be one of {ATTENTION_NAMES}, 'none' or an nn.Module, "
+                         f"got {attn!r}")
+    return blocks[attn.lower()](channels, **kwargs)

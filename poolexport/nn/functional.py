@@ -1,0 +1,289 @@
+"""Functions behind the standard-op layers of ``poolexport.nn`` (Lp/L2, mixed, weighted
+average, global and reduction pools, LRN, bilinear pooling).
+
+Everything here is built from ops that ``torch.onnx`` exports to standard ONNX (Pad,
+Conv, MaxPool, ReduceSum/Mean/Max, ReduceL2, Pow, Sqrt, Where), so these layers need no
+custom op. ``poolexport.functional`` re-exports the public names.
+
+Windowed pools follow ``poolexport._window`` exactly (ONNX windowing; padded positions
+are never part of a window): the input is padded explicitly, with the extra end padding
+that ``ceil_mode`` needs, and windows are summed by a convolution with a ones kernel
+(which carries strides and dilations). A window with no valid position outputs 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as TF
+
+from .._window import WindowSpec, make_window_spec
+
+_Size = Union[int, Sequence[int]]
+_CONV = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}
+_MAXPOOL = {1: TF.max_pool1d, 2: TF.max_pool2d, 3: TF.max_pool3d}
+
+
+# ---------------------------------------------------------------- windows
+def _window_spec(name: str, x: torch.Tensor, k: int, kernel_size, stride, padding, dilation, ceil_mode) -> WindowSpec:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != k + 2:
+        raise ValueError(f"{name}: input must be {k + 2}-D (N, C, {k} spatial), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
+    auto_pad = "NOTSET"
+    if isinstance(padding, str):
+        modes = {"same": "SAME_UPPER", "valid": "VALID"}
+        if padding not in modes:
+            raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        auto_pad, padding = modes[padding], 0
+    return make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
+
+
+def _explicit_pads(spec: WindowSpec, spatial) -> tuple[tuple[int, ...], list[int]]:
+    """Output shape and the F.pad list (last axis first) that makes every window fit.
+
+    The end pad is exactly what the last window needs, so ``ceil_mode`` and SAME padding
+    become plain zero/-inf padding followed by an unpadded, floor-mode window.
+    """
+    out, begin = spec.resolve(spatial)
+    pad: list[int] = []
+    for i in reversed(range(spec.rank)):
+        span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
+        need = (out[i] - 1) * spec.strides[i] + span
+        pad += [begin[i], max(0, need - spatial[i] - begin[i])]
+    return out, pad
+
+
+def _window_sum(v: torch.Tensor, spec: WindowSpec, pad: list[int], out) -> torch.Tensor:
+    """Sum of each window of v (N, C, *S) over valid positions (padding is 0)."""
+    n, c, *spatial = v.shape
+    k = spec.rank
+    flat = TF.pad(v.reshape(n * c, 1, *spatial), pad)
+    ones = torch.ones((1, 1, *spec.kernel_shape), dtype=v.dtype, device=v.device)
+    s = _CONV[k](flat, ones, stride=spec.strides, dilation=spec.dilations)
+    return s.reshape(n, c, *out)
+
+
+def _window_count(x: torch.Tensor, spec: WindowSpec, pad: list[int], out) -> torch.Tensor:
+    """Number of valid positions per window, shape (1, 1, *out)."""
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    return _window_sum(ones, spec, pad, out)
+
+
+def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    pos = b > 0
+    return torch.where(pos, a / torch.where(pos, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def _safe_root(s: torch.Tensor, p: float) -> torch.Tensor:
+    """s ** (1/p) with value 0 and gradient 0 at s == 0 (an all-zero window after ReLU
+    is common; a plain pow would give an infinite gradient there)."""
+    pos = s > 0
+    r = torch.where(pos, s, torch.ones_like(s))
+    r = torch.sqrt(r) if p == 2 else r.pow(1.0 / p)
+    return torch.where(pos, r, torch.zeros_like(r))
+
+
+def _check_p(name: str, p) -> float:
+    p = float(p)
+    if not (math.isfinite(p) and p >= 1):
+        raise ValueError(f"{name}: norm_type must be a finite number >= 1, got {p} (use max pooling for p = inf)")
+    return p
+
+
+def _abs_pow(x: torch.Tensor, p: float) -> torch.Tensor:
+    return x * x if p == 2 else x.abs().pow(p)
+
+
+def _lp(k: int):
+    name = f"lp_pool{k}d"
+
+    def fn(x: torch.Tensor, norm_type: float, kernel_size: _Size, stride: Optional[_Size] = None,
+           ceil_mode: bool = False, *, padding: Union[_Size, str] = 0, dilation: _Size = 1,
+           mean: bool = False) -> torch.Tensor:
+        p = _check_p(name, norm_type)
+        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        s = _window_sum(_abs_pow(x, p), spec, pad, out)
+        if mean:
+            s = _safe_div(s, _window_count(x, spec, pad, out))
+        return _safe_root(s, p)
+
+    fn.__name__ = name
+    fn.__doc__ = (f"Lp pooling over {k} spatial axes: (sum |a|^p)^(1/p) per window, or with mean=True "
+                  "(mean |a|^p)^(1/p) over the window's valid positions (p=2: RMS). Argument order follows "
+                  f"torch.nn.functional.lp_pool{k}d; padding, dilation and 'same'/'valid' are extensions.")
+    return fn
+
+
+lp_pool1d, lp_pool2d, lp_pool3d = _lp(1), _lp(2), _lp(3)
+
+
+def _avg(k: int):
+    name = f"avg_pool{k}d"
+
+    def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
+           dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
+        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        return _safe_div(_window_sum(x, spec, pad, out), _window_count(x, spec, pad, out))
+
+    fn.__name__ = name
+    fn.__doc__ = f"Average pooling over {k} spatial axes, padding excluded, with dilation (ONNX AveragePool-19)."
+    return fn
+
+
+def _max(k: int):
+    name = f"max_pool{k}d"
+
+    def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
+           dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
+        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        y = _MAXPOOL[k](TF.pad(x, pad, value=float("-inf")), spec.kernel_shape, spec.strides, 0, spec.dilations)
+        # only a window lying wholly in the padding can be -inf: ONNX windowing says 0
+        return torch.where(_window_count(x, spec, pad, out) > 0, y, torch.zeros_like(y))
+
+    fn.__name__ = name
+    fn.__doc__ = f"Max pooling over {k} spatial axes with ONNX windowing (any padding, 'same'/'valid')."
+    return fn
+
+
+avg_pool1d, avg_pool2d, avg_pool3d = _avg(1), _avg(2), _avg(3)
+max_pool1d, max_pool2d, max_pool3d = _max(1), _max(2), _max(3)
+_AVG = {1: avg_pool1d, 2: avg_pool2d, 3: avg_pool3d}
+_MAX = {1: max_pool1d, 2: max_pool2d, 3: max_pool3d}
+
+
+def _alpha(alpha) -> torch.Tensor | float:
+    return alpha if isinstance(alpha, torch.Tensor) else float(alpha)
+
+
+def _mixed(k: int):
+    name = f"mixed_pool{k}d"
+
+    def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
+           dilation: _Size = 1, ceil_mode: bool = False, alpha: Union[float, torch.Tensor] = 0.5) -> torch.Tensor:
+        _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        a = _alpha(alpha)
+        args = (kernel_size, stride, padding, dilation, ceil_mode)
+        return a * _MAX[k](x, *args) + (1 - a) * _AVG[k](x, *args)
+
+    fn.__name__ = name
+    fn.__doc__ = f"Mixed pooling over {k} spatial axes: alpha * max + (1 - alpha) * avg (padding excluded)."
+    return fn
+
+
+mixed_pool1d, mixed_pool2d, mixed_pool3d = _mixed(1), _mixed(2), _mixed(3)
+
+
+# ---------------------------------------------------------------- reductions over axes
+def _reduce_dims(name: str, x: torch.Tensor, dim) -> list[int]:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+    if dim is None:
+        return list(range(x.dim()))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    norm = []
+    for d in dims:
+        if not -x.dim() <= d < x.dim():
+            raise ValueError(f"{name}: dim {d} is out of range for a {x.dim()}-D input")
+        norm.append(d % x.dim())
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"{name}: dim contains duplicates: {dims}")
+    return norm
+
+
+def avg_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """Mean over axes ``dim`` (all if None); ONNX ReduceMean / GlobalAveragePool."""
+    return x.mean(_reduce_dims("avg_pool_reduce", x, dim), keepdim=keepdim)
+
+
+def max_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """Maximum over axes ``dim``; ONNX ReduceMax / GlobalMaxPool."""
+    return x.amax(_reduce_dims("max_pool_reduce", x, dim), keepdim=keepdim)
+
+
+def lp_pool_reduce(x: torch.Tensor, norm_type: float = 2.0, dim=None, keepdim: bool = False,
+                   mean: bool = False) -> torch.Tensor:
+    """(sum |a|^p)^(1/p) over axes ``dim``; ``mean=True`` gives (mean |a|^p)^(1/p) (RMS for p=2).
+
+    torch.linalg.vector_norm exports as ONNX ReduceL2 (p=2) / ReduceL1 (p=1), and its
+    backward is 0, not NaN, where the norm is 0. The RMS form is the norm divided by the
+    constant count^(1/p).
+    """
+    p = _check_p("lp_pool_reduce", norm_type)
+    dims = _reduce_dims("lp_pool_reduce", x, dim)
+    y = torch.linalg.vector_norm(x, ord=p, dim=dims, keepdim=keepdim)
+    if mean:
+        count = 1
+        for d in dims:
+            count *= x.shape[d]
+        y = y / float(count) ** (1.0 / p)
+    return y
+
+
+def mixed_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False,
+                      alpha: Union[float, torch.Tensor] = 0.5) -> torch.Tensor:
+    """alpha * max + (1 - alpha) * mean over axes ``dim``."""
+    dims = _reduce_dims("mixed_pool_reduce", x, dim)
+    a = _alpha(alpha)
+    return a * x.amax(dims, keepdim=keepdim) + (1 - a) * x.mean(dims, keepdim=keepdim)
+
+
+# ---------------------------------------------------------------- normalisation, bilinear
+def local_response_norm(x: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        bias: float = 1.0) -> torch.Tensor:
+    """Local response normalisation with ONNX LRN semantics.
+
+    y = x / (bias + alpha / size * square_sum) ** beta, where square_sum at channel c sums
+    x^2 over channels [c - floor((size-1)/2), c + ceil((size-1)/2)]. For an even ``size``
+    this window is one channel later than torch.nn.functional.local_response_norm's.
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
+    if x.dim() < 3:
+        raise ValueError(f"local_response_norm: input must be N x C x D1.., got shape {tuple(x.shape)}")
+    n, c = x.shape[:2]
+    sq = (x * x).reshape(n, 1, c, -1)
+    begin = (size - 1) // 2
+    sq = TF.pad(sq, (0, 0, begin, size - 1 - begin))
+    # avg_pool includes the zero padding: mean over `size` channels = square_sum / size
+    mean_sq = TF.avg_pool2d(sq, (size, 1), stride=1).reshape(x.shape)
+    return x / (bias + alpha * mean_sq).pow(beta)
+
+
+def bilinear_pool(x: torch.Tensor, y: Optional[torch.Tensor] = None, signed_sqrt: bool = True,
+                  normalize: bool = True, eps: float = 1e-12) -> torch.Tensor:
+    """Bilinear pooling (Lin, RoyChowdhury, Maji, ICCV 2015).
+
+    B = mean over locations l of x_l y_l^T (x: N,C1,*S; y: N,C2,*S; y defaults to x),
+    flattened to (N, C1*C2), then sign(B) * sqrt(|B|) and L2 normalisation. ``eps`` keeps
+    the square root's gradient finite near 0 and guards the norm's division.
+    """
+    if y is None:
+        y = x
+    if x.dim() < 3 or x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[2:]:
+        raise ValueError(f"bilinear_pool: inputs must be N x C x D1.. with equal N and spatial shape, "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    n = x.shape[0]
+    a = x.reshape(n, x.shape[1], -1)
+    b = y.reshape(n, y.shape[1], -1)
+    z = torch.bmm(a, b.transpose(1, 2)) / a.shape[-1]
+    z = z.reshape(n, -1)
+    if signed_sqrt:
+        z = torch.sign(z) * torch.sqrt(z.abs() + eps)
+    if normalize:
+        z = z / z.norm(dim=1, keepdim=True).clamp_min(eps)
+    return z
+
+
+__all__ = [
+    "lp_pool1d", "lp_pool2d", "lp_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "mixed_pool1d", "mixed_pool2d", "mixed_pool3d",
+    "avg_pool_reduce", "max_pool_reduce", "lp_pool_reduce", "mixed_pool_reduce",
+    "local_response_norm", "bilinear_pool",
+]

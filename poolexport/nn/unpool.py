@@ -1,0 +1,40 @@
+"""Max-unpooling: the partial inverse of max pooling (indices from ``return_indices=True``),
+a thin layer over torch's max_unpool; exports to ONNX MaxUnpool."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+_Size = Union[int, Sequence[int]]
+
+
+class _MaxUnpoolNd(nn.Module):
+    _fn = None
+
+    def __init__(self, kernel_size: _Size, stride: Optional[_Size] = None, padding: _Size = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Optional[Sequence[int]] = None):
+        if indices.shape != x.shape:
+            raise ValueError(f"{type(self).__name__}: indices must have the input's shape {tuple(x.shape)}, "
+                             f"got {tuple(indices.shape)}")
+        return type(self)._fn(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool1d(_MaxUnpoolNd):
+    _fn = staticmethod(TF.max_unpool1d)
+
+
+class MaxUnpool2d(_MaxUnpoolNd):
+    _fn = staticmethod(TF.max_unpool2d)
+
+
+class MaxUnpool3d(_MaxUnpoolNd):
+    _fn = staticmethod(TF.max_unpool3d)
