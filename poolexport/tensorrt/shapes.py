@@ -1,0 +1,262 @@
+"""Output shapes, attribute validation and kernel arguments of the TensorRT plugins.
+
+Plain functions, written once for two kinds of numbers:
+
+* Python ints (tests, the GPU launch test, the runner's checks), with validation;
+* TensorRT's symbolic ``tensorrt.plugin.ShapeExpr`` (engine build time, dynamic shapes).
+  ShapeExpr supports only ``+ - * //`` and ``<`` with the expression on the LEFT, plus
+  ``tensorrt.plugin.cdiv/max/min``; there are no Python branches on its value. So every
+  formula below keeps the size operand on the left and expresses the ceil_mode rule with
+  ``<`` (TensorRT's ``DimensionOperation.LESS`` yields 0 or 1).
+
+The rules are ONNX ``AveragePool``'s, as ``poolexport/_window.py`` defines them (the tests
+check agreement on many random cases); this module does not import torch.
+"""
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+from . import abi
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+STOCHASTIC_MODES = ("expectation", "sample")
+WINDOWED_OPS = ("SoftPool", "StochasticPool")
+REDUCE_OPS = ("ReduceSoftPool", "ReduceStochasticPool")
+
+# integer arithmetic with the same interface as TensorRT's symbolic one
+INT_OPS = SimpleNamespace(
+    cdiv=lambda a, b: -(-a // b),
+    max=builtins.max,
+    min=builtins.min,
+    lt=lambda a, b: int(a < b),
+    symbolic=False,
+)
+
+
+def trt_ops(trtp) -> SimpleNamespace:
+    """The same operations over ``tensorrt.plugin`` ShapeExprs (pass the imported module)."""
+    return SimpleNamespace(cdiv=trtp.cdiv, max=trtp.max, min=trtp.min, lt=lambda a, b: a < b, symbolic=True)
+
+
+# ------------------------------------------------------------------ attributes
+@dataclass(frozen=True)
+class WindowAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # begins..., ends...
+    dilations: tuple[int, ...]
+    ceil_mode: bool
+    auto_pad: str
+
+    @property
+    def k(self) -> int:
+        return len(self.kernel_shape)
+
+
+def _ints(op: str, name: str, value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        return tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{op}: {name} must be a list of integers, got {value!r}") from None
+
+
+def window_attrs(op: str, rank: int, kernel_shape, strides=(), pads=(), dilations=(), ceil_mode=0,
+                 auto_pad="NOTSET") -> WindowAttrs:
+    """Validate ONNX-form window attributes for an input of ``rank`` (N, C, spatial...)."""
+    k = int(rank) - 2
+    if k not in (1, 2, 3):
+        raise ValueError(f"{op}: X must be N x C x D1..Dk with k in 1..3 (rank 3-5), got rank {rank}")
+    kernel = _ints(op, "kernel_shape", kernel_shape)
+    if len(kernel) != k:
+        raise ValueError(f"{op}: kernel_shape has {len(kernel)} values for a {k}-D input")
+    stride = _ints(op, "strides", strides) or (1,) * k
+    pad = _ints(op, "pads", pads) or (0,) * (2 * k)
+    dil = _ints(op, "dilations", dilations) or (1,) * k
+    for name, v, n in (("strides", stride, k), ("pads", pad, 2 * k), ("dilations", dil, k)):
+        if len(v) != n:
+            raise ValueError(f"{op}: {name} must have {n} values, got {list(v)}")
+    if any(v <= 0 for v in kernel):
+        raise ValueError(f"{op}: kernel_shape must be positive, got {list(kernel)}")
+    if any(v <= 0 for v in stride):
+        raise ValueError(f"{op}: strides must be positive, got {list(stride)}")
+    if any(v <= 0 for v in dil):
+        raise ValueError(f"{op}: dilations must be positive, got {list(dil)}")
+    if any(v < 0 for v in pad):
+        raise ValueError(f"{op}: pads must be non-negative, got {list(pad)}")
+    if int(ceil_mode) not in (0, 1):
+        raise ValueError(f"{op}: ceil_mode must be 0 or 1, got {ceil_mode!r}")
+    if auto_pad not in AUTO_PADS:
+        raise ValueError(f"{op}: auto_pad must be one of {AUTO_PADS}, got {auto_pad!r}")
+    return WindowAttrs(kernel, stride, pad, dil, bool(int(ceil_mode)), str(auto_pad))
+
+
+def reduce_axes(op: str, rank: int, axes) -> tuple[int, ...]:
+    """Sorted non-negative axes (ReduceMean's meaning: absent or empty = all axes)."""
+    axes = _ints(op, "axes", axes)
+    if not axes:
+        return tuple(range(rank))
+    norm = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ValueError(f"{op}: axes value {a} is out of range for a {rank}-D input")
+        norm.append(a % rank)
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"{op}: axes contain duplicates: {list(axes)}")
+    return tuple(sorted(norm))
+
+
+def soft_args(op: str, beta) -> list[int]:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ValueError(f"{op}: beta must be a float, got {beta!r}")
+    return [abi.float_bits(beta)]
+
+
+def stochastic_args(op: str, mode, seed) -> list[int]:
+    if mode not in STOCHASTIC_MODES:
+        raise ValueError(f"{op}: mode must be one of {STOCHASTIC_MODES}, got {mode!r}")
+    if isinstance(seed, bool) or not -(1 << 63) <= int(seed) < (1 << 64):
+        raise ValueError(f"{op}: seed must be a 64-bit integer, got {seed!r}")
+    lo, hi = abi.seed_words(int(seed))
+    return [1 if mode == "sample" else 0, lo, hi]
+
+
+# ------------------------------------------------------------------ windowed form
+def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+                ceil_mode: bool, auto_pad: str, ops=INT_OPS):
+    """(output size, effective begin pad) of one spatial axis; ``n`` int or ShapeExpr."""
+    span = (kernel - 1) * dilation + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = (n + (stride - 1)) // stride
+        total = ops.max((out - 1) * stride + span - n, 0)
+        half = total // 2
+        return out, (half if auto_pad == "SAME_UPPER" else total - half)
+    if auto_pad == "VALID":
+        return (n - span) // stride + 1, 0
+    room = n + (pad_begin + pad_end - span)
+    if not ceil_mode:
+        return room // stride + 1, pad_begin
+    out = (room + (stride - 1)) // stride + 1
+    # drop a last window that starts in the end padding: (out-1)*s >= n + pad_begin
+    return out - ops.lt(n + (pad_begin - 1), (out - 1) * stride), pad_begin
+
+
+def window_output(attrs: WindowAttrs, spatial: Sequence, ops=INT_OPS, op: str = "SoftPool"):
+    """Output spatial sizes and effective begin pads; validates window spans for ints."""
+    k = attrs.k
+    if len(spatial) != k:
+        raise ValueError(f"{op}: X has {len(spatial)} spatial axes, kernel_shape has {k}")
+    out, begin = [], []
+    for i in range(k):
+        n = spatial[i]
+        if not ops.symbolic:
+            n = int(n)
+            span = (attrs.kernel_shape[i] - 1) * attrs.dilations[i] + 1
+            padded = n + attrs.pads[i] + attrs.pads[k + i] if attrs.auto_pad == "NOTSET" else n
+            if attrs.auto_pad in ("NOTSET", "VALID") and span > padded:
+                raise ValueError(
+                    f"{op}: kernel_shape: window span {span} exceeds the padded input size {padded} on spatial axis {i}"
+                )
+        o, b = axis_output(n, attrs.kernel_shape[i], attrs.strides[i], attrs.pads[i], attrs.pads[k + i],
+                           attrs.dilations[i], attrs.ceil_mode, attrs.auto_pad, ops)
+        out.append(o)
+        begin.append(b)
+    return out, begin
+
+
+def window_kernel_args(attrs: WindowAttrs, shape: Sequence, ops=INT_OPS, op: str = "SoftPool"):
+    """(the 20 windowing int32 arguments of the ABI, output shape) for input ``shape``."""
+    n, c, *spatial = shape
+    out, begin = window_output(attrs, spatial, ops, op)
+    lead = 3 - attrs.k  # 1-D and 2-D as 3-D with leading size-1 axes
+    args = [n, c]
+    args += [1] * lead + list(spatial)
+    args += [1] * lead + list(out)
+    args += [1] * lead + list(attrs.kernel_shape)
+    args += [1] * lead + list(attrs.strides)
+    args += [1] * lead + list(attrs.dilations)
+    args += [0] * lead + list(begin)
+    return args, [n, c, *out]
+
+
+# ------------------------------------------------------------------ reduction form
+def reduce_output_shape(shape: Sequence, axes: Sequence[int], keepdims: bool) -> list:
+    if keepdims:
+        return [1 if i in axes else s for i, s in enumerate(shape)]
+    return [s for i, s in enumerate(shape) if i not in axes]
+
+
+def reduce_kernel_args(shape: Sequence, axes: Sequence[int], op: str = "ReduceSoftPool"):
+    """[rank, d0..d5, reduce_mask]: shape padded on the left to 6 axes.
+
+    Ranks above 6 (TensorRT allows 8) are first collapsed by merging neighbouring axes of
+    the same reduced/kept status, which changes neither output order nor window order.
+    """
+    rank = len(shape)
+    is_reduced = [i in axes for i in range(rank)]
+    dims, reduced = list(shape), list(is_reduced)
+    if rank > abi.MAX_REDUCE_RANK:
+        dims, reduced = [shape[0]], [is_reduced[0]]
+        for i in range(1, rank):
+            if is_reduced[i] == reduced[-1]:
+                dims[-1] = dims[-1] * shape[i]
+            else:
+                dims.append(shape[i])
+                reduced.append(is_reduced[i])
+        if len(dims) > abi.MAX_REDUCE_RANK:
+            raise ValueError(
+                f"{op}: axes {list(axes)} alternate too often for a {rank}-D input "
+                f"(at most {abi.MAX_REDUCE_RANK} groups of neighbouring axes are supported)"
+            )
+    lead = abi.MAX_REDUCE_RANK - len(dims)
+    mask = 0
+    for i, r in enumerate(reduced):
+        if r:
+            mask |= 1 << (lead + i)
+    return [rank] + [1] * lead + dims + [mask]
+
+
+# ------------------------------------------------------------------ one entry point
+def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
+    """(int32 scalar arguments in ABI order, output shape) of ``op`` on input ``shape``.
+
+    ``attrs`` holds the ONNX node attributes by name (missing ones take the schema
+    defaults). Values in the result are ints or, with ``trt_ops``, ShapeExprs.
+    """
+    rank = len(shape)
+    if op in WINDOWED_OPS:
+        wa = window_attrs(op, rank, attrs.get("kernel_shape"), attrs.get("strides", ()), attrs.get("pads", ()),
+                          attrs.get("dilations", ()), attrs.get("ceil_mode", 0), attrs.get("auto_pad", "NOTSET"))
+        args, out_shape = window_kernel_args(wa, shape, ops, op)
+    elif op in REDUCE_OPS:
+        axes = reduce_axes(op, rank, attrs.get("axes", ()))
+        keepdims = int(attrs.get("keepdims", 1))
+        if keepdims not in (0, 1):
+            raise ValueError(f"{op}: keepdims must be 0 or 1, got {keepdims!r}")
+        args, out_shape = reduce_kernel_args(shape, axes, op), reduce_output_shape(shape, axes, bool(keepdims))
+    else:
+        raise ValueError(f"{op}: not a poolexport op; expected one of {WINDOWED_OPS + REDUCE_OPS}")
+    if op in ("SoftPool", "ReduceSoftPool"):
+        args += soft_args(op, attrs.get("beta", 1.0))
+    else:
+        args += stochastic_args(op, attrs.get("mode", "expectation"), attrs.get("seed", 0))
+    return args, out_shape
+
+
+def numel(shape: Sequence):
+    """Element count of ints and/or ShapeExprs (symbolic factors first: ShapeExpr has no
+    reflected operators, so ``2 * expr`` would fail where ``expr * 2`` works)."""
+    consts = 1
+    expr = None
+    for s in shape:
+        if isinstance(s, int):
+            consts *= s
+        else:
+            expr = s if expr is None else expr * s
+    if expr is None:
+        return consts
+    return expr * consts if consts != 1 else expr
