@@ -1,0 +1,156 @@
+// CUDA kernels of the poolexport ops: the extern "C" entry points of kernel_abi.h (the
+// same PTX TensorRT's AOT plugins launch) and their host launchers. One thread per output
+// element, grid-stride loop; the per-window math is the shared header code.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "poolexport/kernel_abi.h"
+#include "poolexport/reduce.h"
+#include "poolexport/soft_pool.h"
+#include "poolexport/stochastic_pool.h"
+#include "poolexport/window.h"
+#include "launch.h"
+
+namespace {
+
+using namespace poolexport;
+
+__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+
+__device__ __forceinline__ Window3 make_window(POOLEXPORT_WINDOW_PARAMS) {
+  Window3 w;
+  w.in[0] = in_d; w.in[1] = in_h; w.in[2] = in_w;
+  w.out[0] = out_d; w.out[1] = out_h; w.out[2] = out_w;
+  w.k[0] = k_d; w.k[1] = k_h; w.k[2] = k_w;
+  w.s[0] = s_d; w.s[1] = s_h; w.s[2] = s_w;
+  w.dil[0] = dil_d; w.dil[1] = dil_h; w.dil[2] = dil_w;
+  w.pad[0] = pad_d; w.pad[1] = pad_h; w.pad[2] = pad_w;
+  return w;
+}
+
+// op: 0 soft (scalar = beta bits), 1 stochastic (scalar = sample flag)
+template <int Op, class T>
+__device__ __forceinline__ void window_kernel(const T* X, const Window3& w, int64_t N, int64_t C, int32_t scalar,
+                                              uint32_t seed_lo, uint32_t seed_hi, T* Y) {
+  int64_t plane_out = w.out[0] * w.out[1] * w.out[2];
+  int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
+  int64_t total = N * C * plane_out;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t nc = e / plane_out, r = e - nc * plane_out;
+    int64_t ow = r % w.out[2];
+    int64_t oh = (r / w.out[2]) % w.out[1];
+    int64_t od = r / (w.out[2] * w.out[1]);
+    const T* x = X + nc * plane_in;
+    auto visit = [&](auto&& g) { for_each_in_window(w, od, oh, ow, [&](int64_t i) { g(ld(x, i)); }); };
+    float v;
+    if (Op == 0) v = soft_pool_value(visit, bits_to_float(scalar));
+    else if (scalar) v = stochastic_sample_value(visit, (uint64_t)e, seed_lo, seed_hi);
+    else v = stochastic_expectation_value(visit);
+    st(Y, e, v);
+  }
+}
+
+template <int Op, class T>
+__device__ __forceinline__ void reduce_kernel(const T* X, int32_t d0, int32_t d1, int32_t d2, int32_t d3, int32_t d4,
+                                              int32_t d5, int32_t mask, int32_t scalar, uint32_t seed_lo,
+                                              uint32_t seed_hi, T* Y) {
+  int64_t dims[6] = {d0, d1, d2, d3, d4, d5};
+  Reduce6 g = make_reduce6(dims, mask);
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < g.outputs; e += (int64_t)gridDim.x * blockDim.x) {
+    auto visit = [&](auto&& f) { for_each_in_reduce(g, e, [&](int64_t i) { f(ld(X, i)); }); };
+    float v;
+    if (Op == 0) v = soft_pool_value(visit, bits_to_float(scalar));
+    else if (scalar) v = stochastic_sample_value(visit, (uint64_t)e, seed_lo, seed_hi);
+    else v = stochastic_expectation_value(visit);
+    st(Y, e, v);
+  }
+}
+
+}  // namespace
+
+#define PX_WINDOW_ARGS                                                                                  \
+  N, C, in_d, in_h, in_w, out_d, out_h, out_w, k_d, k_h, k_w, s_d, s_h, s_w, dil_d, dil_h, dil_w, pad_d, \
+      pad_h, pad_w
+
+extern "C" {
+
+__global__ void poolexport_soft_pool_f32(const float* X, POOLEXPORT_WINDOW_PARAMS, int32_t beta_bits, float* Y) {
+  window_kernel<0>(X, make_window(PX_WINDOW_ARGS), N, C, beta_bits, 0u, 0u, Y);
+}
+__global__ void poolexport_soft_pool_f16(const __half* X, POOLEXPORT_WINDOW_PARAMS, int32_t beta_bits, __half* Y) {
+  window_kernel<0>(X, make_window(PX_WINDOW_ARGS), N, C, beta_bits, 0u, 0u, Y);
+}
+__global__ void poolexport_stochastic_pool_f32(const float* X, POOLEXPORT_WINDOW_PARAMS, int32_t sample,
+                                               int32_t seed_lo, int32_t seed_hi, float* Y) {
+  window_kernel<1>(X, make_window(PX_WINDOW_ARGS), N, C, sample, (uint32_t)seed_lo, (uint32_t)seed_hi, Y);
+}
+__global__ void poolexport_stochastic_pool_f16(const __half* X, POOLEXPORT_WINDOW_PARAMS, int32_t sample,
+                                               int32_t seed_lo, int32_t seed_hi, __half* Y) {
+  window_kernel<1>(X, make_window(PX_WINDOW_ARGS), N, C, sample, (uint32_t)seed_lo, (uint32_t)seed_hi, Y);
+}
+__global__ void poolexport_reduce_soft_pool_f32(const float* X, POOLEXPORT_REDUCE_PARAMS, int32_t beta_bits, float* Y) {
+  reduce_kernel<0>(X, d0, d1, d2, d3, d4, d5, reduce_mask, beta_bits, 0u, 0u, Y);
+}
+__global__ void poolexport_reduce_soft_pool_f16(const __half* X, POOLEXPORT_REDUCE_PARAMS, int32_t beta_bits,
+                                                __half* Y) {
+  reduce_kernel<0>(X, d0, d1, d2, d3, d4, d5, reduce_mask, beta_bits, 0u, 0u, Y);
+}
+__global__ void poolexport_reduce_stochastic_pool_f32(const float* X, POOLEXPORT_REDUCE_PARAMS, int32_t sample,
+                                                      int32_t seed_lo, int32_t seed_hi, float* Y) {
+  reduce_kernel<1>(X, d0, d1, d2, d3, d4, d5, reduce_mask, sample, (uint32_t)seed_lo, (uint32_t)seed_hi, Y);
+}
+__global__ void poolexport_reduce_stochastic_pool_f16(const __half* X, POOLEXPORT_REDUCE_PARAMS, int32_t sample,
+                                                      int32_t seed_lo, int32_t seed_hi, __half* Y) {
+  reduce_kernel<1>(X, d0, d1, d2, d3, d4, d5, reduce_mask, sample, (uint32_t)seed_lo, (uint32_t)seed_hi, Y);
+}
+
+__attribute__((visibility("default"))) int poolexport_cuda_launch_window(int op, int dtype, const void* X, void* Y,
+                                                                         const int32_t* p, void* stream) {
+  int64_t total = (int64_t)p[0] * p[1] * p[5] * p[6] * p[7];
+  if (total <= 0) return 0;
+  dim3 grid(poolexport_launch_grid(total)), block(POOLEXPORT_BLOCK);
+  cudaStream_t s = (cudaStream_t)stream;
+#define PX_P p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], \
+             p[16], p[17], p[18], p[19]
+  if (op == 0 && dtype == 0)
+    poolexport_soft_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[20], (float*)Y);
+  else if (op == 0)
+    poolexport_soft_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[20], (__half*)Y);
+  else if (dtype == 0)
+    poolexport_stochastic_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[20], p[21], p[22], (float*)Y);
+  else
+    poolexport_stochastic_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[20], p[21], p[22], (__half*)Y);
+#undef PX_P
+  return (int)cudaGetLastError();
+}
+
+__attribute__((visibility("default"))) int poolexport_cuda_launch_reduce(int op, int dtype, const void* X, void* Y,
+                                                                         const int32_t* p, void* stream) {
+  int64_t total = 1;
+  for (int i = 0; i < 6; ++i)
+    if (!(p[7] & (1 << i))) total *= p[1 + i];
+  if (total <= 0) return 0;
+  dim3 grid(poolexport_launch_grid(total)), block(POOLEXPORT_BLOCK);
+  cudaStream_t s = (cudaStream_t)stream;
+#define PX_P p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+  if (op == 0 && dtype == 0)
+    poolexport_reduce_soft_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[8], (float*)Y);
+  else if (op == 0)
+    poolexport_reduce_soft_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[8], (__half*)Y);
+  else if (dtype == 0)
+    poolexport_reduce_stochastic_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[8], p[9], p[10], (float*)Y);
+  else
+    poolexport_reduce_stochastic_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[8], p[9], p[10],
+                                                                  (__half*)Y);
+#undef PX_P
+  return (int)cudaGetLastError();
+}
+
+__attribute__((visibility("default"))) const char* poolexport_cuda_error_string(int rc) {
+  return cudaGetErrorString((cudaError_t)rc);
+}
+
+}  // extern "C"

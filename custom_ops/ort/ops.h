@@ -1,0 +1,236 @@
+// The four poolexport ops as ONNX Runtime lite custom-op structs: the constructor reads
+// and validates attributes once; a typed Compute runs the CPU kernels on ORT's thread
+// pool, or (Cuda = true) launches the shared CUDA kernels on the stream ORT gives.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "attrs.h"
+#include "cpu_kernels.h"
+#include "onnxruntime_lite_custom_op.h"
+#ifdef POOLEXPORT_WITH_CUDA
+#include "../cuda/launch.h"
+#endif
+
+namespace poolexport {
+
+template <class T>
+struct Storage {
+  using type = float;
+};
+template <>
+struct Storage<Ort::Float16_t> {
+  using type = uint16_t;
+};
+
+inline Ort::Status invalid(const std::string& msg) { return Ort::Status(msg.c_str(), ORT_INVALID_ARGUMENT); }
+
+// Runs f(begin, end) over [0, n) on ORT's intra-op pool in chunks of roughly `grain`
+// work units; serially when small or when the pool is unavailable.
+template <class F>
+void parallel_for(OrtKernelContext* ctx, int64_t n, int64_t cost_per_item, F&& f) {
+  if (n <= 0) return;
+  const int64_t grain = 1 << 15;
+  int64_t per = std::max<int64_t>(1, grain / std::max<int64_t>(1, cost_per_item));
+  int64_t chunks = (n + per - 1) / per;
+  if (chunks > 1024) {
+    chunks = 1024;
+    per = (n + chunks - 1) / chunks;
+    chunks = (n + per - 1) / per;
+  }
+  if (chunks <= 1) {
+    f(int64_t{0}, n);
+    return;
+  }
+  struct Job {
+    F* f;
+    int64_t n, per;
+  } job{&f, n, per};
+  auto fn = [](void* data, size_t i) {
+    Job* j = static_cast<Job*>(data);
+    int64_t b = (int64_t)i * j->per;
+    (*j->f)(b, std::min(j->n, b + j->per));
+  };
+  OrtStatus* st = Ort::GetApi().KernelContext_ParallelFor(ctx, fn, (size_t)chunks, 0, &job);
+  if (st) {  // no pool (or an older runtime): do it here
+    Ort::GetApi().ReleaseStatus(st);
+    f(int64_t{0}, n);
+  }
+}
+
+inline int64_t numel(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (auto v : s) n *= v;
+  return n;
+}
+
+#ifdef POOLEXPORT_WITH_CUDA
+inline std::string fits_int32(const std::string& op, const std::vector<int64_t>& in, const std::vector<int64_t>& out) {
+  if (numel(in) > INT32_MAX || numel(out) > INT32_MAX)
+    return op + ": the CUDA kernels take int32 sizes; the tensor has more than 2^31-1 elements";
+  return "";
+}
+#endif
+
+// ------------------------------------------------------------------ windowed ops
+template <class T, bool Cuda, bool Stochastic>
+struct WindowedOp {
+  std::string op = Stochastic ? "StochasticPool" : "SoftPool";
+  WindowAttrs wa;
+  float beta = 1.0f;
+  bool sample = false;
+  int64_t seed = 0;
+  std::string error;
+
+  WindowedOp(const OrtApi*, const OrtKernelInfo* info) {
+    try {
+      wa.read(info, op);
+      error = wa.error;
+      if (!Stochastic) {
+        beta = scalar_attr<float>(info, "beta", 1.0f);
+      } else {
+        std::string mode = string_attr(info, "mode", "expectation");
+        if (!parse_mode(mode, &sample) && error.empty())
+          error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
+        seed = scalar_attr<int64_t>(info, "seed", 0);
+      }
+    } catch (const std::exception& e) {
+      error = op + ": " + e.what();
+    }
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
+    try {
+      if (!error.empty()) return invalid(error);
+      std::vector<int64_t> shape = X.Shape(), out_shape;
+      Window3 w;
+      std::string msg = wa.resolve(op, shape, &w, &out_shape);
+      if (!msg.empty()) return invalid(msg);
+      using S = typename Storage<T>::type;
+      S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
+      if (numel(out_shape) == 0) return Ort::Status{nullptr};
+      const S* x = reinterpret_cast<const S*>(X.Data());
+      uint64_t useed = (uint64_t)seed;
+      uint32_t lo = (uint32_t)useed, hi = (uint32_t)(useed >> 32);
+      if (Cuda) {
+#ifdef POOLEXPORT_WITH_CUDA
+        msg = fits_int32(op, shape, out_shape);
+        if (!msg.empty()) return invalid(msg);
+        int32_t p[24];
+        for (int i = 0; i < 3; ++i) {
+          p[2 + i] = (int32_t)w.in[i];
+          p[5 + i] = (int32_t)w.out[i];
+          p[8 + i] = (int32_t)w.k[i];
+          p[11 + i] = (int32_t)w.s[i];
+          p[14 + i] = (int32_t)w.dil[i];
+          p[17 + i] = (int32_t)w.pad[i];
+        }
+        p[0] = (int32_t)shape[0];
+        p[1] = (int32_t)shape[1];
+        p[20] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[21] = (int32_t)lo;
+        p[22] = (int32_t)hi;
+        void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+        int rc = poolexport_cuda_launch_window(Stochastic ? 1 : 0, std::is_same<T, float>::value ? 0 : 1, x, y, p, stream);
+        if (rc) return Ort::Status((op + ": CUDA launch failed: " + poolexport_cuda_error_string(rc)).c_str(), ORT_FAIL);
+        return Ort::Status{nullptr};
+#else
+        return invalid(op + ": built without CUDA");
+#endif
+      }
+      cpu::RowArgs args{w, beta, lo, hi};
+      cpu::Op kind = !Stochastic ? cpu::Op::kSoft : (sample ? cpu::Op::kSample : cpu::Op::kExpectation);
+      int64_t rows = shape[0] * shape[1] * w.out[0] * w.out[1];
+      int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
+      int64_t rows_per_plane = w.out[0] * w.out[1];
+      int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
+      parallel_for(ctx, rows, cost, [&](int64_t b, int64_t e) {
+        cpu::Scratch sc;
+        for (int64_t r = b; r < e; ++r) {
+          int64_t plane = r / rows_per_plane;
+          cpu::run_row(kind, x + plane * plane_in, y + r * w.out[2], r, args, sc);
+        }
+      });
+      return Ort::Status{nullptr};
+    } catch (const std::exception& e) {
+      return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);
+    }
+  }
+};
+
+// ------------------------------------------------------------------ reduce ops
+template <class T, bool Cuda, bool Stochastic>
+struct ReduceOp {
+  std::string op = Stochastic ? "ReduceStochasticPool" : "ReduceSoftPool";
+  ReduceAttrs ra;
+  float beta = 1.0f;
+  bool sample = false;
+  int64_t seed = 0;
+  std::string error;
+
+  ReduceOp(const OrtApi*, const OrtKernelInfo* info) {
+    try {
+      ra.read(info, op);
+      error = ra.error;
+      if (!Stochastic) {
+        beta = scalar_attr<float>(info, "beta", 1.0f);
+      } else {
+        std::string mode = string_attr(info, "mode", "expectation");
+        if (!parse_mode(mode, &sample) && error.empty())
+          error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
+        seed = scalar_attr<int64_t>(info, "seed", 0);
+      }
+    } catch (const std::exception& e) {
+      error = op + ": " + e.what();
+    }
+  }
+
+  Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
+    try {
+      if (!error.empty()) return invalid(error);
+      std::vector<int64_t> shape = X.Shape(), out_shape;
+      Reduce6 g;
+      std::string msg = ra.resolve(op, shape, &g, &out_shape);
+      if (!msg.empty()) return invalid(msg);
+      using S = typename Storage<T>::type;
+      S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
+      if (numel(out_shape) == 0) return Ort::Status{nullptr};
+      const S* x = reinterpret_cast<const S*>(X.Data());
+      uint64_t useed = (uint64_t)seed;
+      uint32_t lo = (uint32_t)useed, hi = (uint32_t)(useed >> 32);
+      if (Cuda) {
+#ifdef POOLEXPORT_WITH_CUDA
+        msg = fits_int32(op, shape, out_shape);
+        if (!msg.empty()) return invalid(msg);
+        int32_t p[12];
+        p[0] = (int32_t)shape.size();
+        for (int i = 0; i < 6; ++i) p[1 + i] = (int32_t)g.dim[i];
+        p[7] = g.mask;
+        p[8] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[9] = (int32_t)lo;
+        p[10] = (int32_t)hi;
+        void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
+        int rc = poolexport_cuda_launch_reduce(Stochastic ? 1 : 0, std::is_same<T, float>::value ? 0 : 1, x, y, p, stream);
+        if (rc) return Ort::Status((op + ": CUDA launch failed: " + poolexport_cuda_error_string(rc)).c_str(), ORT_FAIL);
+        return Ort::Status{nullptr};
+#else
+        return invalid(op + ": built without CUDA");
+#endif
+      }
+      cpu::Op kind = !Stochastic ? cpu::Op::kSoft : (sample ? cpu::Op::kSample : cpu::Op::kExpectation);
+      if (g.window == 0) {
+        for (int64_t e = 0; e < g.outputs; ++e) cpu::store(y, e, 0.0f);
+        return Ort::Status{nullptr};
+      }
+      parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) cpu::run_reduce(kind, x, y, i, g, beta, lo, hi);
+      });
+      return Ort::Status{nullptr};
+    } catch (const std::exception& e) {
+      return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);
+    }
+  }
+};
+
+}  // namespace poolexport
