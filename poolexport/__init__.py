@@ -2,3 +2,4 @@
 __version__ = "0.1.0"
 
 from . import functional, nn, ops  # noqa: E402,F401
+from .ort import get_library_path  # noqa: E402,F401
