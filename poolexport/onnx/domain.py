@@ -1,0 +1,117 @@
+"""The ``poolexport`` ONNX domain (version 1): op names, attributes and OpSchemas.
+
+Registering the schemas lets ``onnx.checker`` validate nodes of this domain and lets
+onnxscript (the dynamo exporter's translation layer) look the ops up. Attribute names are
+the argument names of the torch.library ops in ``poolexport.ops``; defaults are those of
+ONNX ``AveragePool`` (strides 1, pads 0, dilations 1, ceil_mode 0, auto_pad NOTSET).
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import defs
+
+DOMAIN = "poolexport"
+VERSION = 1
+OPSET = 18  # standard opset of exported graphs and of the decompositions
+
+SOFT_POOL = "SoftPool"
+STOCHASTIC_POOL = "StochasticPool"
+REDUCE_SOFT_POOL = "ReduceSoftPool"
+REDUCE_STOCHASTIC_POOL = "ReduceStochasticPool"
+OPS = (SOFT_POOL, STOCHASTIC_POOL, REDUCE_SOFT_POOL, REDUCE_STOCHASTIC_POOL)
+WINDOWED_OPS = (SOFT_POOL, STOCHASTIC_POOL)
+
+_A = defs.OpSchema.AttrType
+_Attr = defs.OpSchema.Attribute
+
+_WINDOW_DOC = """
+Windowing follows ONNX AveragePool exactly (attributes kernel_shape, strides, pads,
+dilations, ceil_mode, auto_pad with the same meaning and defaults); padded positions are
+never part of a window, and a window with no valid position outputs 0. X is
+N x C x D1..Dk with k = 1, 2 or 3. Window positions are ordered row-major over the kernel.
+"""
+
+_DOCS = {
+    SOFT_POOL: "SoftPool (Stergiou et al., ICCV 2021): Y = sum_i softmax(beta * w)_i * w_i over each "
+    "window w, computed stably (the window maximum is subtracted before exp)." + _WINDOW_DOC,
+    STOCHASTIC_POOL: "Stochastic pooling (Zeiler and Fergus, ICLR 2013) with r = max(w, 0): mode "
+    "'expectation' gives sum(r^2)/sum(r); mode 'sample' picks w_i with probability r_i/sum(r) using "
+    "Philox4x32-10 keyed by seed and the flat output index (see poolexport._philox). A window with "
+    "sum(r) = 0 outputs 0." + _WINDOW_DOC,
+    REDUCE_SOFT_POOL: "SoftPool over whole axes: Y = sum softmax(beta * X) * X over `axes` (ReduceMean's "
+    "meaning of axes and keepdims; all axes when axes is absent or empty), computed stably.",
+    REDUCE_STOCHASTIC_POOL: "Stochastic pooling over whole axes (ReduceMean's meaning of axes and "
+    "keepdims): mode 'expectation' gives sum(r^2)/sum(r) with r = max(X, 0); mode 'sample' picks with "
+    "Philox4x32-10 keyed by seed and the flat output index, window order row-major over the reduced axes.",
+}
+
+
+def _window_attrs() -> list:
+    return [
+        _Attr("kernel_shape", _A.INTS, "Window size along each spatial axis.", required=True),
+        _Attr("strides", _A.INTS, "Stride along each spatial axis (default 1).", required=False),
+        _Attr("pads", _A.INTS, "Begin and end padding of each spatial axis (default 0).", required=False),
+        _Attr("dilations", _A.INTS, "Dilation along each spatial axis (default 1).", required=False),
+        _Attr("ceil_mode", onnx.helper.make_attribute("ceil_mode", 0), "Use ceil for the output shape."),
+        _Attr("auto_pad", onnx.helper.make_attribute("auto_pad", "NOTSET"),
+              "NOTSET, SAME_UPPER, SAME_LOWER or VALID (AveragePool's meaning)."),
+    ]
+
+
+def _reduce_attrs() -> list:
+    return [
+        _Attr("axes", _A.INTS, "Axes to reduce (all when absent or empty).", required=False),
+        _Attr("keepdims", onnx.helper.make_attribute("keepdims", 1), "Keep the reduced axes with size 1."),
+    ]
+
+
+def _soft_attrs() -> list:
+    return [_Attr("beta", onnx.helper.make_attribute("beta", 1.0), "Inverse temperature (0 = average pooling).")]
+
+
+def _stochastic_attrs() -> list:
+    return [
+        _Attr("mode", onnx.helper.make_attribute("mode", "expectation"), "'expectation' (inference) or 'sample'."),
+        _Attr("seed", onnx.helper.make_attribute("seed", 0), "Seed of the Philox generator (mode 'sample')."),
+    ]
+
+
+def _plugin_attrs() -> list:
+    # written only by the ``tensorrt`` target: TensorRT's ONNX parser finds the plugin by
+    # op type + these two attributes; every other runtime ignores them
+    return [
+        _Attr("plugin_namespace", _A.STRING, "TensorRT plugin namespace ('poolexport').", required=False),
+        _Attr("plugin_version", _A.STRING, "TensorRT plugin version ('1').", required=False),
+    ]
+
+
+def _schema(name: str, attrs: list) -> defs.OpSchema:
+    return defs.OpSchema(
+        name,
+        DOMAIN,
+        VERSION,
+        _DOCS[name],
+        inputs=[defs.OpSchema.FormalParameter("X", "T", "Input tensor.")],
+        outputs=[defs.OpSchema.FormalParameter("Y", "T", "Pooled tensor.")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16 tensors.")],
+        attributes=attrs + _plugin_attrs(),
+    )
+
+
+def schemas() -> list[defs.OpSchema]:
+    return [
+        _schema(SOFT_POOL, _window_attrs() + _soft_attrs()),
+        _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs()),
+        _schema(REDUCE_SOFT_POOL, _reduce_attrs() + _soft_attrs()),
+        _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs()),
+    ]
+
+
+def register_schemas() -> None:
+    """Register the domain's OpSchemas once per process (idempotent)."""
+    for schema in schemas():
+        if not defs.has(schema.name, DOMAIN):
+            defs.register_schema(schema)
+
+
+register_schemas()

@@ -1,0 +1,151 @@
+"""Export targets: what the ``poolexport`` nodes of an exported graph become.
+
+* ``ort`` (default): the custom nodes plus a model-local function of the same name for
+  each (the standard-op decomposition), so ONNX Runtime with our custom-op library runs
+  the kernels and any other runtime (plain ONNX Runtime, onnx's ReferenceEvaluator) runs
+  the decomposition.
+* ``portable``: the decomposition inlined; no ``poolexport`` node or domain is left.
+* ``tensorrt``: the custom nodes shaped for TensorRT's ONNX parser: op type = plugin
+  name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, and no local functions
+  (the parser would prefer a local function over the plugin).
+
+Every target writes the node attributes explicitly (AveragePool's defaults filled in) and
+an IR version that onnxruntime >= 1.17 reads.
+"""
+from __future__ import annotations
+
+import onnx
+import onnx.inliner
+from onnx import helper
+
+from . import domain as D
+from .decompositions import functions
+
+TARGETS = ("ort", "portable", "tensorrt")
+IR_VERSION = 10  # onnx 1.23 writes 14 by default; onnxruntime 1.31 reads up to 13
+PLUGIN_NAMESPACE = D.DOMAIN
+PLUGIN_VERSION = str(D.VERSION)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _set(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _input_rank(model: onnx.ModelProto, name: str):
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.domain == D.DOMAIN]
+
+
+def normalize_nodes(model: onnx.ModelProto) -> None:
+    """Write every attribute of every poolexport node explicitly (defaults filled in)."""
+    ranks = None
+    for node in custom_nodes(model):
+        if node.op_type not in D.OPS:
+            raise ValueError(f"{node.op_type}: not an op of the {D.DOMAIN} domain (known: {', '.join(D.OPS)})")
+        a = _attrs(node)
+        if node.op_type in D.WINDOWED_OPS:
+            if "kernel_shape" not in a:
+                raise ValueError(f"{node.op_type}: kernel_shape is required (node {node.name!r})")
+            k = len(a["kernel_shape"])
+            defaults = dict(strides=[1] * k, pads=[0] * (2 * k), dilations=[1] * k, ceil_mode=0, auto_pad="NOTSET")
+        else:
+            defaults = dict(keepdims=1)
+            if "axes" not in a or len(a["axes"]) == 0:
+                if ranks is None:
+                    model_inferred = onnx.shape_inference.infer_shapes(model)
+                    ranks = model_inferred
+                r = _input_rank(ranks, node.input[0])
+                if r is None:
+                    raise ValueError(f"{node.op_type}: axes is absent and the input rank is unknown (node {node.name!r})")
+                _set(node, "axes", list(range(r)))
+        if node.op_type in (D.SOFT_POOL, D.REDUCE_SOFT_POOL):
+            defaults["beta"] = 1.0
+        else:
+            defaults.update(mode="expectation", seed=0)
+        for name, value in defaults.items():
+            if name not in a:
+                _set(node, name, value)
+        a = _attrs(node)
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if node.op_type in D.WINDOWED_OPS and auto_pad != "NOTSET" and a.get("ceil_mode"):
+            _set(node, "ceil_mode", 0)  # ignored by ONNX unless NOTSET; the decomposition relies on 0
+        if node.op_type in D.WINDOWED_OPS and auto_pad != "NOTSET":
+            _set(node, "pads", [0] * len(a["pads"]))  # ignored by ONNX unless NOTSET; likewise
+
+
+def check_decomposable(model: onnx.ModelProto) -> None:
+    for node in custom_nodes(model):
+        mode = _attrs(node).get("mode", b"expectation")
+        if (mode.decode() if isinstance(mode, bytes) else mode) == "sample":
+            raise ValueError(
+                f"{node.op_type}: mode='sample' has no standard-op decomposition (the Philox picks run only in "
+                "the custom-op library and the TensorRT plugin); export the model in eval() mode, or use the "
+                "tensorrt target"
+            )
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ValueError("model: no standard ONNX opset import")
+
+
+def _set_opset(model: onnx.ModelProto, domain: str, version: int | None) -> None:
+    kept = [i for i in model.opset_import if i.domain != domain]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    if version is not None:
+        model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the decomposition of each poolexport op used (replacing any already there)."""
+    check_decomposable(model)
+    used = {n.op_type for n in custom_nodes(model)}
+    kept = [f for f in model.functions if f.domain != D.DOMAIN]
+    del model.functions[:]
+    model.functions.extend(kept + functions(used, _default_opset(model)))
+    return model
+
+
+def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto:
+    """Shape an exported model for ``target`` (in place; also returned)."""
+    if target not in TARGETS:
+        raise ValueError(f"target: must be one of {', '.join(TARGETS)}, got {target!r}")
+    if _default_opset(model) < D.OPSET:
+        raise ValueError(f"opset: the decompositions need opset >= {D.OPSET}, got {_default_opset(model)}")
+    normalize_nodes(model)
+    has_custom = bool(custom_nodes(model))
+    if target == "tensorrt":
+        for node in custom_nodes(model):
+            _set(node, "plugin_namespace", PLUGIN_NAMESPACE)
+            _set(node, "plugin_version", PLUGIN_VERSION)
+        kept = [f for f in model.functions if f.domain != D.DOMAIN]
+        del model.functions[:]
+        model.functions.extend(kept)
+    else:
+        attach_functions(model)
+    if target == "portable":
+        model = onnx.inliner.inline_local_functions(model)
+        _set_opset(model, D.DOMAIN, None)
+    else:
+        _set_opset(model, D.DOMAIN, D.VERSION if has_custom else None)
+    model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION) if model.ir_version else IR_VERSION
+    model.ir_version = IR_VERSION
+    return model

@@ -1,0 +1,118 @@
+"""Symbolic functions: torch ``poolexport::*`` ops -> ``poolexport`` ONNX nodes.
+
+Both exporters give the same node with the same, fully explicit attributes (PyTorch's
+"empty strides means strides = kernel" is resolved here, so the node never depends on a
+default that differs between PyTorch and ONNX):
+
+* ``torch.onnx.export(dynamo=True)``: :func:`custom_translation_table`, onnxscript
+  functions that onnxscript resolves through the registered OpSchemas;
+* ``torch.onnx.export(dynamo=False)`` (TorchScript): :func:`register_torchscript_symbolics`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops._windows import spec_from_attrs
+from . import domain as D
+
+
+def window_attributes(op: str, rank: int, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad) -> dict:
+    """The torch op's window arguments as explicit ONNX attributes."""
+    spec = spec_from_attrs(op, rank, list(kernel_shape), list(strides), list(pads), list(dilations),
+                           bool(ceil_mode), str(auto_pad))
+    return dict(kernel_shape=list(spec.kernel_shape), strides=list(spec.strides), pads=list(spec.pads),
+                dilations=list(spec.dilations), ceil_mode=int(spec.ceil_mode), auto_pad=spec.auto_pad)
+
+
+def reduce_axes(rank: int, axes) -> list[int]:
+    """ReduceMean's meaning: None or empty = all axes; written explicitly and non-negative."""
+    if axes is None or len(axes) == 0:
+        return list(range(rank))
+    return [int(a) % rank for a in axes]
+
+
+# ------------------------------------------------------------------ dynamo / onnxscript
+def custom_translation_table() -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
+    import onnxscript
+
+    pe = onnxscript.values.Opset(D.DOMAIN, D.VERSION)
+
+    def _rank(X) -> int:
+        return len(X.shape)
+
+    def soft_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+        attrs = window_attributes(D.SOFT_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return pe.SoftPool(X, beta=float(beta), **attrs)
+
+    def stochastic_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+        attrs = window_attributes(D.STOCHASTIC_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode,
+                                  auto_pad)
+        return pe.StochasticPool(X, mode=str(mode), seed=int(seed), **attrs)
+
+    def reduce_soft_pool(X, axes, keepdims, beta):
+        return pe.ReduceSoftPool(X, axes=reduce_axes(_rank(X), axes), keepdims=int(bool(keepdims)), beta=float(beta))
+
+    def reduce_stochastic_pool(X, axes, keepdims, mode, seed):
+        return pe.ReduceStochasticPool(X, axes=reduce_axes(_rank(X), axes), keepdims=int(bool(keepdims)),
+                                       mode=str(mode), seed=int(seed))
+
+    ops = torch.ops.poolexport
+    return {
+        ops.soft_pool.default: soft_pool,
+        ops.stochastic_pool.default: stochastic_pool,
+        ops.reduce_soft_pool.default: reduce_soft_pool,
+        ops.reduce_stochastic_pool.default: reduce_stochastic_pool,
+    }
+
+
+# ------------------------------------------------------------------ TorchScript exporter
+_REGISTERED: set[int] = set()
+
+
+def register_torchscript_symbolics(opset: int = D.OPSET) -> None:
+    """``register_custom_op_symbolic`` for the four ops (idempotent per opset)."""
+    if opset in _REGISTERED:
+        return
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    def _rank(X) -> int:
+        r = sh._get_tensor_rank(X)
+        if r is None:
+            raise ValueError("poolexport: the TorchScript exporter needs the input rank of a pooling op")
+        return r
+
+    def _window(op, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+        a = window_attributes(op, _rank(X), sh._maybe_get_const(kernel_shape, "is"), sh._maybe_get_const(strides, "is"),
+                              sh._maybe_get_const(pads, "is"), sh._maybe_get_const(dilations, "is"),
+                              sh._maybe_get_const(ceil_mode, "b"), sh._maybe_get_const(auto_pad, "s"))
+        return dict(kernel_shape_i=a["kernel_shape"], strides_i=a["strides"], pads_i=a["pads"],
+                    dilations_i=a["dilations"], ceil_mode_i=a["ceil_mode"], auto_pad_s=a["auto_pad"])
+
+    def _axes(X, axes):
+        axes = None if sh._is_none(axes) else sh._maybe_get_const(axes, "is")
+        return reduce_axes(_rank(X), axes)
+
+    def soft_pool(g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+        a = _window(D.SOFT_POOL, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return g.op(f"{D.DOMAIN}::{D.SOFT_POOL}", X, beta_f=float(sh._maybe_get_const(beta, "f")), **a)
+
+    def stochastic_pool(g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+        a = _window(D.STOCHASTIC_POOL, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return g.op(f"{D.DOMAIN}::{D.STOCHASTIC_POOL}", X, mode_s=sh._maybe_get_const(mode, "s"),
+                    seed_i=int(sh._maybe_get_const(seed, "i")), **a)
+
+    def reduce_soft_pool(g, X, axes, keepdims, beta):
+        return g.op(f"{D.DOMAIN}::{D.REDUCE_SOFT_POOL}", X, axes_i=_axes(X, axes),
+                    keepdims_i=int(sh._maybe_get_const(keepdims, "b")), beta_f=float(sh._maybe_get_const(beta, "f")))
+
+    def reduce_stochastic_pool(g, X, axes, keepdims, mode, seed):
+        return g.op(f"{D.DOMAIN}::{D.REDUCE_STOCHASTIC_POOL}", X, axes_i=_axes(X, axes),
+                    keepdims_i=int(sh._maybe_get_const(keepdims, "b")), mode_s=sh._maybe_get_const(mode, "s"),
+                    seed_i=int(sh._maybe_get_const(seed, "i")))
+
+    for name, fn in (("soft_pool", soft_pool), ("stochastic_pool", stochastic_pool),
+                     ("reduce_soft_pool", reduce_soft_pool), ("reduce_stochastic_pool", reduce_stochastic_pool)):
+        register_custom_op_symbolic(f"poolexport::{name}", fn, opset)
+    _REGISTERED.add(opset)
