@@ -1,0 +1,98 @@
+"""`poolexport serve` and `poolexport triton-repo`: argument definitions and run functions.
+
+Registered with the main CLI through `register_command(name, add_arguments, run)`; also
+runnable alone as `python -m poolexport.serve {serve,triton-repo} ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX file (onnxruntime) or serialized engine (tensorrt)")
+    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--model-name", default=None, help="name served under (default: file stem)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind HTTP, gRPC and metrics (0.0.0.0 for all interfaces)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-batch-size", type=int, default=8,
+                   help="dynamic batching up to this size; 0 disables batching")
+    p.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="how long the dynamic batcher waits to fill a batch")
+    p.add_argument("--instances", type=int, default=1, help="model instances (parallel batches)")
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton verbose log level")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .runtime import BackendUnavailable
+    from .server import Server, serve_forever
+
+    try:
+        server = Server(args.model, backend=args.backend, model_name=args.model_name,
+                        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                        metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
+                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+                        log_verbose=args.log_verbose)
+    except (BackendUnavailable, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return serve_forever(server)
+
+
+def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX file, or a TensorRT plan (.plan/.engine)")
+    p.add_argument("-o", "--output", required=True, help="model repository directory")
+    p.add_argument("--model-name", default=None, help="model folder name (default: file stem)")
+    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default=None,
+                   help="default: tensorrt for .plan/.engine files, else onnxruntime")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-queue-delay-us", type=int, default=100)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_AUTO",
+                   help="instance group kind")
+    p.add_argument("--signature-from", default=None,
+                   help="for a TensorRT plan: the ONNX file it was built from (names, dtypes, dims)")
+    p.add_argument("--plugin-library", default=None,
+                   help="for a TensorRT plan: plugin library to copy beside the plan")
+
+
+def run_triton_repo(args: argparse.Namespace) -> int:
+    from .repository import write_repository
+
+    try:
+        path = write_repository(
+            args.model, args.output, model_name=args.model_name, backend=args.backend,
+            max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+            instances=args.instances, kind=args.kind, signature_from=args.signature_from,
+            plugin_library=args.plugin_library)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"poolexport triton-repo: wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "serve": (add_serve_arguments, run_serve),
+    "triton-repo": (add_triton_repo_arguments, run_triton_repo),
+}
+
+
+def register(register_command) -> None:
+    """Hook for poolexport.cli: `serve.cli.register(register_command)`."""
+    for name, (add, run) in COMMANDS.items():
+        register_command(name, add, run)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m poolexport.serve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add, run) in COMMANDS.items():
+        sp = sub.add_parser(name)
+        add(sp)
+        sp.set_defaults(_run=run)
+    args = parser.parse_args(argv)
+    return args._run(args)

@@ -1,0 +1,159 @@
+"""Embedded Triton-protocol server (NVIDIA PyTriton) around one ONNX Runtime / TensorRT model.
+
+PyTriton runs a real Triton Inference Server (KServe v2 over HTTP and gRPC, metrics,
+dynamic batching) and hands each batch to a Python callable through its Python-backend
+stub. We bind that callable to a back end from `runtime.py`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sysconfig
+import threading
+
+import numpy as np
+
+from .runtime import load_backend
+from .signature import default_model_name
+
+LOG = logging.getLogger("poolexport.serve")
+
+
+def ensure_libpython_visible(environ=os.environ) -> str | None:
+    """Put this interpreter's libpython directory on LD_LIBRARY_PATH.
+
+    PyTriton's stub is a separate executable linked against libpython. With a pyenv, uv
+    or conda interpreter the loader otherwise picks the system's libpython, whose
+    threading internals differ, and the model fails to load ("'_thread.RLock' object
+    has no attribute '_recursion_count'"). tritonserver inherits our environment and the
+    stub inherits tritonserver's, so setting it here (before start) is enough.
+    Returns the directory added, or None when nothing was needed.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlib = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not libdir or not ldlib.endswith(".so") and ".so." not in ldlib:
+        return None  # static interpreter: nothing to point at
+    if not os.path.exists(os.path.join(libdir, ldlib)):
+        return None
+    current = [p for p in environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir in current:
+        return None
+    environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *current])
+    return libdir
+
+
+def _infer_callable(backend, batched: bool):
+    """The function PyTriton calls with a list of requests; returns a list of responses."""
+    in_names = [t.name for t in backend.signature.inputs]
+    in_dtypes = {t.name: t.dtype for t in backend.signature.inputs}
+
+    def run_one(feeds):
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=in_dtypes[n]) for n in in_names}
+        return backend.run(feeds)
+
+    if batched:
+        from pytriton.decorators import batch
+
+        @batch
+        def infer(**feeds):
+            return run_one(feeds)
+    else:
+        def infer(requests):
+            return [run_one(r) for r in requests]
+    return infer
+
+
+class Server:
+    """Serve one model file; `start()` returns once it is ready, `stop()` tears it down."""
+
+    def __init__(self, model_path, backend: str = "onnxruntime", model_name: str | None = None,
+                 host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
+                 metrics_port: int = 8002, max_batch_size: int = 8,
+                 max_queue_delay_us: int = 100, instances: int = 1, log_verbose: int = 0):
+        if max_batch_size < 0:
+            raise ValueError(f"serve: max_batch_size must be >= 0, got {max_batch_size}")
+        if instances < 1:
+            raise ValueError(f"serve: instances must be >= 1, got {instances}")
+        self.model_path = os.fspath(model_path)
+        self.model_name = model_name or default_model_name(self.model_path)
+        self.backend = load_backend(self.model_path, backend)
+        sig = self.backend.signature
+        if max_batch_size > 0 and not sig.batchable:
+            LOG.warning("serve: %s has a fixed leading dim; serving without batching",
+                        self.model_path)
+            max_batch_size = 0
+        self.max_batch_size = max_batch_size
+        self.host, self.http_port, self.grpc_port, self.metrics_port = (
+            host, http_port, grpc_port, metrics_port)
+        self.max_queue_delay_us = max_queue_delay_us
+        self.instances = instances
+        self.log_verbose = log_verbose
+        self._triton = None
+
+    def start(self):
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        ensure_libpython_visible()
+        sig, mbs = self.backend.signature, self.max_batch_size
+        config = TritonConfig(
+            http_address=self.host, http_port=self.http_port,
+            grpc_address=self.host, grpc_port=self.grpc_port,
+            metrics_address=self.host, metrics_port=self.metrics_port,
+            log_verbose=self.log_verbose, exit_on_error=True)
+        self._triton = Triton(config=config)
+        tensors = lambda specs: [  # noqa: E731
+            Tensor(name=t.name, dtype=t.dtype, shape=sig.dims(t, mbs)) for t in specs]
+        infer = _infer_callable(self.backend, batched=mbs > 0)
+        self._triton.bind(
+            model_name=self.model_name,
+            # one callable per instance; ONNX Runtime sessions are safe to share.
+            infer_func=[infer] * self.instances if self.instances > 1 else infer,
+            inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
+            config=ModelConfig(
+                batching=mbs > 0, max_batch_size=max(mbs, 1),
+                batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
+            strict=False)
+        self._triton.run()
+        return self
+
+    def stop(self):
+        if self._triton is not None:
+            self._triton.stop()
+            self._triton = None
+
+    def wait(self, stop_event: threading.Event, poll_s: float = 1.0):
+        """Block until `stop_event` is set or the server dies."""
+        while not stop_event.wait(poll_s):
+            if self._triton is None or not self._triton.is_alive():
+                return False
+        return True
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def serve_forever(server: Server) -> int:
+    """Start, print the endpoints, block until SIGINT/SIGTERM, then stop cleanly."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        print(f"poolexport serve: model {server.model_name!r} ready "
+              f"(backend {server.backend.name}, max_batch_size {server.max_batch_size}); "
+              f"http {server.host}:{server.http_port} grpc {server.host}:{server.grpc_port} "
+              f"metrics {server.host}:{server.metrics_port}", flush=True)
+        clean = server.wait(stop)
+    finally:
+        server.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if not clean:
+        print("poolexport serve: server exited unexpectedly", flush=True)
+        return 1
+    print("poolexport serve: stopped", flush=True)
+    return 0
