@@ -1,0 +1,163 @@
+"""PTX of the shared CUDA kernels, for TensorRT's ahead-of-time plugins.
+
+``nvcc -ptx`` compiles ``custom_ops/trt/poolexport_kernels.cu``, which includes the very
+kernel definitions the ONNX Runtime CUDA build compiles (one math, many backends). The
+PTX is looked up, in order:
+
+1. ``$POOLEXPORT_PTX`` (a file), for deployments that ship it themselves;
+2. the copy shipped in the package (``poolexport/tensorrt/_ptx/``, written by
+   ``python -m poolexport.tensorrt.ptx --ship``), if it was built from the same sources;
+3. a cache (``$POOLEXPORT_CACHE`` or ``~/.cache/poolexport``), compiled on demand with
+   nvcc (``$POOLEXPORT_NVCC``, ``$CUDACXX``, ``PATH``, ``/usr/local/cuda/bin``).
+
+PTX is forward compatible: the driver JIT-compiles ``compute_75`` PTX for any newer GPU,
+but only a driver at least as new as the nvcc that wrote it can read it (PTX ISA version),
+so build with the CUDA version of the deployment target or older.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+DEFAULT_ARCH = "compute_75"  # the oldest virtual arch nvcc 13 still accepts
+ENTRY = Path("trt") / "poolexport_kernels.cu"
+_PACKAGE_PTX = Path(__file__).parent / "_ptx"
+
+
+class PTXUnavailable(RuntimeError):
+    """No PTX could be found or built; the message names what is missing."""
+
+
+def custom_ops_dir() -> Path | None:
+    """The repository's custom_ops/ (editable installs and CI), or $POOLEXPORT_CUSTOM_OPS."""
+    env = os.environ.get("POOLEXPORT_CUSTOM_OPS")
+    cand = Path(env) if env else Path(__file__).resolve().parents[2] / "custom_ops"
+    return cand if (cand / ENTRY).is_file() else None
+
+
+def find_nvcc() -> str | None:
+    for env in ("POOLEXPORT_NVCC", "CUDACXX"):
+        if os.environ.get(env) and Path(os.environ[env]).is_file():
+            return os.environ[env]
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.is_file() else None
+
+
+def _sources(root: Path) -> list[Path]:
+    files = [root / ENTRY]
+    for sub in ("include", "cuda", "ort", "trt"):
+        d = root / sub
+        if d.is_dir():
+            files += [p for p in d.rglob("*") if p.suffix in (".h", ".cuh", ".cu") and p.is_file()]
+    return sorted(set(files))
+
+
+def source_hash(root: Path, arch: str) -> str:
+    h = hashlib.sha256(arch.encode())
+    for p in _sources(root):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def compile_ptx(output: Path, arch: str = DEFAULT_ARCH, nvcc: str | None = None, root: Path | None = None) -> Path:
+    """Run nvcc -ptx on the TensorRT entry source; returns ``output``."""
+    root = root or custom_ops_dir()
+    if root is None:
+        raise PTXUnavailable(f"PTX sources missing: custom_ops/{ENTRY} not found (set POOLEXPORT_CUSTOM_OPS)")
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise PTXUnavailable("nvcc not found (set POOLEXPORT_NVCC or put the CUDA toolkit's bin on PATH)")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++17", "-I", str(root / "include"), str(root / ENTRY),
+           "-o", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PTXUnavailable(f"nvcc failed ({' '.join(cmd)}):\n{proc.stderr.strip()}")
+    return output
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("POOLEXPORT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "poolexport")
+    return Path(base) / "ptx"
+
+
+def ptx_path(arch: str = DEFAULT_ARCH) -> Path:
+    """Path of an up-to-date PTX file (see the module docstring for the search order)."""
+    if os.environ.get("POOLEXPORT_PTX"):
+        return Path(os.environ["POOLEXPORT_PTX"])
+    root = custom_ops_dir()
+    shipped = _PACKAGE_PTX / f"poolexport_kernels.{arch}.ptx"
+    meta = shipped.with_suffix(".json")
+    if shipped.is_file():
+        if root is None:
+            return shipped  # an installed wheel: no sources to compare with
+        if meta.is_file() and json.loads(meta.read_text()).get("source_hash") == source_hash(root, arch):
+            return shipped
+    if root is None:
+        raise PTXUnavailable(
+            "PTX missing: no shipped poolexport/tensorrt/_ptx and no custom_ops/ sources (set POOLEXPORT_PTX)"
+        )
+    cached = _cache_dir() / f"poolexport_kernels.{arch}.{source_hash(root, arch)}.ptx"
+    if not cached.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = compile_ptx(Path(tmp) / "k.ptx", arch, root=root)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(out), cached)
+    return cached
+
+
+@lru_cache(maxsize=4)
+def load_ptx(arch: str = DEFAULT_ARCH) -> str:
+    return ptx_path(arch).read_text()
+
+
+_ENTRY_RE = re.compile(r"\.entry\s+([A-Za-z_$][\w$]*)\s*\((.*?)\)", re.S)
+_PARAM_RE = re.compile(r"\.param\s+\.(\w+)")
+
+
+def ptx_entries(ptx: str) -> dict[str, list[str]]:
+    """{entry name: [PTX parameter types]} of every ``.entry`` in a PTX module."""
+    return {m.group(1): _PARAM_RE.findall(m.group(2)) for m in _ENTRY_RE.finditer(ptx)}
+
+
+def ship(arch: str = DEFAULT_ARCH) -> Path:
+    """Compile into the package (``_ptx/``) with a hash of the sources it came from."""
+    root = custom_ops_dir()
+    out = compile_ptx(_PACKAGE_PTX / f"poolexport_kernels.{arch}.ptx", arch, root=root)
+    out.with_suffix(".json").write_text(json.dumps({"arch": arch, "source_hash": source_hash(root, arch)}) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m poolexport.tensorrt.ptx", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default=DEFAULT_ARCH, help="virtual architecture (default %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ship", action="store_true", help="write poolexport/tensorrt/_ptx/ (package data)")
+    g.add_argument("-o", "--output", type=Path, help="write the PTX to this file")
+    args = p.parse_args(argv)
+    try:
+        out = ship(args.arch) if args.ship else (compile_ptx(args.output, args.arch) if args.output else ptx_path(args.arch))
+    except PTXUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    entries = ptx_entries(out.read_text())
+    print(f"{out}: {len(entries)} kernels: {', '.join(sorted(entries))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
