@@ -15,7 +15,7 @@ struct Reduce6 {
   int64_t window;     // product of reduced dims
 };
 
-inline Reduce6 make_reduce6(const int64_t dims[6], int32_t mask) {
+PX_HD Reduce6 make_reduce6(const int64_t dims[6], int32_t mask) {
   Reduce6 g;
   int64_t st = 1;
   g.mask = mask;
