@@ -4,7 +4,6 @@ Importing this package needs neither TensorRT nor a GPU; the functions that do i
 TensorRT lazily and fail with one line naming what is missing.
 """
 from ._import import TensorRTUnavailable, import_tensorrt
-from .onnx_prep import prepare_onnx
 from .shapes import kernel_args
 
 __all__ = ["TensorRTUnavailable", "import_tensorrt", "kernel_args", "prepare_onnx", "register_plugins",
@@ -21,6 +20,12 @@ def build_engine(*args, **kwargs):
     from .engine import build_engine as _build
 
     return _build(*args, **kwargs)
+
+
+def prepare_onnx(model):
+    from .onnx_prep import prepare_onnx as _prepare
+
+    return _prepare(model)
 
 
 def __getattr__(name):
