@@ -84,3 +84,14 @@ def stochastic_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False, mod
     if mode not in MODES:
         raise ValueError(f"stochastic_pool_reduce: mode must be one of {MODES}, got {mode!r}")
     return reduce_stochastic_pool(x, _dims("stochastic_pool_reduce", x, dim), bool(keepdim), mode, int(seed))
+
+
+# ---------------------------------------------------------------- standard-op pools (poolexport.nn.functional)
+# Lp/L2, ONNX-windowed avg/max, mixed, reductions, LRN and bilinear pooling need no custom
+# op; they live beside their modules and are re-exported here. Imported last: by now every
+# name above exists for poolexport.nn's modules, which import this module.
+from .nn.functional import (  # noqa: E402,F401
+    avg_pool1d, avg_pool2d, avg_pool3d, avg_pool_reduce, bilinear_pool, local_response_norm, lp_pool1d, lp_pool2d,
+    lp_pool3d, lp_pool_reduce, max_pool1d, max_pool2d, max_pool3d, max_pool_reduce, mixed_pool1d, mixed_pool2d,
+    mixed_pool3d, mixed_pool_reduce,
+)

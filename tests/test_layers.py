@@ -417,3 +417,42 @@ def test_layer_validation():
         pnn.LocalResponseNorm(0)
     with pytest.raises(ValueError, match="WeightedAvgPool2d: channels"):
         pnn.WeightedAvgPool2d(0, 2)
+
+
+def test_functional_reexports():
+    import poolexport.functional as F
+
+    assert F.lp_pool2d is PF.lp_pool2d and F.mixed_pool_reduce is PF.mixed_pool_reduce
+    assert F.local_response_norm is PF.local_response_norm and F.soft_pool2d is not None
+
+
+class _StandardLayers(torch.nn.Module):
+    """Every standard-op layer in one graph, so one export checks them all."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts = torch.nn.ModuleList([
+            pnn.LpPool2d(2, 3, 2, True, padding=1), pnn.L2Pool2d(2, mean=True), pnn.LpPool2d(3, 2, dilation=2),
+            pnn.MixedPool2d(3, 2, "same", learn_alpha=True), pnn.MaxPool2d(3, 2, 1, 2, True), pnn.AvgPool2d(2, 1, 1, 2),
+            pnn.LocalResponseNorm(4), pnn.GlobalL2Pool(), pnn.GlobalMixedPool(), pnn.GlobalMaxPool(),
+            pnn.WeightedAvgPool2d(4, 2), pnn.ECA(4), pnn.SE(4, pool="l2"),
+            pnn.CBAM(4, channel_pools=("l2", "mixed"), spatial_pools=("l2", "max", "avg", "mixed", "rms")),
+        ])
+        self.bilinear = pnn.BilinearPool()
+
+    def forward(self, x):
+        return torch.cat([p(x).flatten(1) for p in self.parts] + [self.bilinear(x)], 1)
+
+
+def test_standard_layers_export_to_onnx_and_match_onnxruntime():
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    model = _StandardLayers().eval()
+    x = torch.randn(2, 4, 9, 9)
+    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+    ops = {n.op_type for n in program.model_proto.graph.node}
+    assert "ReduceL2" in ops  # L2 descriptors export to the standard reduction
+    sess = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
