@@ -204,17 +204,25 @@ def _first(y):
 
 
 # ------------------------------------------------------------------ reference and metrics
-def reference_outputs(torch_model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """PyTorch in float64 on the same weights (fp16 ones upcast) and inputs."""
+def reference_outputs(torch_model, inputs: Sequence[np.ndarray]) -> list:
+    """PyTorch in float64 on the same weights (fp16 ones upcast) and inputs; an entry is
+    the exception instead when PyTorch itself cannot run that input."""
     try:
         ref_model = copy.deepcopy(torch_model).double()
         with torch.no_grad():
-            return [_first(ref_model(torch.from_numpy(x).double())).numpy() for x in inputs]
+            ref_model(torch.from_numpy(inputs[0]).double())
+        cast = torch.float64
     except Exception:
         # a model that cannot run in float64 (dtype baked into a trace): float32 instead
-        ref_model = copy.deepcopy(torch_model).float()
-        with torch.no_grad():
-            return [_first(ref_model(torch.from_numpy(x).float())).numpy().astype(np.float64) for x in inputs]
+        ref_model, cast = copy.deepcopy(torch_model).float(), torch.float32
+    refs = []
+    for x in inputs:
+        try:
+            with torch.no_grad():
+                refs.append(_first(ref_model(torch.from_numpy(x).to(cast))).numpy().astype(np.float64))
+        except Exception as exc:
+            refs.append(exc)
+    return refs
 
 
 def errors(y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -265,6 +273,10 @@ def check_parity(
             report.results.append(RuntimeResult(runtime, "error", reason=_one_line(exc)))
             continue
         for x, ref in zip(inputs, refs):
+            if isinstance(ref, Exception):
+                report.results.append(RuntimeResult(runtime, "error", tuple(x.shape),
+                                                    reason=f"PyTorch cannot run this shape: {_one_line(ref)}"))
+                continue
             start = time.perf_counter()
             try:
                 y = run(x)

@@ -40,6 +40,17 @@ def dynamic_axes_for(rank: int, dynamic: Iterable[str]) -> dict[int, str]:
     return axes
 
 
+def program_static_axes(program) -> set[int]:
+    """Axes of a torch.export program's first input that were exported with a fixed size."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if val is None:
+                return set()
+            return {i for i, s in enumerate(val.shape) if isinstance(s, int)}
+    return set()
+
+
 def prepare_module(model, fp16: bool):
     """An eval-mode module in the export dtype (programs become their unlifted module)."""
     if isinstance(model, torch.export.ExportedProgram):
@@ -84,9 +95,13 @@ def export_model(
     """Export ``model`` at ``example``'s shape; returns the ONNX model shaped for ``target``."""
     if opset < D.OPSET:
         raise ValueError(f"opset: must be >= {D.OPSET}, got {opset}")
-    module = prepare_module(model, fp16)
     x = example.to(torch.float16 if fp16 else torch.float32)
     axes = dynamic_axes_for(x.dim(), dynamic)
+    if isinstance(model, torch.export.ExportedProgram):
+        # a program's dynamism is fixed: its module asserts the static sizes
+        static = program_static_axes(model)
+        axes = {i: n for i, n in axes.items() if i not in static}
+    module = prepare_module(model, fp16)
     if exporter == "auto":
         exporter = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
     with _quiet(verbose):
