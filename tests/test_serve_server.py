@@ -63,12 +63,13 @@ def _free_ports(n):
 
 
 class _ServerProc:
-    def __init__(self, model_path, log_path):
+    def __init__(self, model_path, log_path, model_name=MODEL):
+        self.model_name = model_name
         self.http, self.grpc, self.metrics = _free_ports(3)
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, "-m", "poolexport.serve", "serve", str(model_path),
-               "--model-name", MODEL, "--host", "127.0.0.1",
+               "--model-name", model_name, "--host", "127.0.0.1",
                "--http-port", str(self.http), "--grpc-port", str(self.grpc),
                "--metrics-port", str(self.metrics), "--max-batch-size", str(MAX_BATCH)]
         # Own session: teardown can kill tritonserver and the stub with it, whatever happens.
@@ -88,7 +89,7 @@ class _ServerProc:
                 if self.proc.poll() is not None:
                     pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
                 try:
-                    if client.is_model_ready(MODEL):
+                    if client.is_model_ready(self.model_name):
                         return
                 except Exception:
                     pass
@@ -364,3 +365,60 @@ def test_zz_sigterm_stops_cleanly(server):
     for port in (server.http, server.grpc, server.metrics):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+
+
+# -- a model with a poolexport custom node, served through our ONNX Runtime library --------
+
+def _softpool_reference(x, k, beta):
+    """float64 SoftPool over non-overlapping k x k windows, written from the definition."""
+    n, c, h, w = x.shape
+    win = x.astype(np.float64).reshape(n, c, h // k, k, w // k, k).transpose(0, 1, 2, 4, 3, 5)
+    win = win.reshape(n, c, h // k, w // k, k * k)
+    z = beta * win
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return (e * win).sum(-1) / e.sum(-1)
+
+
+@pytest.fixture(scope="module")
+def library():
+    import poolexport
+    try:
+        return poolexport.get_library_path()
+    except (AttributeError, RuntimeError) as e:
+        pytest.skip(f"poolexport ONNX Runtime custom-op library not available ({e})")
+
+
+@pytest.fixture(scope="module")
+def softpool_server(library, tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve_softpool")
+    node = helper.make_node("SoftPool", ["x"], ["y"], domain="poolexport",
+                            kernel_shape=[2, 2], strides=[2, 2], beta=2.0)
+    graph = helper.make_graph(
+        [node], "softpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("poolexport", 1)])
+    model.ir_version = 10
+    onnx.save(model, d / "softpool.onnx")  # no local function: only our kernel can run it
+    proc = _ServerProc(d / "softpool.onnx", d / "server.log", model_name="softpool")
+    try:
+        proc.wait_ready()
+        yield proc, d / "softpool.onnx"
+    finally:
+        proc.terminate(timeout=30)
+        proc.kill()
+
+
+def test_custom_op_model_served_through_library(softpool_server, library):
+    server, path = softpool_server
+    x = np.random.default_rng(3).standard_normal((3, 2, 8, 8)).astype(np.float32) * 30
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(library)
+    direct = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    (want,) = direct.run(["y"], {"x": x})
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}") as c:
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        got = c.infer("softpool", [inp]).as_numpy("y")
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, _softpool_reference(x, 2, 2.0), rtol=1e-5, atol=1e-4)
