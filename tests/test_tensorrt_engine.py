@@ -102,7 +102,7 @@ def test_build_engine_without_tensorrt_is_one_line(tmp_path):
     onnx.save(one_node_model("SoftPool", [1, 1, 4], dict(kernel_shape=[2])), path)
     proc = subprocess.run([sys.executable, "-m", "poolexport.tensorrt.cli", str(path), "-o", str(tmp_path / "m.plan")],
                           capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "TensorRT" in proc.stderr or "nvcc" in proc.stderr
 

@@ -1,7 +1,8 @@
 """``poolexport build-engine``: argument definition and run function.
 
-Registered by ``poolexport/cli.py``; also runnable alone as
-``python -m poolexport.tensorrt.cli model.onnx -o model.plan``.
+Registered by ``poolexport/cli.py`` (NAME, HELP, add_arguments, run); also runnable alone
+as ``python -m poolexport.tensorrt.cli model.onnx -o model.plan``. Exit codes follow
+poolexport's CLI: 0 success, 2 anything that stops the build (one line on stderr).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         import_tensorrt(plugin=True)
         load_ptx()
     except (TensorRTUnavailable, PTXUnavailable) as e:
-        return _fail(e, 1)
+        return _fail(e, 2)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -58,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = build_engine(args.model, args.output, fp16=args.fp16, shapes=shapes, workspace=workspace,
                                   progress=on_progress, verbose=args.verbose)
-        except (TensorRTUnavailable, PTXUnavailable) as e:
-            bar.stop()
-            return _fail(e, 1)
-        except (ValueError, RuntimeError, FileNotFoundError) as e:
+        except (TensorRTUnavailable, PTXUnavailable, ValueError, RuntimeError, FileNotFoundError) as e:
             bar.stop()
             return _fail(e, 2)
         bar.update(overall, total=1, completed=1)
