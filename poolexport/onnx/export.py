@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
+import sys
+import tempfile
 import warnings
 from typing import Iterable
 
@@ -64,13 +67,29 @@ def prepare_module(model, fp16: bool):
 
 @contextlib.contextmanager
 def _quiet(verbose: bool):
-    """torch.onnx prints progress lines and warnings; the CLI draws its own progress."""
+    """Silence torch.onnx's progress lines, warnings and C++ graph dumps (file-descriptor
+    level, since the TorchScript exporter prints from C++); on failure the captured text
+    is dropped and the exception alone says what went wrong."""
     if verbose:
         yield
         return
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
 
 
 def _rename_dims(model: onnx.ModelProto, axes: dict[int, str]) -> None:
@@ -102,6 +121,8 @@ def export_model(
         static = program_static_axes(model)
         axes = {i: n for i, n in axes.items() if i not in static}
     module = prepare_module(model, fp16)
+    if 0 in axes and x.shape[0] == 1:
+        x = torch.cat([x, x])  # torch.export specializes size-1 dims: trace a dynamic batch at 2
     if exporter == "auto":
         exporter = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
     with _quiet(verbose):

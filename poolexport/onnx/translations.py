@@ -77,40 +77,64 @@ def register_torchscript_symbolics(opset: int = D.OPSET) -> None:
     from torch.onnx import register_custom_op_symbolic
     from torch.onnx import symbolic_helper as sh
 
-    def _rank(X) -> int:
+    def _rank(X, op, axes=None) -> int:
         r = sh._get_tensor_rank(X)
+        if r is None and axes and all(a >= 0 for a in axes):
+            return max(axes) + 1  # enough to normalise non-negative axes
         if r is None:
-            raise ValueError("poolexport: the TorchScript exporter needs the input rank of a pooling op")
+            raise ValueError(f"{op}: the TorchScript exporter does not know the input rank here; give the axes as "
+                             "non-negative numbers or use the dynamo exporter")
         return r
 
+    def _typed(out, X, rank):
+        # TorchScript does not propagate types through custom ops: state the rank so that
+        # the symbolic functions of later ops know it
+        try:
+            out.setType(X.type().with_sizes([None] * rank))
+        except Exception:
+            pass
+        return out
+
     def _window(op, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
-        a = window_attributes(op, _rank(X), sh._maybe_get_const(kernel_shape, "is"), sh._maybe_get_const(strides, "is"),
+        ks = sh._maybe_get_const(kernel_shape, "is")
+        a = window_attributes(op, len(ks) + 2, ks, sh._maybe_get_const(strides, "is"),
                               sh._maybe_get_const(pads, "is"), sh._maybe_get_const(dilations, "is"),
                               sh._maybe_get_const(ceil_mode, "b"), sh._maybe_get_const(auto_pad, "s"))
         return dict(kernel_shape_i=a["kernel_shape"], strides_i=a["strides"], pads_i=a["pads"],
                     dilations_i=a["dilations"], ceil_mode_i=a["ceil_mode"], auto_pad_s=a["auto_pad"])
 
-    def _axes(X, axes):
+    def _axes(X, axes, op):
         axes = None if sh._is_none(axes) else sh._maybe_get_const(axes, "is")
-        return reduce_axes(_rank(X), axes)
+        rank = _rank(X, op, axes)
+        return reduce_axes(rank, axes), rank
+
+    def _reduced_rank(rank, axes, keepdims):
+        return rank if keepdims else rank - len(axes)
 
     def soft_pool(g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
         a = _window(D.SOFT_POOL, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-        return g.op(f"{D.DOMAIN}::{D.SOFT_POOL}", X, beta_f=float(sh._maybe_get_const(beta, "f")), **a)
+        out = g.op(f"{D.DOMAIN}::{D.SOFT_POOL}", X, beta_f=float(sh._maybe_get_const(beta, "f")), **a)
+        return _typed(out, X, len(a["kernel_shape_i"]) + 2)
 
     def stochastic_pool(g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
         a = _window(D.STOCHASTIC_POOL, g, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-        return g.op(f"{D.DOMAIN}::{D.STOCHASTIC_POOL}", X, mode_s=sh._maybe_get_const(mode, "s"),
-                    seed_i=int(sh._maybe_get_const(seed, "i")), **a)
+        out = g.op(f"{D.DOMAIN}::{D.STOCHASTIC_POOL}", X, mode_s=sh._maybe_get_const(mode, "s"),
+                   seed_i=int(sh._maybe_get_const(seed, "i")), **a)
+        return _typed(out, X, len(a["kernel_shape_i"]) + 2)
 
     def reduce_soft_pool(g, X, axes, keepdims, beta):
-        return g.op(f"{D.DOMAIN}::{D.REDUCE_SOFT_POOL}", X, axes_i=_axes(X, axes),
-                    keepdims_i=int(sh._maybe_get_const(keepdims, "b")), beta_f=float(sh._maybe_get_const(beta, "f")))
+        ax, rank = _axes(X, axes, D.REDUCE_SOFT_POOL)
+        kd = int(sh._maybe_get_const(keepdims, "b"))
+        out = g.op(f"{D.DOMAIN}::{D.REDUCE_SOFT_POOL}", X, axes_i=ax, keepdims_i=kd,
+                   beta_f=float(sh._maybe_get_const(beta, "f")))
+        return _typed(out, X, _reduced_rank(rank, ax, kd))
 
     def reduce_stochastic_pool(g, X, axes, keepdims, mode, seed):
-        return g.op(f"{D.DOMAIN}::{D.REDUCE_STOCHASTIC_POOL}", X, axes_i=_axes(X, axes),
-                    keepdims_i=int(sh._maybe_get_const(keepdims, "b")), mode_s=sh._maybe_get_const(mode, "s"),
-                    seed_i=int(sh._maybe_get_const(seed, "i")))
+        ax, rank = _axes(X, axes, D.REDUCE_STOCHASTIC_POOL)
+        kd = int(sh._maybe_get_const(keepdims, "b"))
+        out = g.op(f"{D.DOMAIN}::{D.REDUCE_STOCHASTIC_POOL}", X, axes_i=ax, keepdims_i=kd,
+                   mode_s=sh._maybe_get_const(mode, "s"), seed_i=int(sh._maybe_get_const(seed, "i")))
+        return _typed(out, X, _reduced_rank(rank, ax, kd))
 
     for name, fn in (("soft_pool", soft_pool), ("stochastic_pool", stochastic_pool),
                      ("reduce_soft_pool", reduce_soft_pool), ("reduce_stochastic_pool", reduce_stochastic_pool)):
