@@ -107,6 +107,15 @@ def test_build_engine_without_tensorrt_is_one_line(tmp_path):
     assert "TensorRT" in proc.stderr or "nvcc" in proc.stderr
 
 
+def test_register_plugins_without_tensorrt_names_what_is_missing():
+    if tensorrt_available() is None:
+        pytest.skip("TensorRT is available here")
+    from poolexport.tensorrt import TensorRTUnavailable, register_plugins
+
+    with pytest.raises(TensorRTUnavailable, match="TensorRT Python package not importable|no CUDA|tensorrt.plugin"):
+        register_plugins()
+
+
 # ------------------------------------------------------------------ needs TensorRT + GPU
 REASON = tensorrt_available()
 needs_trt = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -145,5 +154,6 @@ def test_engine_matches_torch_ops(tmp_path, op, shape, attrs, reference, dtype):
     got = runner({"x": x.numpy()})["y"]
     expected = reference(x, attrs).numpy()
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else dict(rtol=1e-5, atol=1e-6)
+    scale = max(1.0, float(x.abs().max()))
+    tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else dict(rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), **tol)

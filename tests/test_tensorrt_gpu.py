@@ -99,8 +99,9 @@ def test_ptx_kernels_match_torch_ops(module, op, shape, attrs, dtype):
         np.testing.assert_array_equal(got, ref)  # the same Philox picks, bit for bit
     elif dtype == torch.float16:
         np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=2e-3, atol=2e-3)
-    else:
-        np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6)
+    else:  # device expf vs host exp and summation order: a few float32 ulps of the inputs' scale
+        scale = max(1.0, float(x.abs().max()))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("op,shape,attrs", [CASES[1], CASES[5], CASES[9]])
