@@ -111,7 +111,8 @@ def export_model(
     exporter: str = "auto",
     verbose: bool = False,
 ) -> onnx.ModelProto:
-    """Export ``model`` at ``example``'s shape; returns the ONNX model shaped for ``target``."""
+    """Export ``model`` at ``example``'s shape; returns the ONNX model shaped for ``target``
+    (``None``: as torch.onnx wrote it, for :func:`apply_target` on copies)."""
     if opset < D.OPSET:
         raise ValueError(f"opset: must be >= {D.OPSET}, got {opset}")
     x = example.to(torch.float16 if fp16 else torch.float32)
@@ -142,4 +143,4 @@ def export_model(
         else:
             raise ValueError(f"exporter: must be auto, dynamo or torchscript, got {exporter!r}")
     _rename_dims(proto, axes)
-    return apply_target(proto, target)
+    return proto if target is None else apply_target(proto, target)

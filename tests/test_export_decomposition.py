@@ -1,0 +1,183 @@
+"""The standard-op decompositions (model-local functions) against independent references.
+
+Hand-built one-node models (every windowing attribute, auto_pad values torch modules never
+produce included) run in a plain ONNX Runtime session (no custom-op library: the local
+function runs) and in onnx's ReferenceEvaluator; both must match the float64 loops of
+tests/_reference.py. The portable target (function inlined) is checked the same way.
+"""
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import _reference as ref
+from poolexport.onnx import apply_target
+
+RTOL, ATOL = 1e-5, 1e-6  # float32 (poolexport.parity.TOLERANCES)
+
+
+def one_node(op, attrs, rank, dtype=TensorProto.FLOAT):
+    node = helper.make_node(op, ["X"], ["Y"], domain="poolexport", **attrs)
+    dims = ["N", "C"] + [f"D{i}" for i in range(rank - 2)]
+    x = helper.make_tensor_value_info("X", dtype, dims)
+    y = helper.make_tensor_value_info("Y", dtype, [f"Y{i}" for i in range(rank)])
+    graph = helper.make_graph([node], "one_node", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)])
+
+
+def run_all(model, x):
+    """Outputs of a plain ORT session and of the ReferenceEvaluator."""
+    onnx.checker.check_model(model, full_check=True)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    y_ort = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    y_ref = ReferenceEvaluator(model).run(None, {"X": x})[0]
+    return y_ort, y_ref
+
+
+def assert_close(y, expected, rtol=RTOL, atol=ATOL):
+    assert y.shape == expected.shape
+    assert np.all(np.isfinite(y))
+    err = np.max(np.abs(y.astype(np.float64) - expected), initial=0.0)
+    assert err <= atol + rtol * np.max(np.abs(expected), initial=0.0), err
+
+
+def soft_fn(beta):
+    return lambda vals, e: ref.soft_window(vals, beta)
+
+
+def stochastic_fn(vals, e):
+    return ref.stochastic_expectation_window(vals)
+
+
+# (kernel, strides, pads, dilations, ceil_mode, auto_pad, spatial)
+WINDOWS = [
+    ([3], [1], [0, 0], [1], 0, "NOTSET", [7]),
+    ([3], [2], [1, 2], [2], 1, "NOTSET", [10]),
+    ([2], [3], [0, 0], [1], 0, "SAME_UPPER", [8]),
+    ([4], [3], [0, 0], [2], 0, "SAME_LOWER", [9]),
+    ([2], [2], [0, 0], [1], 0, "VALID", [7]),
+    ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0, "NOTSET", [6, 7]),
+    ([3, 2], [2, 1], [1, 0, 1, 1], [1, 2], 1, "NOTSET", [9, 8]),
+    ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1, "NOTSET", [5, 6]),  # ceil: a dropped last window
+    ([3, 2], [2, 3], [0, 0, 0, 0], [2, 1], 0, "SAME_UPPER", [9, 7]),
+    ([3, 4], [2, 3], [0, 0, 0, 0], [1, 2], 0, "SAME_LOWER", [8, 9]),
+    ([3, 2], [1, 2], [0, 0, 0, 0], [2, 1], 0, "VALID", [8, 5]),
+    ([2, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, "SAME_UPPER", [7, 7]),  # ceil_mode ignored with SAME
+    ([2, 2, 2], [2, 1, 2], [0, 1, 0, 1, 0, 1], [1, 1, 1], 1, "NOTSET", [5, 4, 5]),
+    ([2, 3, 2], [1, 2, 2], [0, 0, 0, 0, 0, 0], [2, 1, 1], 0, "SAME_LOWER", [5, 6, 5]),
+]
+
+
+def window_attrs(case):
+    kernel, strides, pads, dilations, ceil_mode, auto_pad, _ = case
+    return dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
+                auto_pad=auto_pad)
+
+
+def window_ref(x, fn, case):
+    kernel, strides, pads, dilations, ceil_mode, auto_pad, _ = case
+    return ref.pool(x, fn, kernel, strides, pads, dilations, bool(ceil_mode), auto_pad)
+
+
+@pytest.mark.parametrize("case", WINDOWS, ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}-k{c[0]}s{c[1]}d{c[3]}")
+@pytest.mark.parametrize("target", ["ort", "portable"])
+def test_soft_pool_windows(case, target):
+    beta = 0.7
+    model = apply_target(one_node("SoftPool", {**window_attrs(case), "beta": beta}, len(case[6]) + 2), target)
+    x = (np.random.default_rng(1).standard_normal((2, 3, *case[6])) * 2).astype(np.float32)
+    expected = window_ref(x, soft_fn(beta), case)
+    for y in run_all(model, x):
+        assert_close(y, expected)
+
+
+@pytest.mark.parametrize("case", WINDOWS[::2], ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}")
+def test_stochastic_pool_windows(case):
+    model = apply_target(one_node("StochasticPool", window_attrs(case), len(case[6]) + 2), "ort")
+    x = np.random.default_rng(2).standard_normal((2, 2, *case[6])).astype(np.float32)
+    expected = window_ref(x, stochastic_fn, case)
+    for y in run_all(model, x):
+        assert_close(y, expected)
+
+
+def test_soft_pool_beta_zero_is_torch_avg_pool():
+    """An independent check by PyTorch itself: beta = 0 is average pooling without padding."""
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=0.0)
+    model = apply_target(one_node("SoftPool", attrs, 4), "ort")
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 10)).astype(np.float32)
+    expected = torch.nn.functional.avg_pool2d(torch.from_numpy(x).double(), 3, 2, 1, count_include_pad=False).numpy()
+    for y in run_all(model, x):
+        assert_close(y, expected)
+
+
+def test_defaults_filled_in():
+    """A node with only kernel_shape gets AveragePool's defaults (strides 1, no padding)."""
+    model = apply_target(one_node("SoftPool", dict(kernel_shape=[2, 3]), 4), "ort")
+    attrs = {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert attrs["strides"] == [1, 1] and attrs["pads"] == [0, 0, 0, 0] and attrs["dilations"] == [1, 1]
+    assert attrs["ceil_mode"] == 0 and attrs["auto_pad"] == b"NOTSET" and attrs["beta"] == pytest.approx(1.0)
+    x = np.random.default_rng(4).standard_normal((1, 2, 5, 6)).astype(np.float32)
+    for y in run_all(model, x):
+        assert_close(y, ref.pool(x, soft_fn(1.0), [2, 3]))
+
+
+@pytest.mark.parametrize("axes,keepdims", [([1], 1), ([2, 3], 0), ([0, 2], 1), ([-1], 0), ([], 1)])
+@pytest.mark.parametrize("op", ["ReduceSoftPool", "ReduceStochasticPool"])
+def test_reduce_ops(op, axes, keepdims):
+    attrs = {"axes": axes, "keepdims": keepdims} if axes else {"keepdims": keepdims}  # absent axes = all
+    if op == "ReduceSoftPool":
+        attrs["beta"] = 1.5
+        fn = soft_fn(1.5)
+    else:
+        fn = stochastic_fn
+    model = apply_target(one_node(op, attrs, 4), "ort")
+    x = np.random.default_rng(5).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = ref.reduce(x, fn, axes or None, bool(keepdims))
+    for y in run_all(model, x):
+        assert_close(y, expected)
+
+
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+@pytest.mark.parametrize("op", ["SoftPool", "StochasticPool", "ReduceSoftPool", "ReduceStochasticPool"])
+def test_stable_at_large_magnitudes(op, scale):
+    """Inputs up to +-1e4 in float32: finite outputs equal to the float64 reference."""
+    x = (np.random.default_rng(6).uniform(0.5, 1.0, (1, 2, 6, 6)) * scale).astype(np.float32)
+    if op.startswith("Reduce"):
+        model = apply_target(one_node(op, {"axes": [2, 3], "keepdims": 1}, 4), "ort")
+        fn = soft_fn(1.0) if "Soft" in op else stochastic_fn
+        expected = ref.reduce(x, fn, [2, 3], True)
+    else:
+        model = apply_target(one_node(op, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, 4), "ort")
+        fn = soft_fn(1.0) if "Soft" in op else stochastic_fn
+        expected = ref.pool(x, fn, [3, 3], [2, 2], [1, 1, 1, 1])
+    for y in run_all(model, x):
+        assert_close(y, expected)
+
+
+def test_float16_graph():
+    attrs = dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    model = apply_target(one_node("SoftPool", attrs, 4, TensorProto.FLOAT16), "ort")
+    x = np.random.default_rng(7).standard_normal((2, 3, 7, 7)).astype(np.float16)
+    expected = ref.pool(x.astype(np.float64), soft_fn(1.0), [2, 2], [2, 2], None, None, True)
+    for y in run_all(model, x):
+        assert y.dtype == np.float16
+        assert_close(y, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_sample_mode_has_no_decomposition():
+    model = one_node("StochasticPool", dict(kernel_shape=[2, 2], mode="sample", seed=3), 4)
+    with pytest.raises(ValueError, match="StochasticPool: mode='sample'"):
+        apply_target(model, "ort")
+    # the tensorrt target carries no decomposition, so sample mode is fine there
+    trt = apply_target(one_node("StochasticPool", dict(kernel_shape=[2, 2], mode="sample", seed=3), 4), "tensorrt")
+    assert not trt.functions
+
+
+def test_unknown_target():
+    with pytest.raises(ValueError, match="target"):
+        apply_target(one_node("SoftPool", dict(kernel_shape=[2]), 3), "tflite")
