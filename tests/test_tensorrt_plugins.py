@@ -282,6 +282,17 @@ def test_fields_out_of_schema_order_are_rejected(trt_env):
         plg.get_launch_params(None, in_out, 1, types.SimpleNamespace(), Setter(), ExprBuilder())
 
 
+def test_window_larger_than_static_input_fails_at_network_build(trt_env):
+    trt, trtp, registry = trt_env
+    op, shape, attrs = CASES[0]
+    plg = registry.get_creator(op, "1", "poolexport").create_plugin(
+        op, "poolexport", _parser_fields(trt, op, dict(attrs, kernel_shape=[20, 2])), trt.TensorRTPhase.BUILD,
+        trt.QuickPluginCreationRequest.STRICT_AOT)
+    plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])  # no shapes yet: nothing to check
+    with pytest.raises(ValueError, match="SoftPool: kernel_shape: window span 20 exceeds"):
+        plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())
+
+
 def test_invalid_attribute_fails_at_network_build(trt_env):
     trt, trtp, registry = trt_env
     op, shape, attrs = CASES[0]

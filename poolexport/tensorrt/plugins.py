@@ -67,7 +67,12 @@ def _check_order(op: str, values: dict) -> dict:
 
 
 def _output_desc(trtp, op: str, X, attrs: dict):
-    _, out_shape = shapes.kernel_args(op, list(X.shape_expr), _check_order(op, attrs), shapes.trt_ops(trtp))
+    attrs = _check_order(op, attrs)
+    dims = list(X.shape_expr)
+    if dims and not any(d.is_fake for d in dims) and all(d.is_constant for d in dims):
+        # a static input shape: check window spans now, with the integer rules
+        shapes.kernel_args(op, [d.constant_value() for d in dims], attrs)
+    _, out_shape = shapes.kernel_args(op, dims, attrs, shapes.trt_ops(trtp))
     return trtp.from_shape_expr(tuple(out_shape), dtype=X.dtype)
 
 

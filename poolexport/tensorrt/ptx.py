@@ -38,10 +38,18 @@ class PTXUnavailable(RuntimeError):
 
 
 def custom_ops_dir() -> Path | None:
-    """The repository's custom_ops/ (editable installs and CI), or $POOLEXPORT_CUSTOM_OPS."""
+    """The kernel sources: $POOLEXPORT_CUSTOM_OPS, else the checkout this package lives in
+    (editable install), else a checkout at or above the working directory (a regular
+    install run from the repository, as CI does)."""
     env = os.environ.get("POOLEXPORT_CUSTOM_OPS")
-    cand = Path(env) if env else Path(__file__).resolve().parents[2] / "custom_ops"
-    return cand if (cand / ENTRY).is_file() else None
+    if env:
+        return Path(env) if (Path(env) / ENTRY).is_file() else None
+    here = Path(__file__).resolve().parents[2]
+    cwd = Path.cwd().resolve()
+    for base in (here, cwd, *list(cwd.parents)[:3]):
+        if (base / "custom_ops" / ENTRY).is_file():
+            return base / "custom_ops"
+    return None
 
 
 def find_nvcc() -> str | None:
