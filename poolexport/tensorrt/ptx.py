@@ -90,7 +90,7 @@ def compile_ptx(output: Path, arch: str = DEFAULT_ARCH, nvcc: str | None = None,
         raise PTXUnavailable("nvcc not found (set POOLEXPORT_NVCC or put the CUDA toolkit's bin on PATH)")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++17", "-I", str(root / "include"), str(root / ENTRY),
+    cmd = [nvcc, "-ptx", f"-arch={arch}", "-std=c++17", "--fmad=true", "-I", str(root / "include"), str(root / ENTRY),
            "-o", str(output)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
