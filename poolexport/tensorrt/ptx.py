@@ -5,8 +5,10 @@ kernel definitions the ONNX Runtime CUDA build compiles (one math, many backends
 PTX is looked up, in order:
 
 1. ``$POOLEXPORT_PTX`` (a file), for deployments that ship it themselves;
-2. the copy shipped in the package (``poolexport/tensorrt/_ptx/``, written by
-   ``python -m poolexport.tensorrt.ptx --ship``), if it was built from the same sources;
+2. the copy shipped in the package (``poolexport/tensorrt/_ptx/``, installed by the CMake
+   target in ``custom_ops/trt/`` or written by ``python -m poolexport.tensorrt.ptx --ship``)
+   when no kernel sources are around, or when its ``.json`` says it was built from the
+   sources found;
 3. a cache (``$POOLEXPORT_CACHE`` or ``~/.cache/poolexport``), compiled on demand with
    nvcc (``$POOLEXPORT_NVCC``, ``$CUDACXX``, ``PATH``, ``/usr/local/cuda/bin``).
 
