@@ -36,13 +36,17 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, providers=None, intra_op_threads: int = 0):
+    def __init__(self, path: str | os.PathLike, providers=None, intra_op_threads: int = 0,
+                 allow_spinning: bool = True):
         import onnxruntime as ort
 
         self.path = os.fspath(path)
         so = ort.SessionOptions()
         if intra_op_threads:
             so.intra_op_num_threads = intra_op_threads
+        if not allow_spinning:
+            # Spinning worker threads burn the cores the server's own threads need.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.library = custom_op_library()
         if self.library:
             so.register_custom_ops_library(self.library)

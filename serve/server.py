@@ -70,14 +70,17 @@ class Server:
     def __init__(self, model_path, backend: str = "onnxruntime", model_name: str | None = None,
                  host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, max_batch_size: int = 8,
-                 max_queue_delay_us: int = 100, instances: int = 1, log_verbose: int = 0):
+                 max_queue_delay_us: int = 100, instances: int = 1, log_verbose: int = 0,
+                 intra_op_threads: int = 0, allow_spinning: bool = False):
         if max_batch_size < 0:
             raise ValueError(f"serve: max_batch_size must be >= 0, got {max_batch_size}")
         if instances < 1:
             raise ValueError(f"serve: instances must be >= 1, got {instances}")
         self.model_path = os.fspath(model_path)
         self.model_name = model_name or default_model_name(self.model_path)
-        self.backend = load_backend(self.model_path, backend)
+        kwargs = ({"intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
+                  if backend == "onnxruntime" else {})
+        self.backend = load_backend(self.model_path, backend, **kwargs)
         sig = self.backend.signature
         if max_batch_size > 0 and not sig.batchable:
             LOG.warning("serve: %s has a fixed leading dim; serving without batching",
