@@ -301,3 +301,67 @@ def test_invalid_attribute_fails_at_network_build(trt_env):
         trt.QuickPluginCreationRequest.STRICT_AOT)
     with pytest.raises(ValueError, match="SoftPool: auto_pad"):
         plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])
+
+
+def _fields_from_node(trt, node):
+    """Parser-style plugin fields from an ONNX node's attributes (node order)."""
+    from onnx import helper
+
+    fields = []
+    for a in node.attribute:
+        if a.name in ("plugin_namespace", "plugin_version", "aot"):
+            continue  # consumed by the parser
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            fields.append(PluginField(a.name, np.frombuffer(v, dtype=np.int8), trt.PluginFieldType.CHAR))
+        elif isinstance(v, list):
+            fields.append(PluginField(a.name, np.array(v, dtype=np.int64), trt.PluginFieldType.INT64))
+        elif isinstance(v, float):
+            fields.append(PluginField(a.name, np.array([v], dtype=np.float32), trt.PluginFieldType.FLOAT32))
+        else:
+            fields.append(PluginField(a.name, np.array([v], dtype=np.int64), trt.PluginFieldType.INT64))
+    return fields
+
+
+@pytest.fixture(scope="module")
+def exported():
+    """An exported model and torch's intermediate shapes; exported before the stand-in
+    ``tensorrt`` module is installed (torch.export inspects installed modules)."""
+    import torch
+
+    from poolexport.nn import SoftPool2d, SoftPoolReduce, StochasticPool2d, StochasticPoolReduce
+    from poolexport.onnx import export_model
+    from poolexport.tensorrt.onnx_prep import prepare_onnx
+
+    layers = [SoftPool2d(3, 2, 1, ceil_mode=True, beta=0.5), StochasticPool2d(2, 1, dilation=2),
+              SoftPoolReduce(dim=1, keepdim=True, beta=2.0), StochasticPoolReduce(dim=(2, 3), keepdim=False)]
+    model = torch.nn.Sequential(*layers).eval()
+    x = torch.randn(2, 3, 13, 11)
+    shapes_torch = []
+    h = x
+    for layer in layers:
+        h = layer(h)
+        shapes_torch.append(list(h.shape))
+    return prepare_onnx(export_model(model, x, target="tensorrt")), list(x.shape), shapes_torch
+
+
+def test_exported_model_nodes_create_plugins_with_torch_shapes(exported, trt_env):
+    """The tensorrt export target + the builder's preparation give nodes our plugins accept."""
+    trt, trtp, registry = trt_env
+    proto, shape, shapes_torch = exported
+    nodes = [n for n in proto.graph.node if n.domain == "poolexport"]
+    assert [n.op_type for n in nodes] == ["SoftPool", "StochasticPool", "ReduceSoftPool", "ReduceStochasticPool"]
+    for node, expected in zip(nodes, shapes_torch):
+        plg = registry.get_creator(node.op_type, "1", "poolexport").create_plugin(
+            node.op_type, "poolexport", _fields_from_node(trt, node), trt.TensorRTPhase.BUILD,
+            trt.QuickPluginCreationRequest.STRICT_AOT)
+        plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])
+        (out,) = plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())
+        assert [e.v for e in out] == expected, node.op_type
+        in_out = [DynamicPluginTensorDesc(shape, trt.DataType.FLOAT, trt.TensorFormat.LINEAR),
+                  DynamicPluginTensorDesc(expected, trt.DataType.FLOAT, trt.TensorFormat.LINEAR)]
+        plg.set_tactic(0)
+        setter = Setter()
+        plg.get_launch_params(None, in_out, 1, types.SimpleNamespace(), setter, ExprBuilder())
+        assert setter.nbSymExprs == len(abi.kernel_params(node.op_type)) - 2
+        shape = expected
