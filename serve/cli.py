@@ -57,6 +57,9 @@ def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a TensorRT plan: the ONNX file it was built from (names, dtypes, dims)")
     p.add_argument("--plugin-library", default=None,
                    help="for a TensorRT plan: plugin library to copy beside the plan")
+    p.add_argument("--mount-path", default=None,
+                   help="where the repository is mounted on the server (e.g. /models, "
+                        "/mnt/models for KServe); the custom-op library path is written for it")
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:
@@ -67,7 +70,7 @@ def run_triton_repo(args: argparse.Namespace) -> int:
             args.model, args.output, model_name=args.model_name, backend=args.backend,
             max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
             instances=args.instances, kind=args.kind, signature_from=args.signature_from,
-            plugin_library=args.plugin_library)
+            plugin_library=args.plugin_library, mount_path=args.mount_path)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -76,22 +79,24 @@ def run_triton_repo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "serve": (add_serve_arguments, run_serve),
-    "triton-repo": (add_triton_repo_arguments, run_triton_repo),
+    "serve": (add_serve_arguments, run_serve,
+              "serve an ONNX file (or TensorRT engine) over KServe v2 HTTP/gRPC (PyTriton)"),
+    "triton-repo": (add_triton_repo_arguments, run_triton_repo,
+                    "write a Triton model repository (onnxruntime or tensorrt backend)"),
 }
 
 
 def register(register_command) -> None:
     """Hook for poolexport.cli: `serve.cli.register(register_command)`."""
-    for name, (add, run) in COMMANDS.items():
-        register_command(name, add, run)
+    for name, (add, run, help_) in COMMANDS.items():
+        register_command(name, add, run, help=help_)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poolexport.serve")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (add, run) in COMMANDS.items():
-        sp = sub.add_parser(name)
+    for name, (add, run, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
         add(sp)
         sp.set_defaults(_run=run)
     args = parser.parse_args(argv)

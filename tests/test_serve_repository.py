@@ -162,6 +162,12 @@ def test_cli_triton_repo(pool_model, tmp_path, capsys):
                        "--model-name", "net", "--max-batch-size", "4"]) == 0
     cfg = _read(tmp_path / "r" / "net")
     assert cfg.max_batch_size == 4 and cfg.name == "net"
+    assert serve_main(["triton-repo", str(pool_model), "-o", str(tmp_path / "k"),
+                       "--model-name", "net", "--mount-path", "/mnt/models"]) == 0
+    libs = list(_read(tmp_path / "k" / "net").model_operations.op_library_filename)
+    from poolexport.serve.runtime import custom_op_library
+    want = [f"/mnt/models/net/{ORT_LIBRARY_NAME}"] if custom_op_library() else []
+    assert libs == want
     assert serve_main(["triton-repo", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "r")]) == 2
     assert "not found" in capsys.readouterr().err
 
