@@ -63,35 +63,38 @@ class OrtBackend:
 
 
 class TensorRTBackend:
-    """A serialized TensorRT engine, run through poolexport.tensorrt's runner.
+    """A serialized TensorRT engine through poolexport.tensorrt's TensorRTRunner.
 
-    Expected runner interface (poolexport.tensorrt.runner.Runner): constructed from the
-    plan path, loads our plugins itself, has `inputs`/`outputs` as sequences of
-    (name, numpy dtype, dims with -1 for dynamic) and `run(feeds) -> dict`.
+    Engines built from poolexport's AOT plugins carry their kernels, so nothing is
+    registered here. Needs TensorRT >= 10.9 and a CUDA device.
     """
 
     name = "tensorrt"
 
     def __init__(self, path: str | os.PathLike):
         try:
-            import tensorrt  # noqa: F401
-        except Exception as e:  # ImportError, or an OSError from missing libraries
-            raise BackendUnavailable(
-                f"serve: --backend tensorrt needs TensorRT, which is not importable here ({e})"
-            ) from None
+            from poolexport.tensorrt import TensorRTUnavailable
+            from poolexport.tensorrt._import import import_tensorrt
+            from poolexport.tensorrt.runner import TensorRTRunner
+        except ImportError as e:
+            raise BackendUnavailable(f"serve: --backend tensorrt needs poolexport.tensorrt ({e})") from None
         try:
-            from poolexport.tensorrt.runner import Runner
-        except ImportError:
-            raise BackendUnavailable(
-                "serve: --backend tensorrt needs poolexport.tensorrt.runner.Runner, "
-                "which this poolexport does not provide") from None
+            trt = import_tensorrt()
+            self.runner = TensorRTRunner(os.fspath(path))
+        except TensorRTUnavailable as e:
+            raise BackendUnavailable(f"serve: --backend tensorrt needs TensorRT: {e}") from None
         self.path = os.fspath(path)
-        self.runner = Runner(self.path)
-        specs = lambda seq: tuple(TensorSpec(n, np.dtype(d), tuple(s)) for n, d, s in seq)  # noqa: E731
-        self.signature = Signature(specs(self.runner.inputs), specs(self.runner.outputs))
+        engine = self.runner.engine
+
+        def spec(name):
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            return TensorSpec(name, dtype, tuple(int(d) for d in engine.get_tensor_shape(name)))
+
+        self.signature = Signature(tuple(spec(n) for n in self.runner.input_names),
+                                   tuple(spec(n) for n in self.runner.output_names))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.runner.run(feeds)
+        return self.runner(feeds)
 
 
 def load_backend(path: str | os.PathLike, backend: str = "onnxruntime", **kwargs):
