@@ -49,19 +49,20 @@ inline void interior(const Window3& w, int64_t* lo, int64_t* hi) {
 }
 
 // Pass 1 of SoftPool over one input row for output columns [lo, hi): running max of beta*x.
-PX_DISPATCH static void soft_max_pass(const float* row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta, float* m) {
+PX_DISPATCH static void soft_max_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta,
+                                     float* __restrict m) {
   if (s == 1) {
-    for (int64_t o = lo; o < hi; ++o) m[o] = std::max(m[o], beta * row[o + off]);
+    for (int64_t o = lo; o < hi; ++o) { float z = beta * row[o + off]; m[o] = m[o] > z ? m[o] : z; }
   } else if (s == 2) {
-    for (int64_t o = lo; o < hi; ++o) m[o] = std::max(m[o], beta * row[2 * o + off]);
+    for (int64_t o = lo; o < hi; ++o) { float z = beta * row[2 * o + off]; m[o] = m[o] > z ? m[o] : z; }
   } else {
-    for (int64_t o = lo; o < hi; ++o) m[o] = std::max(m[o], beta * row[o * s + off]);
+    for (int64_t o = lo; o < hi; ++o) { float z = beta * row[o * s + off]; m[o] = m[o] > z ? m[o] : z; }
   }
 }
 
 // Pass 2: accumulate exp(beta*x - m) and exp(.)*x.
-PX_DISPATCH static void soft_sum_pass(const float* row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta,
-                               const float* m, float* acc_e, float* acc_ex) {
+PX_DISPATCH static void soft_sum_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta,
+                               const float* __restrict m, float* __restrict acc_e, float* __restrict acc_ex) {
   if (s == 1) {
     for (int64_t o = lo; o < hi; ++o) {
       float x = row[o + off];
@@ -87,22 +88,26 @@ PX_DISPATCH static void soft_sum_pass(const float* row, int64_t lo, int64_t hi, 
 }
 
 // Stochastic expectation: accumulate r and r^2 with r = max(x, 0).
-PX_DISPATCH static void moment_pass(const float* row, int64_t lo, int64_t hi, int64_t s, int64_t off, float* s1, float* s2) {
+PX_DISPATCH static void moment_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off,
+                                   float* __restrict s1, float* __restrict s2) {
   if (s == 1) {
     for (int64_t o = lo; o < hi; ++o) {
-      float r = std::max(row[o + off], 0.0f);
+      float v = row[o + off];
+      float r = v > 0.0f ? v : 0.0f;
       s1[o] += r;
       s2[o] += r * r;
     }
   } else if (s == 2) {
     for (int64_t o = lo; o < hi; ++o) {
-      float r = std::max(row[2 * o + off], 0.0f);
+      float v = row[2 * o + off];
+      float r = v > 0.0f ? v : 0.0f;
       s1[o] += r;
       s2[o] += r * r;
     }
   } else {
     for (int64_t o = lo; o < hi; ++o) {
-      float r = std::max(row[o * s + off], 0.0f);
+      float v = row[o * s + off];
+      float r = v > 0.0f ? v : 0.0f;
       s1[o] += r;
       s2[o] += r * r;
     }
@@ -114,6 +119,7 @@ struct Scratch {
   std::vector<float> a, b, c;      // per output column accumulators
   std::vector<float> rows;         // float copies of fp16 input rows
   std::vector<int64_t> row_offs;   // valid (kd, kh) row offsets
+  std::vector<const float*> rp;    // float views of those rows
 };
 
 template <class T>
@@ -150,7 +156,8 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     return;
   }
   // float views of the rows (fp16 rows converted once per output row)
-  std::vector<const float*> rp(nrows);
+  sc.rp.resize(nrows);
+  const float** rp = sc.rp.data();
   if (std::is_same<T, float>::value) {
     for (size_t r = 0; r < nrows; ++r) rp[r] = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
   } else {

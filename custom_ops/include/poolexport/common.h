@@ -95,8 +95,10 @@ PX_HD uint16_t float_to_half_bits(float f) {
 PX_HD float fast_exp(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
-  float k = x * 1.44269504088896341f;
-  k = k >= 0.0f ? (float)(int32_t)(k + 0.5f) : (float)(int32_t)(k - 0.5f);
+  // round-to-nearest by the 1.5 * 2^23 trick: no branch, no conversion in a select,
+  // so the host compiler vectorizes loops that call this
+  float k = x * 1.44269504088896341f + 12582912.0f;
+  k = k - 12582912.0f;
   float r = x - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
