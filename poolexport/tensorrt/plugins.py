@@ -107,6 +107,10 @@ def register_plugins() -> None:
 
 
 def _define(trt, trtp):
+    # Signatures as tensorrt.plugin validates them (_validate.py, 10.9 and 11.4): register
+    # (tensors, attributes) -> TensorDesc; autotune (tensors, [attributes], outputs);
+    # aot_impl (tensors, attributes in registration order, outputs, tactic) -> 4-tuple.
+    # aot_impl takes every attribute because TensorRT passes all of them positionally.
     AOTResult = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]
     Descs = Tuple[trtp.TensorDesc]
     Combos = List[trtp.AutoTuneCombination]
