@@ -157,3 +157,22 @@ def test_engine_matches_torch_ops(tmp_path, op, shape, attrs, reference, dtype):
     scale = max(1.0, float(x.abs().max()))
     tol = dict(rtol=2e-3, atol=2e-3) if dtype == "float16" else dict(rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), **tol)
+
+
+@needs_trt
+@pytest.mark.parametrize("fp16", [False, True], ids=["float32", "float16"])
+@pytest.mark.parametrize("arch", ["newcbam", "cbam_stochastic_l2", "resnet_softpool", "se_effnet", "eca"])
+def test_example_models_parity_on_tensorrt(arch, fp16):
+    """The parity harness's ``tensorrt`` runtime on every example network (export shape and
+    another dynamic shape), with the harness's stated tolerances."""
+    from poolexport.models import create_model, default_input_shape
+    from poolexport.onnx import export_model
+    from poolexport.parity import check_parity, parity_shapes
+
+    torch.manual_seed(0)
+    net = create_model(arch).eval()
+    shape = default_input_shape(arch)
+    proto = export_model(net, torch.randn(*shape), target="tensorrt", fp16=fp16)
+    report = check_parity(proto, net, parity_shapes(proto, shape), fp16=fp16, runtimes=["tensorrt"])
+    statuses = [(r.status, r.shape, r.reason, r.max_abs) for r in report.results]
+    assert statuses and all(s[0] == "pass" for s in statuses), statuses
