@@ -272,7 +272,8 @@ def test_gradcheck_lp_pool():
     for mean in (False, True):
         assert torch.autograd.gradcheck(
             lambda t: PF.lp_pool2d(t, 3.0, 3, 2, True, padding=1, dilation=1, mean=mean), (x,))
-    assert torch.autograd.gradcheck(lambda t: PF.lp_pool_reduce(t, 2.0, (2, 3)), (x,))
+    for mean in (False, True):
+        assert torch.autograd.gradcheck(lambda t: PF.lp_pool_reduce(t, 3.0, (1, 3), mean=mean), (x,))
 
 
 def test_gradcheck_mixed_pool_learned_alpha():
@@ -444,15 +445,38 @@ class _StandardLayers(torch.nn.Module):
         return torch.cat([p(x).flatten(1) for p in self.parts] + [self.bilinear(x)], 1)
 
 
-def test_standard_layers_export_to_onnx_and_match_onnxruntime():
+def _ort_check(model, example, shapes, dynamic: bool):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    model = _StandardLayers().eval()
-    x = torch.randn(2, 4, 9, 9)
-    program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
-    ops = {n.op_type for n in program.model_proto.graph.node}
-    assert "ReduceL2" in ops  # L2 descriptors export to the standard reduction
+    dyn = torch.export.Dim.DYNAMIC
+    program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: dyn, 2: dyn, 3: dyn},) if dynamic else None)
     sess = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        want = model(x).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for shape in shapes:
+        xs = torch.randn(*shape)
+        got = sess.run(None, {sess.get_inputs()[0].name: xs.numpy()})[0]
+        with torch.no_grad():
+            want = model(xs).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(shape))
+    return {n.op_type for n in program.model_proto.graph.node}
+
+
+def test_standard_layers_export_to_onnx_and_match_onnxruntime():
+    ops = _ort_check(_StandardLayers().eval(), torch.randn(2, 4, 9, 9), [(2, 4, 9, 9)], dynamic=False)
+    assert "ReduceL2" in ops  # L2 descriptors export to the standard reduction
+
+
+class _ShapeDependent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.parts = torch.nn.ModuleList([pnn.LpPool2d(2, 3, 2, True, padding=1, mean=True),
+                                          pnn.MaxPool2d(3, 2, "same"), pnn.GlobalL2Pool(mean=True)])
+
+    def forward(self, x):
+        return torch.cat([p(x).flatten(1) for p in self.parts], 1)
+
+
+def test_windowed_layers_export_with_dynamic_spatial_dims():
+    # pads, window counts and RMS means must follow the runtime shape, not the example's:
+    # a count baked in as a constant would be silently wrong at another size
+    model = _ShapeDependent().eval()
+    _ort_check(model, torch.randn(2, 4, 9, 9), [(2, 4, 9, 9), (1, 4, 12, 11), (3, 4, 16, 7)], dynamic=True)

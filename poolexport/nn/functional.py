@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as TF
 
-from .._window import WindowSpec, make_window_spec
+from .._window import WindowSpec, axis_output, make_window_spec
 
 _Size = Union[int, Sequence[int]]
 _CONV = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}
@@ -42,18 +42,24 @@ def _window_spec(name: str, x: torch.Tensor, k: int, kernel_size, stride, paddin
     return make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
 
 
-def _explicit_pads(spec: WindowSpec, spatial) -> tuple[tuple[int, ...], list[int]]:
+def _explicit_pads(spec: WindowSpec, spatial) -> tuple[list, list]:
     """Output shape and the F.pad list (last axis first) that makes every window fit.
 
     The end pad is exactly what the last window needs, so ``ceil_mode`` and SAME padding
-    become plain zero/-inf padding followed by an unpadded, floor-mode window.
+    become plain zero/-inf padding followed by an unpadded, floor-mode window. Written
+    with ``axis_output`` and ``sym_max`` so that symbolic sizes (torch.export with
+    dynamic spatial dims) stay symbolic instead of being baked into the graph.
     """
-    out, begin = spec.resolve(spatial)
-    pad: list[int] = []
-    for i in reversed(range(spec.rank)):
+    if all(isinstance(s, int) for s in spatial):
+        spec.resolve(tuple(spatial))  # validates the window against concrete sizes
+    k = spec.rank
+    out, pad = [], []
+    for i in range(k):
+        o, b = axis_output(spatial[i], spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i],
+                           spec.dilations[i], spec.ceil_mode, spec.auto_pad)
         span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
-        need = (out[i] - 1) * spec.strides[i] + span
-        pad += [begin[i], max(0, need - spatial[i] - begin[i])]
+        out.append(o)
+        pad = [b, torch.sym_max(0, (o - 1) * spec.strides[i] + span - spatial[i] - b)] + pad
     return out, pad
 
 
@@ -106,7 +112,7 @@ def _lp(k: int):
            mean: bool = False) -> torch.Tensor:
         p = _check_p(name, norm_type)
         spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
-        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        out, pad = _explicit_pads(spec, list(x.shape[2:]))
         s = _window_sum(_abs_pow(x, p), spec, pad, out)
         if mean:
             s = _safe_div(s, _window_count(x, spec, pad, out))
@@ -128,7 +134,7 @@ def _avg(k: int):
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
         spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
-        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        out, pad = _explicit_pads(spec, list(x.shape[2:]))
         return _safe_div(_window_sum(x, spec, pad, out), _window_count(x, spec, pad, out))
 
     fn.__name__ = name
@@ -142,7 +148,7 @@ def _max(k: int):
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
         spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
-        out, pad = _explicit_pads(spec, tuple(x.shape[2:]))
+        out, pad = _explicit_pads(spec, list(x.shape[2:]))
         y = _MAXPOOL[k](TF.pad(x, pad, value=float("-inf")), spec.kernel_shape, spec.strides, 0, spec.dilations)
         # only a window lying wholly in the padding can be -inf: ONNX windowing says 0
         return torch.where(_window_count(x, spec, pad, out) > 0, y, torch.zeros_like(y))
@@ -212,18 +218,15 @@ def lp_pool_reduce(x: torch.Tensor, norm_type: float = 2.0, dim=None, keepdim: b
     """(sum |a|^p)^(1/p) over axes ``dim``; ``mean=True`` gives (mean |a|^p)^(1/p) (RMS for p=2).
 
     torch.linalg.vector_norm exports as ONNX ReduceL2 (p=2) / ReduceL1 (p=1), and its
-    backward is 0, not NaN, where the norm is 0. The RMS form is the norm divided by the
-    constant count^(1/p).
+    backward is 0, not NaN, where the norm is 0; the mean form is ReduceMean of |a|^p.
     """
     p = _check_p("lp_pool_reduce", norm_type)
     dims = _reduce_dims("lp_pool_reduce", x, dim)
-    y = torch.linalg.vector_norm(x, ord=p, dim=dims, keepdim=keepdim)
     if mean:
-        count = 1
-        for d in dims:
-            count *= x.shape[d]
-        y = y / float(count) ** (1.0 / p)
-    return y
+        # a mean, not the norm over a count taken from x.shape: an exported graph with
+        # dynamic sizes must not carry the example's count as a constant
+        return _safe_root(_abs_pow(x, p).mean(dims, keepdim=keepdim), p)
+    return torch.linalg.vector_norm(x, ord=p, dim=dims, keepdim=keepdim)
 
 
 def mixed_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False,
