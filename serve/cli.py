@@ -23,6 +23,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=100,
                    help="how long the dynamic batcher waits to fill a batch")
     p.add_argument("--instances", type=int, default=1, help="model instances (parallel batches)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="ONNX Runtime threads per run (0: one per core)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton verbose log level")
 
 
@@ -35,7 +37,7 @@ def run_serve(args: argparse.Namespace) -> int:
                         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                         metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        log_verbose=args.log_verbose)
+                        log_verbose=args.log_verbose, intra_op_threads=args.intra_op_threads)
     except (BackendUnavailable, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -203,3 +203,33 @@ def test_libpython_added_to_ld_library_path():
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other"]
     assert ensure_libpython_visible(env) is None  # idempotent
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other"]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_infer_callable_casts_and_splits(batched):
+    """The callable PyTriton invokes: inputs cast to the model's dtypes, one answer per
+    request (batched mode merges requests for one backend run and splits the result)."""
+    pytest.importorskip("pytriton", reason="nvidia-pytriton not installed")
+    from poolexport.serve.server import _infer_callable
+    from poolexport.serve.signature import Signature, TensorSpec
+
+    calls = []
+
+    class Doubler:
+        signature = Signature((TensorSpec("x", np.dtype(np.float32), (-1, 2)),),
+                              (TensorSpec("y", np.dtype(np.float32), (-1, 2)),))
+
+        def run(self, feeds):
+            calls.append(feeds["x"].shape)
+            assert feeds["x"].dtype == np.float32
+            return {"y": feeds["x"] * 2}
+
+    from pytriton.proxy.types import Request
+
+    reqs = [Request({"x": np.array([[1, 2]], np.float64)}),
+            Request({"x": np.array([[3, 4], [5, 6]], np.float64)})]
+    out = _infer_callable(Doubler(), batched=batched)(reqs)
+    assert len(out) == 2
+    np.testing.assert_array_equal(out[0]["y"], [[2, 4]])
+    np.testing.assert_array_equal(out[1]["y"], [[6, 8], [10, 12]])
+    assert calls == ([(3, 2)] if batched else [(1, 2), (2, 2)])
