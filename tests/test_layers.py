@@ -374,6 +374,25 @@ def test_max_unpool_scatters_to_argmax(k):
     np.testing.assert_array_equal(mp(un, 2, 2).numpy(), y.numpy())
 
 
+def test_max_unpool_matches_onnxruntime_maxunpool():
+    # ONNX indices are flattened over N*C*H*W, torch's per (n, c) plane: offset them
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from onnx import TensorProto, helper
+
+    x = torch.randn(2, 3, 6, 8)
+    y, idx = TF.max_pool2d(x, 2, 2, return_indices=True)
+    onnx_idx = idx + (torch.arange(6).reshape(2, 3, 1, 1) * 48)
+    node = helper.make_node("MaxUnpool", ["X", "I"], ["Y"], kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, y.shape),
+                                            helper.make_tensor_value_info("I", TensorProto.INT64, y.shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 9
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"X": y.numpy(), "I": onnx_idx.numpy()})[0]
+    np.testing.assert_array_equal(pnn.MaxUnpool2d(2, 2)(y, idx).numpy(), want)
+
+
 # ---------------------------------------------------------------- factory and validation
 def test_factory_errors_name_the_argument():
     with pytest.raises(ValueError, match="pool must be one of"):

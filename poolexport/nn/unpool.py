@@ -1,5 +1,8 @@
 """Max-unpooling: the partial inverse of max pooling (indices from ``return_indices=True``),
-a thin layer over torch's max_unpool; exports to ONNX MaxUnpool."""
+a thin layer over torch's max_unpool with ONNX MaxUnpool's semantics (tested against
+ONNX Runtime's MaxUnpool). torch's indices count within each (n, c) plane, ONNX's over the
+whole tensor; ``torch.onnx.export(dynamo=True)`` writes the layer as ScatterND, which
+needs no index conversion."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
