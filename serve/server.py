@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import sysconfig
 import threading
 
@@ -145,7 +146,12 @@ def serve_forever(server: Server) -> int:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
+        try:
+            server.start()
+        except Exception as e:  # port taken, model refused by Triton, ...: one line, no traceback
+            print(f"error: serve: server did not start: {type(e).__name__}: {e} "
+                  "(rerun with --log-verbose 1 for Triton's log)", file=sys.stderr, flush=True)
+            return 1
         print(f"poolexport serve: model {server.model_name!r} ready "
               f"(backend {server.backend.name}, max_batch_size {server.max_batch_size}); "
               f"http {server.host}:{server.http_port} grpc {server.host}:{server.grpc_port} "
