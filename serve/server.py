@@ -65,6 +65,19 @@ def _infer_callable(backend, batched: bool):
     return infer
 
 
+def _check_ports_free(host: str, ports: dict) -> None:
+    """Fail in a second with the port's name, not after PyTriton's long start-up timeout."""
+    import socket
+
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise ValueError(f"serve: {what} port {port} on {host} is not available ({e.strerror})") from None
+
+
 class Server:
     """Serve one model file; `start()` returns once it is ready, `stop()` tears it down."""
 
@@ -99,6 +112,8 @@ class Server:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
 
+        _check_ports_free(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
+                                      "--metrics-port": self.metrics_port})
         ensure_libpython_visible()
         sig, mbs = self.backend.signature, self.max_batch_size
         config = TritonConfig(
@@ -148,7 +163,10 @@ def serve_forever(server: Server) -> int:
     try:
         try:
             server.start()
-        except Exception as e:  # port taken, model refused by Triton, ...: one line, no traceback
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except Exception as e:  # model refused by Triton, ...: one line, no traceback
             print(f"error: serve: server did not start: {type(e).__name__}: {e} "
                   "(rerun with --log-verbose 1 for Triton's log)", file=sys.stderr, flush=True)
             return 1

@@ -233,3 +233,21 @@ def test_infer_callable_casts_and_splits(batched):
     np.testing.assert_array_equal(out[0]["y"], [[2, 4]])
     np.testing.assert_array_equal(out[1]["y"], [[6, 8], [10, 12]])
     assert calls == ([(3, 2)] if batched else [(1, 2), (2, 2)])
+
+
+def test_cli_serve_port_in_use_fails_fast_with_one_line(tmp_path):
+    import socket
+
+    pytest.importorskip("pytriton", reason="nvidia-pytriton not installed")
+    m = _model(tmp_path / "id.onnx", [("x", TensorProto.FLOAT, ["N", 2])],
+               [("y", TensorProto.FLOAT, ["N", 2])], [helper.make_node("Identity", ["x"], ["y"])])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "poolexport.serve", "serve", str(m),
+                            "--http-port", str(port), "--grpc-port", "0", "--metrics-port", "0"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip() == (f"error: serve: --http-port port {port} on 127.0.0.1 "
+                                "is not available (Address already in use)")
