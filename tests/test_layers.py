@@ -250,20 +250,22 @@ def test_global_stochastic_training_picks_an_element_reproducibly():
     assert not torch.equal(a, b)
 
 
-def test_weighted_avg_pool():
-    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
-    pool = pnn.WeightedAvgPool2d(3, 2, 2, ceil_mode=True).double()
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_weighted_avg_pool(k):
+    x = torch.randn(2, 3, *([6, 5, 4][:k]), dtype=torch.float64)
+    cls = {1: pnn.WeightedAvgPool1d, 2: pnn.WeightedAvgPool2d, 3: pnn.WeightedAvgPool3d}[k]
+    pool = cls(3, 2, 2, padding=1, dilation=1, ceil_mode=True).double()
     with torch.no_grad():
         pool.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    w = np.array([0.5, -1.0, 2.0]).reshape(1, 3, 1, 1)
-    want = ref_pool(x.numpy() * w, np.mean, 2, 2, 0, 1, True)
+    w = np.array([0.5, -1.0, 2.0]).reshape(1, 3, *([1] * k))
+    want = ref_pool(x.numpy() * w, np.mean, 2, 2, 1, 1, True)
     np.testing.assert_allclose(pool(x).detach().numpy(), want, rtol=1e-12)
     g = pnn.GlobalWeightedAvgPool(3, flatten=True).double()
     with torch.no_grad():
         g.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    np.testing.assert_allclose(g(x).detach().numpy(), (x.numpy() * w).mean((2, 3)), rtol=1e-12)
-    with pytest.raises(ValueError, match="WeightedAvgPool2d.*4"):
-        pool(torch.randn(1, 4, 4, 4, dtype=torch.float64))
+    np.testing.assert_allclose(g(x).detach().numpy(), (x.numpy() * w).mean(tuple(range(2, 2 + k))), rtol=1e-12)
+    with pytest.raises(ValueError, match=f"WeightedAvgPool{k}d.*4"):
+        pool(torch.randn(1, 4, *([4] * k), dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- gradcheck (learnable / smooth layers)
@@ -355,6 +357,9 @@ def test_bilinear_pool():
     np.testing.assert_allclose(pnn.BilinearPool()(x, y).numpy(), want, rtol=1e-8)
     np.testing.assert_allclose(pnn.BilinearPool(signed_sqrt=False, normalize=False)(x, y).numpy(), raw, rtol=1e-12)
     assert pnn.BilinearPool()(x).shape == (2, 9)
+    x1 = torch.randn(2, 3, 7, dtype=torch.float64)  # 1-D: locations are the one axis
+    raw1 = np.einsum("ncl,ndl->ncd", x1.numpy(), x1.numpy()).reshape(2, -1) / 7
+    np.testing.assert_allclose(pnn.BilinearPool(signed_sqrt=False, normalize=False)(x1).numpy(), raw1, rtol=1e-12)
     with pytest.raises(ValueError, match="bilinear_pool"):
         pnn.BilinearPool()(x, torch.randn(2, 2, 4, 4))
 
