@@ -4,6 +4,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+// POOLEXPORT_HOST_EMULATION: tests compile this file as C++ against a tiny shim of the
+// CUDA headers (tests/test_kernels_emulated.py) and run every kernel on the CPU as one
+// thread of a one-block grid, so the kernels' indexing and the launchers' argument order
+// are tested even where no GPU is lent.
+#ifdef POOLEXPORT_HOST_EMULATION
+#define PX_LAUNCH(kernel, grid, block, stream) kernel
+#else
+#define PX_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
+
 #include "poolexport/kernel_abi.h"
 #include "poolexport/reduce.h"
 #include "poolexport/soft_pool.h"
@@ -116,13 +126,13 @@ __attribute__((visibility("default"))) int poolexport_cuda_launch_window(int op,
 #define PX_P p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], \
              p[16], p[17], p[18], p[19]
   if (op == 0 && dtype == 0)
-    poolexport_soft_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[20], (float*)Y);
+    PX_LAUNCH(poolexport_soft_pool_f32, grid, block, s)((const float*)X, PX_P, p[20], (float*)Y);
   else if (op == 0)
-    poolexport_soft_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[20], (__half*)Y);
+    PX_LAUNCH(poolexport_soft_pool_f16, grid, block, s)((const __half*)X, PX_P, p[20], (__half*)Y);
   else if (dtype == 0)
-    poolexport_stochastic_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[20], p[21], p[22], (float*)Y);
+    PX_LAUNCH(poolexport_stochastic_pool_f32, grid, block, s)((const float*)X, PX_P, p[20], p[21], p[22], (float*)Y);
   else
-    poolexport_stochastic_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[20], p[21], p[22], (__half*)Y);
+    PX_LAUNCH(poolexport_stochastic_pool_f16, grid, block, s)((const __half*)X, PX_P, p[20], p[21], p[22], (__half*)Y);
 #undef PX_P
   return (int)cudaGetLastError();
 }
@@ -137,13 +147,13 @@ __attribute__((visibility("default"))) int poolexport_cuda_launch_reduce(int op,
   cudaStream_t s = (cudaStream_t)stream;
 #define PX_P p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
   if (op == 0 && dtype == 0)
-    poolexport_reduce_soft_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[8], (float*)Y);
+    PX_LAUNCH(poolexport_reduce_soft_pool_f32, grid, block, s)((const float*)X, PX_P, p[8], (float*)Y);
   else if (op == 0)
-    poolexport_reduce_soft_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[8], (__half*)Y);
+    PX_LAUNCH(poolexport_reduce_soft_pool_f16, grid, block, s)((const __half*)X, PX_P, p[8], (__half*)Y);
   else if (dtype == 0)
-    poolexport_reduce_stochastic_pool_f32<<<grid, block, 0, s>>>((const float*)X, PX_P, p[8], p[9], p[10], (float*)Y);
+    PX_LAUNCH(poolexport_reduce_stochastic_pool_f32, grid, block, s)((const float*)X, PX_P, p[8], p[9], p[10], (float*)Y);
   else
-    poolexport_reduce_stochastic_pool_f16<<<grid, block, 0, s>>>((const __half*)X, PX_P, p[8], p[9], p[10],
+    PX_LAUNCH(poolexport_reduce_stochastic_pool_f16, grid, block, s)((const __half*)X, PX_P, p[8], p[9], p[10],
                                                                   (__half*)Y);
 #undef PX_P
   return (int)cudaGetLastError();
