@@ -1,0 +1,87 @@
+"""The parity harness: its error measure, its verdicts and its skips."""
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import poolexport.nn as pnn
+from poolexport.onnx.export import export_model
+from poolexport.parity import (RUNTIMES, TOLERANCES, check_parity, errors, other_shape, parity_shapes)
+
+
+def small_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), pnn.SoftPool2d(2),
+                               pnn.StochasticPoolReduce(dim=1, keepdim=True)).eval()
+
+
+@pytest.fixture(scope="module")
+def exported():
+    net = small_net()
+    return net, export_model(net, torch.randn(2, 3, 8, 8), target="ort", exporter="torchscript")
+
+
+def test_tolerances_stated_once():
+    assert TOLERANCES["float32"].rtol <= 1e-5 and TOLERANCES["float16"].rtol <= 1e-3
+    assert TOLERANCES["float32"].atol < 1e-5 and TOLERANCES["float16"].atol < 1e-3
+
+
+def test_errors_are_normwise():
+    ref = np.array([0.0, 10.0, -20.0])
+    abs_err, rel_err = errors(np.array([1e-3, 10.0, -20.0]), ref)
+    assert abs_err == pytest.approx(1e-3) and rel_err == pytest.approx(1e-3 / 20)
+    assert errors(np.array([np.nan, 0, 0]), ref)[0] == float("inf")
+    with pytest.raises(ValueError, match="shape"):
+        errors(np.zeros(2), ref)
+
+
+def test_shapes_other_than_the_export():
+    assert other_shape((2, 3, 32, 32), {0, 2, 3}) == (3, 3, 40, 40)
+    assert other_shape((2, 3, 32, 32), {0}) == (3, 3, 32, 32)
+
+
+def test_passes_and_skips_with_reasons(exported):
+    net, model = exported
+    shapes = parity_shapes(model, (2, 3, 8, 8))
+    assert shapes == [(2, 3, 8, 8), (3, 3, 16, 16)]
+    report = check_parity(model, net, shapes)
+    assert report.passed
+    rows = {r.runtime: r for r in report.summary()}
+    assert set(rows) == set(RUNTIMES)
+    for name in ("torch", "onnxruntime-fallback", "reference"):
+        assert rows[name].status == "pass" and rows[name].max_abs < 1e-5
+    for r in report.results:
+        if r.status == "skip":
+            assert r.reason  # every skip says what is missing
+    assert report.to_dict()["passed"] is True
+
+
+def test_detects_a_wrong_model(exported):
+    """A perturbed weight must fail every ONNX runtime (the harness can fail)."""
+    net, model = exported
+    bad = copy.deepcopy(model)
+    init = bad.graph.initializer[0]
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.05
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    report = check_parity(bad, net, [(2, 3, 8, 8)], runtimes=("torch", "onnxruntime-fallback", "reference"))
+    status = {r.runtime: r.status for r in report.results}
+    assert status == {"torch": "pass", "onnxruntime-fallback": "fail", "reference": "fail"}
+    assert not report.passed
+
+
+def test_tensorrt_file_skips_function_runtimes():
+    net = small_net()
+    model = export_model(net, torch.randn(2, 3, 8, 8), target="tensorrt", exporter="torchscript")
+    report = check_parity(model, net, [(2, 3, 8, 8)], runtimes=("onnxruntime-fallback", "reference"))
+    assert all(r.status == "skip" and "local functions" in r.reason for r in report.results)
+    assert not report.passed  # nothing ran: no proof
+
+
+def test_unknown_runtime(exported):
+    net, model = exported
+    report = check_parity(model, net, [(2, 3, 8, 8)], runtimes=("bogus",))
+    assert report.results[0].status == "error" and "bogus" in report.results[0].reason
