@@ -4,7 +4,8 @@ Channel attention: one shared MLP (C -> hidden -> C) applied to each global desc
 (``channel_pools``, default avg and max), outputs summed, sigmoid, scale. Spatial
 attention: pool across the channel axis with each of ``spatial_pools`` (default max and
 mean, the original order), concatenate the maps, a k x k convolution to one map, sigmoid,
-scale. CBAM applies them in sequence (channel, then spatial). Every pool is a name of
+scale (the paper's form: the conv has a bias and no BatchNorm, which the authors' code
+adds). CBAM applies them in sequence (channel, then spatial). Every pool is a name of
 ``poolexport.nn.POOL_NAMES`` or a module, built by ``create_pool``.
 """
 from __future__ import annotations
