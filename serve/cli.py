@@ -38,8 +38,12 @@ def run_serve(args: argparse.Namespace) -> int:
                         metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         log_verbose=args.log_verbose, intra_op_threads=args.intra_op_threads)
-    except (BackendUnavailable, ValueError, FileNotFoundError) as e:
+    except (BackendUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # missing file, invalid graph, op without kernel: one line
+        msg = " ".join(str(e).split())[:500]
+        print(f"error: serve: cannot load {args.model!r}: {type(e).__name__}: {msg}", file=sys.stderr)
         return 2
     return serve_forever(server)
 

@@ -251,3 +251,15 @@ def test_cli_serve_port_in_use_fails_fast_with_one_line(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip() == (f"error: serve: --http-port port {port} on 127.0.0.1 "
                                 "is not available (Address already in use)")
+
+
+@pytest.mark.parametrize("content", [None, b"not an onnx file"])
+def test_cli_serve_unloadable_model_is_one_line(tmp_path, content):
+    path = tmp_path / "m.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    r = subprocess.run([sys.executable, "-m", "poolexport.serve", "serve", str(path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert err.startswith(f"error: serve: cannot load {str(path)!r}") and "\n" not in err
