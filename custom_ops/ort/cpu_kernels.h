@@ -212,6 +212,36 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
   }
 }
 
+// Reduce form whose innermost (padded) axis is kept, e.g. pooling across channels of
+// N x C x H x W: I = that axis' size consecutive outputs share every window offset, so
+// the window loop runs outside and a vectorized loop over the I outputs inside.
+// Soft and expectation only (the sampled pick goes through run_reduce).
+template <class T>
+void run_reduce_inner(Op op, const T* x, T* y, int64_t row, const Reduce6& g, float beta, Scratch& sc) {
+  const int64_t I = g.dim[5];
+  sc.a.assign(I, op == Op::kSoft ? -3.402823466e38f : 0.0f);
+  sc.b.assign(I, 0.0f);
+  sc.c.assign(I, 0.0f);
+  float* A = sc.a.data();
+  float* B = sc.b.data();
+  float* Cc = sc.c.data();
+  auto row_at = [&](int64_t off) -> const float* {
+    if (std::is_same<T, float>::value) return reinterpret_cast<const float*>(x) + off;
+    sc.rows.resize(I);
+    for (int64_t i = 0; i < I; ++i) sc.rows[i] = load(x, off + i);
+    return sc.rows.data();
+  };
+  int64_t first = row * I;
+  if (op == Op::kSoft) {
+    for_each_in_reduce(g, first, [&](int64_t off) { soft_max_pass(row_at(off), 0, I, 1, 0, beta, A); });
+    for_each_in_reduce(g, first, [&](int64_t off) { soft_sum_pass(row_at(off), 0, I, 1, 0, beta, A, B, Cc); });
+    for (int64_t i = 0; i < I; ++i) store(y, first + i, Cc[i] / B[i]);
+  } else {
+    for_each_in_reduce(g, first, [&](int64_t off) { moment_pass(row_at(off), 0, I, 1, 0, A, B); });
+    for (int64_t i = 0; i < I; ++i) store(y, first + i, A[i] > 0.0f ? B[i] / A[i] : 0.0f);
+  }
+}
+
 // Reduce form: one output element per work item through the shared math.
 template <class T>
 void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta, uint32_t lo, uint32_t hi) {

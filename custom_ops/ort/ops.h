@@ -223,6 +223,14 @@ struct ReduceOp {
         for (int64_t e = 0; e < g.outputs; ++e) cpu::store(y, e, 0.0f);
         return Ort::Status{nullptr};
       }
+      const int64_t inner = g.dim[5];
+      if (kind != cpu::Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
+        parallel_for(ctx, g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
+          cpu::Scratch sc;
+          for (int64_t r = b; r < e; ++r) cpu::run_reduce_inner(kind, x, y, r, g, beta, sc);
+        });
+        return Ort::Status{nullptr};
+      }
       parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) cpu::run_reduce(kind, x, y, i, g, beta, lo, hi);
       });
