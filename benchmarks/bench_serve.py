@@ -115,7 +115,8 @@ def main(argv=None):
          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
          "--max-batch-size", str(args.max_batch_size),
          "--max-queue-delay-us", str(args.max_queue_delay_us)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp)  # not the source tree: `python -m` puts cwd first on sys.path
     samples: dict[tuple, list] = {}
     try:
         probe = httpclient.InferenceServerClient(f"127.0.0.1:{http}")

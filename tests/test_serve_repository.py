@@ -181,7 +181,7 @@ def test_cli_serve_tensorrt_unavailable_is_one_line(tmp_path):
     plan = tmp_path / "net.plan"
     plan.write_bytes(b"x")
     r = subprocess.run([sys.executable, "-m", "poolexport.serve", "serve", str(plan),
-                        "--backend", "tensorrt"], capture_output=True, text=True, timeout=120)
+                        "--backend", "tensorrt"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     err = r.stderr.strip()
     assert err.startswith("error: serve: --backend tensorrt needs TensorRT") and "\n" not in err
@@ -247,7 +247,7 @@ def test_cli_serve_port_in_use_fails_fast_with_one_line(tmp_path):
         port = busy.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "poolexport.serve", "serve", str(m),
                             "--http-port", str(port), "--grpc-port", "0", "--metrics-port", "0"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip() == (f"error: serve: --http-port port {port} on 127.0.0.1 "
                                 "is not available (Address already in use)")
@@ -259,7 +259,7 @@ def test_cli_serve_unloadable_model_is_one_line(tmp_path, content):
     if content is not None:
         path.write_bytes(content)
     r = subprocess.run([sys.executable, "-m", "poolexport.serve", "serve", str(path)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     err = r.stderr.strip()
     assert err.startswith(f"error: serve: cannot load {str(path)!r}") and "\n" not in err

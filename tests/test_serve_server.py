@@ -73,8 +73,10 @@ class _ServerProc:
                "--http-port", str(self.http), "--grpc-port", str(self.grpc),
                "--metrics-port", str(self.metrics), "--max-batch-size", str(MAX_BATCH)]
         # Own session: teardown can kill tritonserver and the stub with it, whatever happens.
+        # cwd outside the source tree: `python -m` puts cwd first on sys.path, and the
+        # source tree's poolexport/ (no serve/, no library) would shadow the installed one.
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=os.path.dirname(log_path))
         self.returncode = None
 
     def log(self):
