@@ -169,13 +169,53 @@ def test_float16_graph():
         assert_close(y, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_sample_mode_has_no_decomposition():
-    model = one_node("StochasticPool", dict(kernel_shape=[2, 2], mode="sample", seed=3), 4)
-    with pytest.raises(ValueError, match="StochasticPool: mode='sample'"):
+@pytest.mark.parametrize("case", WINDOWS[1::2], ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}")
+@pytest.mark.parametrize("seed", [0, -3, 2**40 + 5])
+def test_stochastic_sample_bit_exact(case, seed):
+    """mode="sample": the Philox picks of the decomposition equal, bit for bit, the
+    documented pick written in Python integers (tests/_reference.py)."""
+    attrs = {**window_attrs(case), "mode": "sample", "seed": seed}
+    x = np.random.default_rng(8).standard_normal((2, 3, *case[6])).astype(np.float32)
+    expected = window_ref(x, lambda vals, e: ref.stochastic_sample_window(vals, seed, e), case).astype(np.float32)
+    for target in ("ort", "portable"):
+        model = apply_target(one_node("StochasticPool", attrs, len(case[6]) + 2), target)
+        for y in run_all(model, x):
+            np.testing.assert_array_equal(y, expected)
+
+
+def test_sample_and_expectation_in_one_model():
+    """Both modes in one model share the sample-capable function; each node gets its own mode."""
+    a = helper.make_node("StochasticPool", ["X"], ["A"], domain="poolexport", kernel_shape=[2, 2], mode="sample",
+                         seed=11)
+    b = helper.make_node("StochasticPool", ["X"], ["B"], domain="poolexport", kernel_shape=[2, 2])
+    add = helper.make_node("Concat", ["A", "B"], ["Y"], axis=1)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 2, 4, 6])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4, 3, 5])
+    model = helper.make_model(helper.make_graph([a, b, add], "two", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)])
+    model = apply_target(model, "ort")
+    xv = np.random.default_rng(9).standard_normal((2, 2, 4, 6)).astype(np.float32)
+    sample = ref.pool(xv, lambda vals, e: ref.stochastic_sample_window(vals, 11, e), [2, 2], [1, 1])
+    expectation = ref.pool(xv, stochastic_fn, [2, 2], [1, 1])
+    for out in run_all(model, xv):
+        np.testing.assert_array_equal(out[:, :2], sample.astype(np.float32))
+        assert_close(out[:, 2:], expectation)
+
+
+def test_reduce_sample_mode_has_no_decomposition():
+    model = one_node("ReduceStochasticPool", dict(axes=[1], mode="sample", seed=3), 4)
+    with pytest.raises(ValueError, match="ReduceStochasticPool: mode='sample'"):
         apply_target(model, "ort")
     # the tensorrt target carries no decomposition, so sample mode is fine there
-    trt = apply_target(one_node("StochasticPool", dict(kernel_shape=[2, 2], mode="sample", seed=3), 4), "tensorrt")
+    trt = apply_target(one_node("ReduceStochasticPool", dict(axes=[1], mode="sample", seed=3), 4), "tensorrt")
     assert not trt.functions
+
+
+def test_inference_models_get_the_lean_function():
+    """Expectation-only models need no ONNX-ML import and no If."""
+    model = apply_target(one_node("StochasticPool", dict(kernel_shape=[2, 2]), 4), "ort")
+    assert "ai.onnx.ml" not in {i.domain for i in model.opset_import}
+    assert not any(n.op_type in ("If", "LabelEncoder") for n in model.functions[0].node)
 
 
 def test_unknown_target():

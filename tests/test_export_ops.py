@@ -130,12 +130,20 @@ def test_attributes_are_explicit_onnx_values():
     assert node_attrs(node)["auto_pad"] == b"SAME_UPPER" and node_attrs(node)["dilations"] == [2, 2]
 
 
-def test_training_mode_sample_is_rejected_for_fallback_targets():
-    module = pnn.StochasticPool2d(2, seed=1)  # training mode: sample
+def test_training_mode_sample_exports_bit_exact():
+    """A StochasticPool2d traced in training mode (mode="sample", fixed seed) exports, and
+    the decomposition reproduces PyTorch's picks exactly at other sizes."""
+    module = pnn.StochasticPool2d(2, seed=1)
     module.train()
-    proto = export_model(torch.jit.trace(module, torch.rand(1, 1, 4, 4)), torch.rand(1, 1, 4, 4), target=None)
-    with pytest.raises(ValueError, match="mode='sample'"):
-        apply_target(copy.deepcopy(proto), "ort")
-    trt = apply_target(copy.deepcopy(proto), "tensorrt")
-    (node,) = [n for n in trt.graph.node if n.domain == "poolexport"]
+    traced = torch.jit.trace(module, torch.rand(1, 1, 4, 4), check_trace=False)
+    proto = export_model(traced, torch.rand(1, 1, 4, 4), target=None)
+    model = apply_target(copy.deepcopy(proto), "ort")
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = [n for n in model.graph.node if n.domain == "poolexport"]
     assert node_attrs(node)["mode"] == b"sample" and node_attrs(node)["seed"] == 1
+    x = torch.rand(3, 1, 6, 8)
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(y), module(x), rtol=0, atol=0)

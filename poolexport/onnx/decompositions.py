@@ -13,9 +13,11 @@ of ``poolexport._window``).
 Math runs in float32 (as the kernels do), stably: SoftPool subtracts each window's own
 maximum before Exp.
 
-``mode="sample"`` of the stochastic ops is not decomposed (its Philox picks are not
-expressed in standard ops): :func:`check_decomposable` rejects such nodes with a clear
-error, and only the custom-op library / TensorRT plugin run them.
+``StochasticPool``'s ``mode="sample"`` is decomposed too: Philox4x32-10 in int64 ONNX ops
+(16-bit halves so that no product overflows), sequential float32 CumSum, the documented
+pick; bit-exact with the torch op and the kernels. ``ReduceStochasticPool`` in sample
+mode is not (its window order needs a transpose that depends on ``axes``, which a generic
+body cannot build): :func:`poolexport.onnx.targets.check_decomposable` rejects it.
 """
 from __future__ import annotations
 
@@ -186,13 +188,111 @@ def soft_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
     return _function(D.SOFT_POOL, b, _WINDOW_ATTRS + ["beta"], opset)
 
 
-def stochastic_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False) -> onnx.FunctionProto:
+    """Expectation only, or (``sample=True``) both modes, chosen at run time by ``mode``.
+
+    The sample-capable body needs ONNX-ML's LabelEncoder to read the mode string (opset
+    18 has no string comparison) and an If, so it is attached only to models that use
+    mode="sample"; inference models get the lean expectation-only body.
+    """
     b = _Body("stp")
     xf = b.op("Cast", "X", to=TensorProto.FLOAT)
     win, _, out, nc, k = _windows(b, xf)  # Conv zero-pads, and r = relu(0) = 0 never counts
-    y = _stochastic_math(b, win, b.const([1]), keepdims_ref=False)
-    _finish_windowed(b, y, out, nc, k, "X")
-    return _function(D.STOCHASTIC_POOL, b, _WINDOW_ATTRS + ["mode", "seed"], opset)
+    if not sample:
+        y = _stochastic_math(b, win, b.const([1]), keepdims_ref=False)
+        _finish_windowed(b, y, out, nc, k, "X")
+        return _function(D.STOCHASTIC_POOL, b, _WINDOW_ATTRS + ["mode", "seed"], opset)
+    mode = b.op("Reshape", b.ref("value_string", "mode"), b.const([1]))
+    mode_id = b.op("LabelEncoder", mode, domain="ai.onnx.ml", keys_strings=["expectation", "sample"],
+                   values_int64s=[0, 1], default_int64=-1)
+    is_sample = b.op("Equal", b.op("ReduceMax", mode_id, keepdims=0), b.const(1))
+    seed = b.ref("value_int", "seed")
+    out_shape = b.op("Concat", nc, out, axis=0)
+    # expectation branch
+    e = _Body("stp_e")
+    y_e = _stochastic_math(e, win, b.const([1]), keepdims_ref=False)
+    y_e = _crop(e, y_e, out, k)
+    y_e = e.op("Reshape", y_e, out_shape)
+    # sample branch: windows cropped to the output, rows in flat output-element order
+    t = _Body("stp_s")
+    y_s = t.op("Reshape", _philox_pick(t, _crop(t, win, out, k, first_axis=2), seed), out_shape)
+    b.n += 1
+    y = f"stp_y_{b.n}"
+    graph = lambda body, name, o: helper.make_graph(  # noqa: E731
+        body.nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)])
+    b.nodes.append(helper.make_node("If", [is_sample], [y], then_branch=graph(t, "sample", y_s),
+                                    else_branch=graph(e, "expectation", y_e)))
+    b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+    return helper.make_function(D.DOMAIN, D.STOCHASTIC_POOL, ["X"], ["Y"], b.nodes,
+                                [helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+                                attributes=_WINDOW_ATTRS + ["mode", "seed"])
+
+
+ML_OPSET = 2  # LabelEncoder with keys_strings / values_int64s
+
+
+def _crop(b: _Body, y: str, out: str, k: str, first_axis: int = 1) -> str:
+    """Slice the spatial axes (from ``first_axis``) of y down to the output sizes ``out``."""
+    kk = b.op("Squeeze", k)
+    start = b.const(first_axis)
+    axes = b.op("Range", start, b.op("Add", kk, start), b.const(1))
+    return b.op("Slice", y, b.op("Mul", out, b.const([0])), out, axes)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mulhilo(b: _Body, a: str, m: int) -> tuple[str, str]:
+    """(hi, lo) 32-bit words of a * m for uint32 values held in int64, without overflow
+    (16-bit halves, as poolexport._philox does; BitShift has no signed types)."""
+    a1, a0 = b.op("Div", a, b.const(1 << 16)), b.op("BitwiseAnd", a, b.const(0xFFFF))
+    m1, m0 = b.const(m >> 16), b.const(m & 0xFFFF)
+    mid = b.op("Add", b.op("Mul", a1, m0), b.op("Mul", a0, m1))
+    lo_full = b.op("Add", b.op("Mul", a0, m0), b.op("Mul", b.op("BitwiseAnd", mid, b.const(0xFFFF)), b.const(1 << 16)))
+    lo = b.op("BitwiseAnd", lo_full, b.const(_M32))
+    hi = b.op("Add", b.op("Add", b.op("Mul", a1, m1), b.op("Div", mid, b.const(1 << 16))),
+              b.op("Div", lo_full, b.const(1 << 32)))
+    return b.op("BitwiseAnd", hi, b.const(_M32)), lo
+
+
+def _philox_pick(b: _Body, win: str, seed: str) -> str:
+    """The pick of poolexport._philox / ops.stochastic_pool over windows (N*C, K, O...),
+    returned flat (N*C*P,) in float32. Bit-exact: CumSum accumulates sequentially in
+    float32 in ONNX Runtime and NumPy, as the kernels do."""
+    from .._philox import PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1
+
+    kdim = b.op("Slice", b.op("Shape", win), b.const([1]), b.const([2]))
+    rows3 = b.op("Reshape", win, b.op("Concat", b.const([0]), kdim, b.const([-1]), axis=0))
+    rows = b.op("Reshape", b.op("Transpose", rows3, perm=[0, 2, 1]), b.op("Concat", b.const([-1]), kdim, axis=0))
+    r = b.op("Relu", rows)
+    cum = b.op("CumSum", r, b.const(1))
+    total = b.op("Squeeze", b.op("Gather", cum, b.op("Sub", kdim, b.const([1])), axis=1), b.const([1]))
+    m = b.op("Shape", total)
+    e = b.op("Range", b.const(0), b.op("Squeeze", m), b.const(1))
+    # key = (seed mod 2^32, (seed >> 32) mod 2^32) of the two's-complement seed
+    k0 = b.op("BitwiseAnd", seed, b.const(_M32))
+    k1 = b.op("BitwiseAnd", b.op("Div", b.op("Sub", seed, k0), b.const(1 << 32)), b.const(_M32))
+    zero = b.op("Mul", e, b.const(0))
+    c = [b.op("BitwiseAnd", e, b.const(_M32)), b.op("Div", e, b.const(1 << 32)), zero, zero]
+    for rnd in range(PHILOX_ROUNDS):
+        if rnd:
+            k0 = b.op("BitwiseAnd", b.op("Add", k0, b.const(PHILOX_W0)), b.const(_M32))
+            k1 = b.op("BitwiseAnd", b.op("Add", k1, b.const(PHILOX_W1)), b.const(_M32))
+        hi0, lo0 = _mulhilo(b, c[0], PHILOX_M0)
+        hi1, lo1 = _mulhilo(b, c[2], PHILOX_M1)
+        c = [b.op("BitwiseXor", b.op("BitwiseXor", hi1, c[1]), k0), lo1,
+             b.op("BitwiseXor", b.op("BitwiseXor", hi0, c[3]), k1), lo0]
+    u = b.op("Mul", b.op("Cast", b.op("Div", c[0], b.const(256)), to=TensorProto.FLOAT),
+             b.const(2.0**-24, np.float32))
+    t = b.op("Mul", u, total)
+    hit = b.op("Cast", b.op("Greater", cum, b.op("Unsqueeze", t, b.const([1]))), to=TensorProto.INT32)
+    first = b.op("ArgMax", hit, axis=1, keepdims=1)
+    any_hit = b.op("Greater", b.op("ReduceMax", hit, b.const([1]), keepdims=1), b.const(0, np.int32))
+    positive = b.op("Cast", b.op("Greater", r, b.const(0.0, np.float32)), to=TensorProto.INT32)
+    last = b.op("ArgMax", positive, axis=1, keepdims=1, select_last_index=1)
+    pick = b.op("Where", any_hit, first, last)
+    picked = b.op("Squeeze", b.op("GatherElements", rows, pick, axis=1), b.const([1]))
+    return b.op("Where", b.op("Greater", total, b.const(0.0, np.float32)), picked, b.const(0.0, np.float32))
 
 
 def reduce_soft_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
@@ -219,6 +319,12 @@ BUILDERS = {
 }
 
 
-def functions(op_types, opset: int = D.OPSET) -> list[onnx.FunctionProto]:
-    """The local functions for the given op types (each once, in a stable order)."""
-    return [BUILDERS[name](opset) for name in D.OPS if name in set(op_types)]
+def functions(op_types, opset: int = D.OPSET, sample: bool = False) -> list[onnx.FunctionProto]:
+    """The local functions for the given op types (each once, in a stable order);
+    ``sample``: StochasticPool's body also handles mode="sample"."""
+    out = []
+    for name in D.OPS:
+        if name in set(op_types):
+            fn = BUILDERS[name]
+            out.append(fn(opset, sample=True) if sample and name == D.STOCHASTIC_POOL else fn(opset))
+    return out

@@ -88,10 +88,18 @@ def normalize_nodes(model: onnx.ModelProto) -> None:
             _set(node, "pads", [0] * len(a["pads"]))  # ignored by ONNX unless NOTSET; likewise
 
 
+def _mode(node) -> str:
+    mode = _attrs(node).get("mode", b"expectation")
+    return mode.decode() if isinstance(mode, bytes) else mode
+
+
+def uses_sample(model: onnx.ModelProto) -> bool:
+    return any(n.op_type == D.STOCHASTIC_POOL and _mode(n) == "sample" for n in custom_nodes(model))
+
+
 def check_decomposable(model: onnx.ModelProto) -> None:
     for node in custom_nodes(model):
-        mode = _attrs(node).get("mode", b"expectation")
-        if (mode.decode() if isinstance(mode, bytes) else mode) == "sample":
+        if node.op_type == D.REDUCE_STOCHASTIC_POOL and _mode(node) == "sample":
             raise ValueError(
                 f"{node.op_type}: mode='sample' has no standard-op decomposition (the Philox picks run only in "
                 "the custom-op library and the TensorRT plugin); export the model in eval() mode, or use the "
@@ -120,7 +128,16 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     used = {n.op_type for n in custom_nodes(model)}
     kept = [f for f in model.functions if f.domain != D.DOMAIN]
     del model.functions[:]
-    model.functions.extend(kept + functions(used, _default_opset(model)))
+    sample = uses_sample(model)
+    model.functions.extend(kept + functions(used, _default_opset(model), sample=sample))
+    if sample:
+        from .decompositions import ML_OPSET
+
+        ml = [i for i in model.opset_import if i.domain == "ai.onnx.ml"]
+        if ml and ml[0].version != ML_OPSET:
+            raise ValueError(f"StochasticPool: mode='sample' needs ai.onnx.ml opset {ML_OPSET} for its "
+                             f"decomposition; the model imports {ml[0].version}")
+        _set_opset(model, "ai.onnx.ml", ML_OPSET)
     return model
 
 
