@@ -114,6 +114,55 @@ PX_DISPATCH static void moment_pass(const float* __restrict row, int64_t lo, int
   }
 }
 
+// Contiguous segments of one window (reductions over the innermost axis, e.g. global
+// pooling over H x W): 8 independent lanes so the compiler vectorizes without
+// reassociating a single float sum (no -ffast-math).
+PX_DISPATCH static void seg_max(const float* __restrict x, int64_t n, float beta, float* __restrict lanes) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      float z = beta * x[i + l];
+      lanes[l] = lanes[l] > z ? lanes[l] : z;
+    }
+  for (; i < n; ++i) {
+    float z = beta * x[i];
+    lanes[0] = lanes[0] > z ? lanes[0] : z;
+  }
+}
+
+PX_DISPATCH static void seg_sum(const float* __restrict x, int64_t n, float beta, float m, float* __restrict se,
+                                float* __restrict sa) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      float v = x[i + l];
+      float e = fast_exp(beta * v - m);
+      se[l] += e;
+      sa[l] += e * v;
+    }
+  for (; i < n; ++i) {
+    float e = fast_exp(beta * x[i] - m);
+    se[0] += e;
+    sa[0] += e * x[i];
+  }
+}
+
+PX_DISPATCH static void seg_moments(const float* __restrict x, int64_t n, float* __restrict s1, float* __restrict s2) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      float v = x[i + l];
+      float r = v > 0.0f ? v : 0.0f;
+      s1[l] += r;
+      s2[l] += r * r;
+    }
+  for (; i < n; ++i) {
+    float r = x[i] > 0.0f ? x[i] : 0.0f;
+    s1[0] += r;
+    s2[0] += r * r;
+  }
+}
+
 // Per-thread scratch, reused across rows.
 struct Scratch {
   std::vector<float> a, b, c;      // per output column accumulators
@@ -239,6 +288,48 @@ void run_reduce_inner(Op op, const T* x, T* y, int64_t row, const Reduce6& g, fl
   } else {
     for_each_in_reduce(g, first, [&](int64_t off) { moment_pass(row_at(off), 0, I, 1, 0, A, B); });
     for (int64_t i = 0; i < I; ++i) store(y, first + i, A[i] > 0.0f ? B[i] / A[i] : 0.0f);
+  }
+}
+
+// Reduce form whose innermost (padded) axis is reduced: each window is a set of
+// contiguous segments of that axis' length (soft and expectation only).
+template <class T>
+void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta, Scratch& sc) {
+  const int64_t n = g.dim[5];
+  Reduce6 outer = g;  // same strides, the innermost axis visited by the segment loops
+  outer.dim[5] = 1;
+  outer.window = g.window / n;
+  auto seg = [&](int64_t off) -> const float* {
+    if (std::is_same<T, float>::value) return reinterpret_cast<const float*>(x) + off;
+    sc.rows.resize(n);
+    for (int64_t i = 0; i < n; ++i) sc.rows[i] = load(x, off + i);
+    return sc.rows.data();
+  };
+  float a[8], b[8];
+  for (int l = 0; l < 8; ++l) {
+    a[l] = op == Op::kSoft ? -3.402823466e38f : 0.0f;
+    b[l] = 0.0f;
+  }
+  if (op == Op::kSoft) {
+    for_each_in_reduce(outer, e, [&](int64_t off) { seg_max(seg(off), n, beta, a); });
+    float m = a[0];
+    for (int l = 1; l < 8; ++l) m = a[l] > m ? a[l] : m;
+    for (int l = 0; l < 8; ++l) a[l] = 0.0f;
+    for_each_in_reduce(outer, e, [&](int64_t off) { seg_sum(seg(off), n, beta, m, a, b); });
+    float se = 0.0f, sa = 0.0f;
+    for (int l = 0; l < 8; ++l) {
+      se += a[l];
+      sa += b[l];
+    }
+    store(y, e, sa / se);
+  } else {
+    for_each_in_reduce(outer, e, [&](int64_t off) { seg_moments(seg(off), n, a, b); });
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int l = 0; l < 8; ++l) {
+      s1 += a[l];
+      s2 += b[l];
+    }
+    store(y, e, s1 > 0.0f ? s2 / s1 : 0.0f);
   }
 }
 

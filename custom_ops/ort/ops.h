@@ -231,6 +231,13 @@ struct ReduceOp {
         });
         return Ort::Status{nullptr};
       }
+      if (kind != cpu::Op::kSample && (g.mask & (1 << 5)) && inner >= 16) {
+        parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+          cpu::Scratch sc;
+          for (int64_t i = b; i < e; ++i) cpu::run_reduce_segments(kind, x, y, i, g, beta, sc);
+        });
+        return Ort::Status{nullptr};
+      }
       parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) cpu::run_reduce(kind, x, y, i, g, beta, lo, hi);
       });
