@@ -350,3 +350,17 @@ def test_reduce_library_matches_local_function_fallback(op, attrs):
     model = targets.apply_target(one_node(op, TensorProto.FLOAT, attrs), "ort")
     x = _input((2, 3, 4, 5), "float32")
     np.testing.assert_allclose(run_lib(model, x), run_plain(model, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", ["k3s2p1", "ceil_pad", "1d"])
+def test_sampled_picks_match_local_function_fallback(case, dtype):
+    targets = pytest.importorskip("poolexport.onnx.targets", reason="poolexport.onnx (the export helper's decompositions) missing")
+    shape, a = WINDOW_CASES[case]
+    elem, _, _ = DTYPES[dtype]
+    try:
+        model = targets.apply_target(one_node("StochasticPool", elem, {**a, "mode": "sample", "seed": 11}), "ort")
+    except ValueError as e:  # an older decomposition that does not express the pick
+        pytest.skip(f"the local function does not decompose mode='sample': {e}")
+    x = _input(shape, dtype)
+    np.testing.assert_array_equal(run_lib(model, x), run_plain(model, x))
