@@ -176,7 +176,10 @@ def run_export(args: argparse.Namespace) -> int:
     if shape is None:
         raise UsageError(f"{args.model}: the file stores no input shape; give --input-shape, e.g. 1x3x224x224")
 
-    out, err = Console(), Console(stderr=True)
+    # the progress display gets its own descriptor: export_model silences fds 1 and 2 while
+    # torch.onnx runs (it prints from C++), and the spinner must keep turning meanwhile
+    err = Console(file=os.fdopen(os.dup(2), "w", buffering=1)) if sys.stderr.isatty() else Console(stderr=True)
+    out = Console()
     if not out.is_terminal:
         out = Console(width=160)  # files and pipes: keep each table row on one line
     report: dict = {"model": str(args.model), "format": loaded.kind, "output": str(output), "target": args.target,
