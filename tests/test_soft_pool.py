@@ -113,7 +113,7 @@ def test_float16_accumulates_in_float32():
 @pytest.mark.parametrize("case", WINDOW_CASES[::3], ids=IDS[::3])
 def test_gradcheck(case):
     spatial, kernel, strides, pads, dil, ceil_mode, auto_pad = case
-    x = _input(spatial).requires_grad_()
+    x = _input(spatial)[:1, :2].clone().requires_grad_()  # small: gradcheck is O(numel^2)
     assert torch.autograd.gradcheck(lambda t: soft_pool(t, kernel, strides, pads, dil, ceil_mode, auto_pad, 2.0), (x,))
 
 
