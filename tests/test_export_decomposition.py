@@ -21,11 +21,11 @@ from poolexport.onnx import apply_target
 RTOL, ATOL = 1e-5, 1e-6  # float32 (poolexport.parity.TOLERANCES)
 
 
-def one_node(op, attrs, rank, dtype=TensorProto.FLOAT):
+def one_node(op, attrs, rank, dtype=TensorProto.FLOAT, out_rank=None):
     node = helper.make_node(op, ["X"], ["Y"], domain="poolexport", **attrs)
     dims = ["N", "C"] + [f"D{i}" for i in range(rank - 2)]
     x = helper.make_tensor_value_info("X", dtype, dims)
-    y = helper.make_tensor_value_info("Y", dtype, [f"Y{i}" for i in range(rank)])
+    y = helper.make_tensor_value_info("Y", dtype, [f"Y{i}" for i in range(rank if out_rank is None else out_rank)])
     graph = helper.make_graph([node], "one_node", [x], [y])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)])
 
@@ -135,7 +135,8 @@ def test_reduce_ops(op, axes, keepdims):
         fn = soft_fn(1.5)
     else:
         fn = stochastic_fn
-    model = apply_target(one_node(op, attrs, 4), "ort")
+    out_rank = 4 if keepdims else 4 - len(axes or range(4))
+    model = apply_target(one_node(op, attrs, 4, out_rank=out_rank), "ort")
     x = np.random.default_rng(5).standard_normal((2, 3, 4, 5)).astype(np.float32)
     expected = ref.reduce(x, fn, axes or None, bool(keepdims))
     for y in run_all(model, x):
@@ -202,13 +203,24 @@ def test_sample_and_expectation_in_one_model():
         assert_close(out[:, 2:], expectation)
 
 
-def test_reduce_sample_mode_has_no_decomposition():
-    model = one_node("ReduceStochasticPool", dict(axes=[1], mode="sample", seed=3), 4)
-    with pytest.raises(ValueError, match="ReduceStochasticPool: mode='sample'"):
-        apply_target(model, "ort")
-    # the tensorrt target carries no decomposition, so sample mode is fine there
-    trt = apply_target(one_node("ReduceStochasticPool", dict(axes=[1], mode="sample", seed=3), 4), "tensorrt")
-    assert not trt.functions
+@pytest.mark.parametrize("axes,keepdims", [([1], 1), ([2, 3], 0), ([0, 2], 1), ([-1], 0)])
+@pytest.mark.parametrize("seed", [0, -9])
+def test_reduce_stochastic_sample_bit_exact(axes, keepdims, seed):
+    attrs = dict(axes=axes, keepdims=keepdims, mode="sample", seed=seed)
+    out_rank = 4 if keepdims else 4 - len(axes)
+    x = np.random.default_rng(10).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = ref.reduce(x, lambda vals, e: ref.stochastic_sample_window(vals, seed, e), axes, bool(keepdims))
+    for target in ("ort", "portable"):
+        model = apply_target(one_node("ReduceStochasticPool", attrs, 4, out_rank=out_rank), target)
+        for y in run_all(model, x):
+            np.testing.assert_array_equal(y, expected.astype(np.float32))
+    # the tensorrt target carries no decomposition
+    assert not apply_target(one_node("ReduceStochasticPool", attrs, 4), "tensorrt").functions
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="StochasticPool: mode"):
+        apply_target(one_node("StochasticPool", dict(kernel_shape=[2, 2], mode="argmax"), 4), "ort")
 
 
 def test_inference_models_get_the_lean_function():

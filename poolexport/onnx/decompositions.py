@@ -13,11 +13,12 @@ of ``poolexport._window``).
 Math runs in float32 (as the kernels do), stably: SoftPool subtracts each window's own
 maximum before Exp.
 
-``StochasticPool``'s ``mode="sample"`` is decomposed too: Philox4x32-10 in int64 ONNX ops
-(16-bit halves so that no product overflows), sequential float32 CumSum, the documented
-pick; bit-exact with the torch op and the kernels. ``ReduceStochasticPool`` in sample
-mode is not (its window order needs a transpose that depends on ``axes``, which a generic
-body cannot build): :func:`poolexport.onnx.targets.check_decomposable` rejects it.
+``mode="sample"`` of both stochastic ops is decomposed too: Philox4x32-10 in int64 ONNX
+ops (16-bit halves so that no product overflows), sequential float32 CumSum, the
+documented pick; bit-exact with the torch op and the kernels. The Reduce form moves the
+reduced axes last with a rank-generic scatter (a Transpose's perm would depend on
+``axes``). Only models that use sample mode get these larger bodies (If + ONNX-ML
+LabelEncoder to read the mode string).
 """
 from __future__ import annotations
 
@@ -155,11 +156,11 @@ def _soft_math(b: _Body, win: str, valid: str | None, axes: str, keepdims_ref: b
     return _safe_div(b, num, s)
 
 
-def _stochastic_math(b: _Body, win: str, axes: str, keepdims_ref: bool) -> str:
+def _stochastic_math(b: _Body, win: str, axes: str, keepdims_ref: bool, keepdims: int = 0) -> str:
     """sum(r^2) / sum(r) with r = max(w, 0); padding is 0 so it never counts."""
     r = b.op("Relu", win)
     refs = {"keepdims": (_INT, "keepdims")} if keepdims_ref else {}
-    kw = {} if keepdims_ref else {"keepdims": 0}
+    kw = {} if keepdims_ref else {"keepdims": keepdims}
     s1 = b.op_ref("ReduceSum", [r, axes], refs, **kw)
     s2 = b.op_ref("ReduceSum", [b.op("Mul", r, r), axes], refs, **kw)
     return _safe_div(b, s2, s1)
@@ -202,11 +203,7 @@ def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False) -> onnx
         y = _stochastic_math(b, win, b.const([1]), keepdims_ref=False)
         _finish_windowed(b, y, out, nc, k, "X")
         return _function(D.STOCHASTIC_POOL, b, _WINDOW_ATTRS + ["mode", "seed"], opset)
-    mode = b.op("Reshape", b.ref("value_string", "mode"), b.const([1]))
-    mode_id = b.op("LabelEncoder", mode, domain="ai.onnx.ml", keys_strings=["expectation", "sample"],
-                   values_int64s=[0, 1], default_int64=-1)
-    is_sample = b.op("Equal", b.op("ReduceMax", mode_id, keepdims=0), b.const(1))
-    seed = b.ref("value_int", "seed")
+    is_sample, seed = _mode_is_sample(b)
     out_shape = b.op("Concat", nc, out, axis=0)
     # expectation branch
     e = _Body("stp_e")
@@ -216,13 +213,7 @@ def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False) -> onnx
     # sample branch: windows cropped to the output, rows in flat output-element order
     t = _Body("stp_s")
     y_s = t.op("Reshape", _philox_pick(t, _crop(t, win, out, k, first_axis=2), seed), out_shape)
-    b.n += 1
-    y = f"stp_y_{b.n}"
-    graph = lambda body, name, o: helper.make_graph(  # noqa: E731
-        body.nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)])
-    b.nodes.append(helper.make_node("If", [is_sample], [y], then_branch=graph(t, "sample", y_s),
-                                    else_branch=graph(e, "expectation", y_e)))
-    b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+    _if_mode(b, is_sample, t, y_s, e, y_e)
     return helper.make_function(D.DOMAIN, D.STOCHASTIC_POOL, ["X"], ["Y"], b.nodes,
                                 [helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
                                 attributes=_WINDOW_ATTRS + ["mode", "seed"])
@@ -264,6 +255,13 @@ def _philox_pick(b: _Body, win: str, seed: str) -> str:
     kdim = b.op("Slice", b.op("Shape", win), b.const([1]), b.const([2]))
     rows3 = b.op("Reshape", win, b.op("Concat", b.const([0]), kdim, b.const([-1]), axis=0))
     rows = b.op("Reshape", b.op("Transpose", rows3, perm=[0, 2, 1]), b.op("Concat", b.const([-1]), kdim, axis=0))
+    return _rows_pick(b, rows, kdim, seed)
+
+
+def _rows_pick(b: _Body, rows: str, kdim: str, seed: str) -> str:
+    """The pick over rows (M, K), row m keyed by element index m; returns (M,) float32."""
+    from .._philox import PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1
+
     r = b.op("Relu", rows)
     cum = b.op("CumSum", r, b.const(1))
     total = b.op("Squeeze", b.op("Gather", cum, b.op("Sub", kdim, b.const([1])), axis=1), b.const([1]))
@@ -303,12 +301,64 @@ def reduce_soft_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
     return _function(D.REDUCE_SOFT_POOL, b, ["axes", "keepdims", "beta"], opset)
 
 
-def reduce_stochastic_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+def reduce_stochastic_pool_function(opset: int = D.OPSET, sample: bool = False) -> onnx.FunctionProto:
     b = _Body("rstp")
     xf = b.op("Cast", "X", to=TensorProto.FLOAT)
-    y = _stochastic_math(b, xf, b.ref("value_ints", "axes"), keepdims_ref=True)
+    axes = b.ref("value_ints", "axes")
+    attrs = ["axes", "keepdims", "mode", "seed"]
+    if not sample:
+        y = _stochastic_math(b, xf, axes, keepdims_ref=True)
+        b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+        return _function(D.REDUCE_STOCHASTIC_POOL, b, attrs, opset)
+    is_sample, seed = _mode_is_sample(b)
+    # the output shape, read here because branches cannot use attribute references
+    out_shape = b.op("Shape", b.op_ref("ReduceMax", [xf, axes], {"keepdims": (_INT, "keepdims")}))
+    e = _Body("rstp_e")
+    y_e = e.op("Reshape", _stochastic_math(e, xf, axes, keepdims_ref=False, keepdims=1), out_shape)
+    # sample: a rank-generic transpose (reduced axes last, ascending) by scattering every
+    # element to row = its output element, column = its row-major position in the window
+    t = _Body("rstp_s")
+    shape = t.op("Shape", xf)
+    rank = t.op("Size", shape)
+    norm = t.op("Mod", t.op("Add", axes, rank), rank)
+    zeros = t.op("Mul", shape, b.const(0))
+    mask = t.op("Cast", t.op("ScatterElements", zeros, norm, t.op("Add", t.op("Mul", norm, b.const(0)), b.const(1))),
+                to=TensorProto.BOOL)
+    kept_shape = t.op("Where", mask, b.const(1), shape)
+    red_shape = t.op("Where", mask, shape, b.const(1))
+    m = t.op("ReduceProd", kept_shape, keepdims=1)
+    kdim = t.op("ReduceProd", red_shape, keepdims=1)
+    row = t.op("Expand", t.op("Reshape", t.op("Range", b.const(0), t.op("Squeeze", m), b.const(1)), kept_shape), shape)
+    col = t.op("Expand", t.op("Reshape", t.op("Range", b.const(0), t.op("Squeeze", kdim), b.const(1)), red_shape),
+               shape)
+    key = t.op("Reshape", t.op("Add", t.op("Mul", row, kdim), col), b.const([-1]))
+    flat = t.op("Reshape", xf, b.const([-1]))
+    rows = t.op("Reshape", t.op("ScatterElements", t.op("Mul", flat, b.const(0.0, np.float32)), key, flat, axis=0),
+                t.op("Concat", m, kdim, axis=0))
+    y_s = t.op("Reshape", _rows_pick(t, rows, kdim, seed), out_shape)
+    _if_mode(b, is_sample, t, y_s, e, y_e)
+    return helper.make_function(D.DOMAIN, D.REDUCE_STOCHASTIC_POOL, ["X"], ["Y"], b.nodes,
+                                [helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+                                attributes=attrs)
+
+
+def _mode_is_sample(b: _Body) -> tuple[str, str]:
+    """(mode == "sample" as a bool scalar, seed as an int64 scalar)."""
+    mode = b.op("Reshape", b.ref("value_string", "mode"), b.const([1]))
+    mode_id = b.op("LabelEncoder", mode, domain="ai.onnx.ml", keys_strings=["expectation", "sample"],
+                   values_int64s=[0, 1], default_int64=-1)
+    return b.op("Equal", b.op("ReduceMax", mode_id, keepdims=0), b.const(1)), b.ref("value_int", "seed")
+
+
+def _if_mode(b: _Body, is_sample: str, t: _Body, y_s: str, e: _Body, y_e: str) -> None:
+    """Y = CastLike(If(is_sample, then: y_s, else: y_e), X)."""
+    b.n += 1
+    y = f"{b.prefix}_y_{b.n}"
+    graph = lambda body, name, o: helper.make_graph(  # noqa: E731
+        body.nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)])
+    b.nodes.append(helper.make_node("If", [is_sample], [y], then_branch=graph(t, "sample", y_s),
+                                    else_branch=graph(e, "expectation", y_e)))
     b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
-    return _function(D.REDUCE_STOCHASTIC_POOL, b, ["axes", "keepdims", "mode", "seed"], opset)
 
 
 BUILDERS = {
@@ -326,5 +376,6 @@ def functions(op_types, opset: int = D.OPSET, sample: bool = False) -> list[onnx
     for name in D.OPS:
         if name in set(op_types):
             fn = BUILDERS[name]
-            out.append(fn(opset, sample=True) if sample and name == D.STOCHASTIC_POOL else fn(opset))
+            stochastic = name in (D.STOCHASTIC_POOL, D.REDUCE_STOCHASTIC_POOL)
+            out.append(fn(opset, sample=True) if sample and stochastic else fn(opset))
     return out

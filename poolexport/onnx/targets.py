@@ -94,17 +94,15 @@ def _mode(node) -> str:
 
 
 def uses_sample(model: onnx.ModelProto) -> bool:
-    return any(n.op_type == D.STOCHASTIC_POOL and _mode(n) == "sample" for n in custom_nodes(model))
+    return any(n.op_type in (D.STOCHASTIC_POOL, D.REDUCE_STOCHASTIC_POOL) and _mode(n) == "sample"
+               for n in custom_nodes(model))
 
 
 def check_decomposable(model: onnx.ModelProto) -> None:
     for node in custom_nodes(model):
-        if node.op_type == D.REDUCE_STOCHASTIC_POOL and _mode(node) == "sample":
-            raise ValueError(
-                f"{node.op_type}: mode='sample' has no standard-op decomposition (the Philox picks run only in "
-                "the custom-op library and the TensorRT plugin); export the model in eval() mode, or use the "
-                "tensorrt target"
-            )
+        if node.op_type in (D.STOCHASTIC_POOL, D.REDUCE_STOCHASTIC_POOL) and _mode(node) not in (
+                "expectation", "sample"):
+            raise ValueError(f"{node.op_type}: mode must be 'expectation' or 'sample', got {_mode(node)!r}")
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
