@@ -32,11 +32,13 @@ CASES = [
 ]
 
 
-def one_node(op, attrs, domain="poolexport"):
+def one_node(op, attrs, domain="poolexport", opset=18):
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, None)
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
     node = helper.make_node(op, ["X"], ["Y"], domain=domain, **attrs)
-    opsets = [helper.make_opsetid("", 19), helper.make_opsetid("poolexport", 1)]
+    # opset 18: ONNX Runtime's AveragePool-19 (dilations) takes a slower generic path; the
+    # baseline is its fastest AveragePool
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("poolexport", 1)]
     return helper.make_model(helper.make_graph([node], op, [x], [y]), opset_imports=opsets, ir_version=10)
 
 
@@ -65,7 +67,7 @@ def interleaved(fns: dict, repeat: int) -> dict:
     return best
 
 
-def bench_cpu(repeat):
+def bench_cpu(repeat, threads=None):
     import onnxruntime as ort
     import torch
     import torch.nn.functional as F
@@ -77,8 +79,10 @@ def bench_cpu(repeat):
     except ImportError:  # the decompositions are not there: skip that column
         apply_target = None
 
-    threads = os.cpu_count()
+    threads = threads or os.cpu_count()
     torch.set_num_threads(threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
     print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {threads} cores, "
           f"onnxruntime {ort.__version__}, torch {torch.__version__}; best of {repeat} interleaved runs, ms")
     print("| case | op | library | ORT AveragePool | ratio (<= 1.3) | decomposition | speed-up (>= 4) "
@@ -87,7 +91,7 @@ def bench_cpu(repeat):
     for name, shape, a in CASES:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         feed = {"X": x}
-        avg = ort.InferenceSession(one_node("AveragePool", {**a, "count_include_pad": 0}, domain="").SerializeToString())
+        avg = ort.InferenceSession(one_node("AveragePool", {**a, "count_include_pad": 0}, domain="").SerializeToString(), so)
         xt = torch.from_numpy(x)
         pool = {4: F.avg_pool2d, 5: F.avg_pool3d}[len(shape)]
         kw = dict(kernel_size=a["kernel_shape"], stride=a["strides"], padding=[p for p in a.get("pads", [0] * 6)[: len(shape) - 2]])
@@ -100,11 +104,13 @@ def bench_cpu(repeat):
         fns = {"avg": lambda: avg.run(None, feed), "torch": torch_formula}
         for op, extra in (("SoftPool", {}), ("StochasticPool", {"mode": "expectation"})):
             model = one_node(op, {**a, **extra})
-            lib = pxort.session(model.SerializeToString())
+            lib_so = ort.SessionOptions()
+            lib_so.intra_op_num_threads = threads
+            lib = pxort.session(model.SerializeToString(), options=lib_so)
             fns[op] = lambda lib=lib: lib.run(None, feed)
             if apply_target is not None:
                 fallback = apply_target(onnx.ModelProto.FromString(model.SerializeToString()), "ort")
-                plain = ort.InferenceSession(fallback.SerializeToString(), providers=["CPUExecutionProvider"])
+                plain = ort.InferenceSession(fallback.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 fns[op + " decomposition"] = lambda plain=plain: plain.run(None, feed)
         t = interleaved(fns, repeat)
         for op in ("SoftPool", "StochasticPool"):
@@ -167,9 +173,10 @@ def bench_cuda(repeat):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every column (default: all cores)")
     ap.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels (needs a GPU)")
     args = ap.parse_args()
-    bench_cuda(args.repeat) if args.cuda else bench_cpu(args.repeat)
+    bench_cuda(args.repeat) if args.cuda else bench_cpu(args.repeat, args.threads)
 
 
 if __name__ == "__main__":
