@@ -1,7 +1,7 @@
 // CPU kernels: one output row (n, c, od, oh) per work item, run on ONNX Runtime's thread
-// pool. The interior of a row (windows that need no bounds checks) runs branch-free
-// loops over the output columns that the compiler vectorizes (with runtime dispatch to
-// AVX2 where the CPU has it); borders and the stochastic pick go through the shared
+// pool. Each valid input row is copied once into a padded float row, so every output
+// column runs the same branch-free loop, which the compiler vectorizes (runtime dispatch to
+// AVX2 where the CPU has it); the reduce forms and the stochastic pick use the shared
 // per-window math in include/poolexport.
 #pragma once
 
@@ -38,17 +38,8 @@ struct RowArgs {
   uint32_t seed_lo, seed_hi;
 };
 
-// Interior columns [lo, hi) of an output row: every kw position is inside the input.
-inline void interior(const Window3& w, int64_t* lo, int64_t* hi) {
-  int64_t span = (w.k[2] - 1) * w.dil[2];
-  int64_t a = (w.pad[2] + w.s[2] - 1) / w.s[2];
-  int64_t lim = w.in[2] - 1 - span + w.pad[2];
-  int64_t b = lim < 0 ? 0 : lim / w.s[2] + 1;
-  *lo = std::min(a, w.out[2]);
-  *hi = std::max(*lo, std::min(b, w.out[2]));
-}
-
-// Pass 1 of SoftPool over one input row for output columns [lo, hi): running max of beta*x.
+// Passes over one input row for output columns [lo, hi) (the reduce form uses them with
+// stride 1). Pass 1 of SoftPool: running max of beta*x.
 PX_DISPATCH static void soft_max_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta,
                                      float* __restrict m) {
   if (s == 1) {
@@ -163,12 +154,45 @@ PX_DISPATCH static void seg_moments(const float* __restrict x, int64_t n, float*
   }
 }
 
+// Passes over padded rows (every column interior, whole vectors): Z holds beta * x with
+// -FLT_MAX-like -inf padding, X holds x with 0 padding.
+template <int S>
+static inline void zmax_pass_t(const float* __restrict z, int64_t n, int64_t s, int64_t off, float* __restrict m) {
+  const int64_t st = S ? S : s;
+  for (int64_t o = 0; o < n; ++o) {
+    float v = z[o * st + off];
+    m[o] = m[o] > v ? m[o] : v;
+  }
+}
+PX_DISPATCH static void zmax_pass(const float* __restrict z, int64_t n, int64_t s, int64_t off, float* __restrict m) {
+  if (s == 1) zmax_pass_t<1>(z, n, s, off, m);
+  else if (s == 2) zmax_pass_t<2>(z, n, s, off, m);
+  else zmax_pass_t<0>(z, n, s, off, m);
+}
+template <int S>
+static inline void zsum_pass_t(const float* __restrict z, const float* __restrict x, int64_t n, int64_t s, int64_t off,
+                               const float* __restrict m, float* __restrict se, float* __restrict sa) {
+  const int64_t st = S ? S : s;
+  for (int64_t o = 0; o < n; ++o) {
+    float e = fast_exp(z[o * st + off] - m[o]);
+    se[o] += e;
+    sa[o] += e * x[o * st + off];
+  }
+}
+PX_DISPATCH static void zsum_pass(const float* __restrict z, const float* __restrict x, int64_t n, int64_t s, int64_t off,
+                                  const float* __restrict m, float* __restrict se, float* __restrict sa) {
+  if (s == 1) zsum_pass_t<1>(z, x, n, s, off, m, se, sa);
+  else if (s == 2) zsum_pass_t<2>(z, x, n, s, off, m, se, sa);
+  else zsum_pass_t<0>(z, x, n, s, off, m, se, sa);
+}
+
 // Per-thread scratch, reused across rows.
 struct Scratch {
   std::vector<float> a, b, c;      // per output column accumulators
   std::vector<float> rows;         // float copies of fp16 input rows
   std::vector<int64_t> row_offs;   // valid (kd, kh) row offsets
   std::vector<const float*> rp;    // float views of those rows
+  std::vector<float> xp, zp;       // padded rows: x (0 padding), beta * x (-inf padding)
 };
 
 template <class T>
@@ -204,60 +228,51 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, 0.0f);
     return;
   }
-  // float views of the rows (fp16 rows converted once per output row)
-  sc.rp.resize(nrows);
-  const float** rp = sc.rp.data();
-  if (std::is_same<T, float>::value) {
-    for (size_t r = 0; r < nrows; ++r) rp[r] = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
-  } else {
-    sc.rows.resize(nrows * w.in[2]);
-    for (size_t r = 0; r < nrows; ++r) {
-      float* dst = sc.rows.data() + r * w.in[2];
-      for (int64_t i = 0; i < w.in[2]; ++i) dst[i] = load(x_plane, sc.row_offs[r] + i);
-      rp[r] = dst;
+  // Copy each valid input row once into a padded row long enough for a whole number of
+  // vectors of output columns: no border or remainder code in the passes, and fp16 is
+  // converted here. Padding never counts: 0 in X (no weight in the sums), -inf in Z (its
+  // exp is below float32 resolution next to the window maximum's exp(0) = 1; a window of
+  // padding only gets sums ~1e-38 and sa = 0, so outputs 0).
+  const int64_t owp = (ow_n + 7) / 8 * 8;
+  const int64_t wp = (owp - 1) * w.s[2] + (w.k[2] - 1) * w.dil[2] + 1;
+  const int64_t pw = w.pad[2], in_w = w.in[2];
+  const int64_t c0 = std::min(pw, wp), c1 = std::min(pw + in_w, wp);  // copied range [c0, c1)
+  const float beta = args.beta;
+  const bool soft = op == Op::kSoft;
+  sc.xp.resize(nrows * wp);
+  if (soft) sc.zp.resize(nrows * wp);
+  for (size_t r = 0; r < nrows; ++r) {
+    float* X = sc.xp.data() + r * wp;
+    const int64_t base = sc.row_offs[r] - pw;
+    for (int64_t j = 0; j < c0; ++j) X[j] = 0.0f;
+    for (int64_t j = c0; j < c1; ++j) X[j] = load(x_plane, base + j);
+    for (int64_t j = c1; j < wp; ++j) X[j] = 0.0f;
+    if (soft) {
+      float* Z = sc.zp.data() + r * wp;
+      const float ninf = -__builtin_huge_valf();
+      for (int64_t j = 0; j < c0; ++j) Z[j] = ninf;
+      for (int64_t j = c0; j < c1; ++j) Z[j] = beta * X[j];
+      for (int64_t j = c1; j < wp; ++j) Z[j] = ninf;
     }
   }
-  int64_t lo, hi;
-  interior(w, &lo, &hi);
-  sc.a.assign(ow_n, op == Op::kSoft ? -3.402823466e38f : 0.0f);
-  sc.b.assign(ow_n, 0.0f);
-  sc.c.assign(ow_n, 0.0f);
+  sc.a.assign(owp, soft ? -3.402823466e38f : 0.0f);
+  sc.b.assign(owp, 0.0f);
+  sc.c.assign(owp, 0.0f);
   float* A = sc.a.data();
   float* B = sc.b.data();
   float* Cc = sc.c.data();
-  const float beta = args.beta;
-  auto border = [&](int64_t ow, auto&& g) {
-    int64_t w0 = ow * w.s[2] - w.pad[2];
+  const int64_t s2 = w.s[2];
+  if (soft) {
     for (size_t r = 0; r < nrows; ++r)
-      for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-        int64_t iw = w0 + kw * w.dil[2];
-        if (iw >= 0 && iw < w.in[2]) g(rp[r][iw]);
-      }
-  };
-  if (op == Op::kSoft) {
+      for (int64_t kw = 0; kw < w.k[2]; ++kw) zmax_pass(sc.zp.data() + r * wp, owp, s2, kw * w.dil[2], A);
     for (size_t r = 0; r < nrows; ++r)
       for (int64_t kw = 0; kw < w.k[2]; ++kw)
-        soft_max_pass(rp[r], lo, hi, w.s[2], kw * w.dil[2] - w.pad[2], beta, A);
-    for (size_t r = 0; r < nrows; ++r)
-      for (int64_t kw = 0; kw < w.k[2]; ++kw)
-        soft_sum_pass(rp[r], lo, hi, w.s[2], kw * w.dil[2] - w.pad[2], beta, A, B, Cc);
-    for (int64_t ow = lo; ow < hi; ++ow) store(y_row, ow, Cc[ow] / B[ow]);
-    for (int64_t ow = 0; ow < ow_n; ++ow) {
-      if (ow == lo) ow = hi;
-      if (ow >= ow_n) break;
-      auto visit = [&](auto&& g) { border(ow, g); };
-      store(y_row, ow, soft_pool_value(visit, beta));
-    }
+        zsum_pass(sc.zp.data() + r * wp, sc.xp.data() + r * wp, owp, s2, kw * w.dil[2], A, B, Cc);
+    for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, Cc[ow] / B[ow]);
   } else {
     for (size_t r = 0; r < nrows; ++r)
-      for (int64_t kw = 0; kw < w.k[2]; ++kw) moment_pass(rp[r], lo, hi, w.s[2], kw * w.dil[2] - w.pad[2], A, B);
-    for (int64_t ow = lo; ow < hi; ++ow) store(y_row, ow, A[ow] > 0.0f ? B[ow] / A[ow] : 0.0f);
-    for (int64_t ow = 0; ow < ow_n; ++ow) {
-      if (ow == lo) ow = hi;
-      if (ow >= ow_n) break;
-      auto visit = [&](auto&& g) { border(ow, g); };
-      store(y_row, ow, stochastic_expectation_value(visit));
-    }
+      for (int64_t kw = 0; kw < w.k[2]; ++kw) moment_pass(sc.xp.data() + r * wp, 0, owp, s2, kw * w.dil[2], A, B);
+    for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, A[ow] > 0.0f ? B[ow] / A[ow] : 0.0f);
   }
 }
 
