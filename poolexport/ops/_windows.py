@@ -22,8 +22,10 @@ def spec_from_attrs(op, x_dim, kernel_shape, strides, pads, dilations, ceil_mode
     for name, v, n in (("strides", strides, k), ("dilations", dilations, k), ("pads", pads, 2 * k)):
         if len(v) not in (0, n):
             raise ValueError(f"{op}: {name} must have {n} values, got {list(v)}")
+    # empty lists take the ONNX defaults (strides 1, no padding, dilation 1), as in the
+    # ONNX node; the PyTorch-style default stride = kernel lives in poolexport.functional
     return make_window_spec(
-        op, k, list(kernel_shape), list(strides) or None, list(pads) or 0, list(dilations) or 1, ceil_mode, auto_pad
+        op, k, list(kernel_shape), list(strides) or 1, list(pads) or 0, list(dilations) or 1, ceil_mode, auto_pad
     )
 
 
