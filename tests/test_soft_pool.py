@@ -173,3 +173,10 @@ def test_bad_arguments_name_the_argument(call, needle):
     x = torch.randn(1, 2, 6, 6)
     with pytest.raises(ValueError, match=needle):
         call(x)
+
+
+def test_empty_attribute_lists_take_onnx_defaults():
+    """Like the ONNX node: strides 1, no padding, dilation 1 (not PyTorch's stride = kernel)."""
+    x = _input((6, 7))
+    y = soft_pool(x, [2, 2], [], [], [], False, "NOTSET", 0.0)
+    torch.testing.assert_close(y, torch.nn.functional.avg_pool2d(x, 2, stride=1))
