@@ -48,7 +48,7 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 # (module, how it registers): a module with NAME/HELP/add_arguments/run, or a register(fn) hook
-_BUILTIN = ("poolexport.tensorrt.cli", "serve.cli", "poolexport.serve.cli")
+_BUILTIN = ("poolexport.tensorrt.cli", "poolexport.serve.cli")
 
 
 def register_command(name: str, add_arguments, run, help: str = "") -> None:

@@ -106,6 +106,14 @@ def test_tensorrt_target(layer):
     assert node.op_type == op_type(layer)
     attrs = node_attrs(node)
     assert attrs["plugin_namespace"] == b"poolexport" and attrs["plugin_version"] == b"1"
+    assert attrs["aot"] == 1
+    # tensorrt.plugin hands attributes to the plugin by position: all of them, in the
+    # torch op's argument order (the one op signature every backend shares)
+    torch_op = {"SoftPool": "soft_pool", "StochasticPool": "stochastic_pool", "ReduceSoftPool": "reduce_soft_pool",
+                "ReduceStochasticPool": "reduce_stochastic_pool"}[node.op_type]
+    arguments = [a.name for a in getattr(torch.ops.poolexport, torch_op).default._schema.arguments[1:]]
+    fields = [a.name for a in node.attribute if a.name not in ("plugin_namespace", "plugin_version", "aot")]
+    assert fields == arguments
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))

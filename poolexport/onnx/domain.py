@@ -78,10 +78,12 @@ def _stochastic_attrs() -> list:
 
 def _plugin_attrs() -> list:
     # written only by the ``tensorrt`` target: TensorRT's ONNX parser finds the plugin by
-    # op type + these two attributes; every other runtime ignores them
+    # op type + the first two attributes and takes the ahead-of-time implementation when
+    # ``aot`` is 1; every other runtime ignores them
     return [
         _Attr("plugin_namespace", _A.STRING, "TensorRT plugin namespace ('poolexport').", required=False),
         _Attr("plugin_version", _A.STRING, "TensorRT plugin version ('1').", required=False),
+        _Attr("aot", _A.INT, "1: TensorRT uses the plugin's ahead-of-time (PTX) implementation.", required=False),
     ]
 
 

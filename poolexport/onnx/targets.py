@@ -23,8 +23,6 @@ from .decompositions import functions
 
 TARGETS = ("ort", "portable", "tensorrt")
 IR_VERSION = 10  # onnx 1.23 writes 14 by default; onnxruntime 1.31 reads up to 13
-PLUGIN_NAMESPACE = D.DOMAIN
-PLUGIN_VERSION = str(D.VERSION)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -148,12 +146,12 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
     normalize_nodes(model)
     has_custom = bool(custom_nodes(model))
     if target == "tensorrt":
-        for node in custom_nodes(model):
-            _set(node, "plugin_namespace", PLUGIN_NAMESPACE)
-            _set(node, "plugin_version", PLUGIN_VERSION)
-        kept = [f for f in model.functions if f.domain != D.DOMAIN]
-        del model.functions[:]
-        model.functions.extend(kept)
+        # one shaping for TensorRT, shared with build-engine: every attribute written in
+        # the plugin's field order (tensorrt.plugin passes them by position), plugin
+        # namespace/version, aot=1, and no local functions (the parser prefers them)
+        from ..tensorrt.onnx_prep import prepare_onnx
+
+        model.CopyFrom(prepare_onnx(model))
     else:
         attach_functions(model)
     if target == "portable":
@@ -161,6 +159,5 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
         _set_opset(model, D.DOMAIN, None)
     else:
         _set_opset(model, D.DOMAIN, D.VERSION if has_custom else None)
-    model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION) if model.ir_version else IR_VERSION
     model.ir_version = IR_VERSION
     return model
