@@ -13,6 +13,7 @@
 #include "poolexport/soft_pool.h"
 #include "poolexport/stochastic_pool.h"
 #include "poolexport/window.h"
+#include "cpu_avx2.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(POOLEXPORT_NO_DISPATCH)
 #define PX_DISPATCH __attribute__((target_clones("avx2", "default")))
@@ -193,7 +194,50 @@ struct Scratch {
   std::vector<int64_t> row_offs;   // valid (kd, kh) row offsets
   std::vector<const float*> rp;    // float views of those rows
   std::vector<float> xp, zp;       // padded rows: x (0 padding), beta * x (-inf padding)
+  std::vector<const float*> tz, tx;  // AVX2 path: per window tap, its run in zp / xp
 };
+
+#ifdef PX_HAVE_AVX2_PATH
+// AVX2 path of run_row (soft and expectation): split each valid input row into stride
+// phases, point one run per window tap into them, then the register-blocked row kernel.
+template <class T>
+void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Scratch& sc) {
+  const Window3& w = args.w;
+  const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8;
+  const int64_t s = w.s[2], kw_n = w.k[2], dil = w.dil[2];
+  const int64_t len = n8 + (kw_n - 1) * dil / s + 1;  // per phase
+  const size_t nrows = sc.row_offs.size();
+  const int64_t per_row = s * len;
+  sc.xp.resize(nrows * per_row);
+  if (soft) sc.zp.resize(nrows * per_row);
+  const float ninf = -__builtin_huge_valf();
+  for (size_t r = 0; r < nrows; ++r) {
+    const float* src;
+    if (std::is_same<T, float>::value) {
+      src = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
+    } else {
+      sc.rows.resize(w.in[2]);
+      for (int64_t j = 0; j < w.in[2]; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
+      src = sc.rows.data();
+    }
+    split_phases_avx2(src, w.in[2], w.pad[2], s, len, 0.0f, 1.0f, sc.xp.data() + r * per_row);
+    if (soft) split_phases_avx2(src, w.in[2], w.pad[2], s, len, ninf, args.beta, sc.zp.data() + r * per_row);
+  }
+  const int64_t taps = (int64_t)nrows * kw_n;
+  sc.tx.resize(taps);
+  sc.tz.resize(taps);
+  for (size_t r = 0; r < nrows; ++r)
+    for (int64_t kw = 0; kw < kw_n; ++kw) {
+      const int64_t q = kw * dil, at = r * per_row + (q % s) * len + q / s;
+      sc.tx[r * kw_n + kw] = sc.xp.data() + at;
+      if (soft) sc.tz[r * kw_n + kw] = sc.zp.data() + at;
+    }
+  sc.a.resize(n8);
+  if (soft) soft_row_avx2(sc.tz.data(), sc.tx.data(), taps, n8, sc.a.data());
+  else moment_row_avx2(sc.tx.data(), taps, n8, sc.a.data());
+  for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
+}
+#endif
 
 template <class T>
 void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,od,oh) */, const RowArgs& args,
@@ -228,6 +272,12 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, 0.0f);
     return;
   }
+#ifdef PX_HAVE_AVX2_PATH
+  if (cpu_has_avx2_fma()) {
+    run_row_avx2(op == Op::kSoft, x_plane, y_row, args, sc);
+    return;
+  }
+#endif
   // Copy each valid input row once into a padded row long enough for a whole number of
   // vectors of output columns: no border or remainder code in the passes, and fp16 is
   // converted here. Padding never counts: 0 in X (no weight in the sums), -inf in Z (its

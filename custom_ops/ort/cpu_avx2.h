@@ -1,0 +1,107 @@
+// AVX2 + FMA row kernels for SoftPool and StochasticPool (expectation), picked at run time
+// when the CPU has both (the library itself targets any x86-64). One output row at a time,
+// eight output columns per step with the whole window held in registers: no accumulator
+// arrays, one division per eight outputs. Input rows arrive split into stride phases
+// (phase p holds padded columns p, p+s, p+2s, ...), so the window column kw reads a
+// contiguous run of its phase and every load is a plain unaligned vector load.
+// The FMAs here are explicit intrinsics: the sampled pick never comes here and keeps the
+// build's -ffp-contract=off rounding.
+#pragma once
+
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(POOLEXPORT_NO_DISPATCH)
+#define PX_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+
+namespace poolexport {
+namespace cpu {
+
+inline bool cpu_has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+#define PX_AVX2 __attribute__((target("avx2,fma")))
+
+// fast_exp of common.h in eight lanes, with FMA in the reduction and the polynomial
+// (same constants; within a few ulp of it). Lane-wise the same NaN and clamp behaviour:
+// max_ps(a, b) is a > b ? a : b, so a NaN argument stays NaN.
+PX_AVX2 static inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// One output row. zrow[i] / xrow[i] point at window tap i's phase run (already offset by
+// that tap's start), for taps in window order; n8 = output columns rounded up to 8.
+// out gets n8 values. SoftPool: zrow holds beta * x with -inf padding, xrow x with 0.
+PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* xrow, int64_t taps, int64_t n8,
+                                  float* out) {
+  for (int64_t o = 0; o < n8; o += 8) {
+    __m256 m = _mm256_set1_ps(-3.402823466e38f);
+    for (int64_t i = 0; i < taps; ++i) m = _mm256_max_ps(m, _mm256_loadu_ps(zrow[i] + o));
+    __m256 se = _mm256_setzero_ps(), sa = _mm256_setzero_ps();
+    for (int64_t i = 0; i < taps; ++i) {
+      __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(zrow[i] + o), m));
+      se = _mm256_add_ps(se, e);
+      sa = _mm256_fmadd_ps(e, _mm256_loadu_ps(xrow[i] + o), sa);
+    }
+    _mm256_storeu_ps(out + o, _mm256_div_ps(sa, se));
+  }
+}
+
+// StochasticPool expectation: sum(r^2) / sum(r), r = max(x, 0), 0 where sum(r) is 0.
+PX_AVX2 static void moment_row_avx2(const float* const* xrow, int64_t taps, int64_t n8, float* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t o = 0; o < n8; o += 8) {
+    __m256 s1 = zero, s2 = zero;
+    for (int64_t i = 0; i < taps; ++i) {
+      __m256 v = _mm256_loadu_ps(xrow[i] + o);
+      __m256 r = _mm256_and_ps(v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));  // v > 0 ? v : 0
+      s1 = _mm256_add_ps(s1, r);
+      s2 = _mm256_fmadd_ps(r, r, s2);
+    }
+    __m256 pos = _mm256_cmp_ps(s1, zero, _CMP_GT_OQ);
+    _mm256_storeu_ps(out + o, _mm256_and_ps(_mm256_div_ps(s2, s1), pos));
+  }
+}
+
+// Stride-phase split of one padded row: phase p, index t <- padded column s*t + p, that is
+// input column s*t + p - pw (fill outside [0, in_w)). Plain float rows here.
+PX_AVX2 static void split_phases_avx2(const float* src, int64_t in_w, int64_t pw, int64_t s, int64_t len, float fill,
+                                      float scale, float* dst) {
+  for (int64_t p = 0; p < s; ++p) {
+    float* d = dst + p * len;
+    // t range with 0 <= s*t + p - pw < in_w
+    int64_t t0 = pw > p ? (pw - p + s - 1) / s : 0;
+    int64_t t1 = pw + in_w > p ? (pw + in_w - p + s - 1) / s : 0;
+    t0 = t0 < len ? t0 : len;
+    t1 = t1 < len ? t1 : len;
+    for (int64_t t = 0; t < t0; ++t) d[t] = fill;
+    const float* b = src + p - pw;
+    if (s == 1)
+      for (int64_t t = t0; t < t1; ++t) d[t] = scale * b[t];
+    else if (s == 2)
+      for (int64_t t = t0; t < t1; ++t) d[t] = scale * b[2 * t];
+    else
+      for (int64_t t = t0; t < t1; ++t) d[t] = scale * b[s * t];
+    for (int64_t t = t1 > t0 ? t1 : t0; t < len; ++t) d[t] = fill;
+  }
+}
+
+}  // namespace cpu
+}  // namespace poolexport
+#endif
