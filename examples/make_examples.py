@@ -32,7 +32,8 @@ def main() -> int:
     x = torch.randn(*SHAPE)
 
     resnet = create_model("resnet_softpool", width=0.125).eval()
-    dims = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    # DYNAMIC, not AUTO: a layer that pins a size must fail here, not export a static axis
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     # batch 2 when tracing: torch.export specializes a size-1 dimension
     program = torch.export.export(resnet, (torch.cat([x, x]),), dynamic_shapes=(dims,))
     torch.export.save(program, str(HERE / "resnet_softpool.pt2"))

@@ -29,7 +29,10 @@ def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, paddin
             raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
         auto_pad, padding = modes[padding], 0
     spec = make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
-    spec.resolve(x.shape[2:])  # validates the window against this input's size
+    if not any(isinstance(s, torch.SymInt) for s in x.shape[2:]):
+        # validates the window against this input's size; symbolic sizes (torch.export
+        # with dynamic spatial dims) must not be pinned by it
+        spec.resolve(x.shape[2:])
     return list(spec.kernel_shape), list(spec.strides), list(spec.pads), list(spec.dilations), spec.ceil_mode, spec.auto_pad
 
 
