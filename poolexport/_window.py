@@ -120,6 +120,31 @@ def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilat
     return torch.sym_ite((out - 1) * stride >= n + pad_begin, out - 1, out), pad_begin
 
 
+def window_spec_for_input(name: str, x, k: int, kernel_size, stride, padding, dilation, ceil_mode) -> WindowSpec:
+    """The WindowSpec of a PyTorch-style call (``padding`` may be an int, a tuple, 2k ONNX
+    pads, ``"same"`` = SAME_UPPER or ``"valid"``), validated against the input ``x``.
+
+    Concrete sizes are checked against the window here; symbolic ones (torch.export with
+    dynamic spatial dims) are left alone so that they are not pinned.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != k + 2:
+        raise ValueError(f"{name}: input must be {k + 2}-D (N, C, {k} spatial), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
+    auto_pad = "NOTSET"
+    if isinstance(padding, str):
+        modes = {"same": "SAME_UPPER", "valid": "VALID"}
+        if padding not in modes:
+            raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        auto_pad, padding = modes[padding], 0
+    spec = make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
+    if not any(isinstance(s, torch.SymInt) for s in x.shape[2:]):
+        spec.resolve(x.shape[2:])
+    return spec
+
+
 @lru_cache(maxsize=512)
 def _resolve(spec: WindowSpec, spatial: tuple[int, ...]):
     k = spec.rank

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._window import make_window_spec
+from ._window import window_spec_for_input
 from .ops import reduce_soft_pool, reduce_stochastic_pool, soft_pool, stochastic_pool
 from .ops.stochastic_pool import MODES
 
@@ -18,21 +18,7 @@ _Size = Union[int, Sequence[int]]
 
 
 def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, padding, dilation, ceil_mode):
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != k + 2:
-        raise ValueError(f"{name}: input must be {k + 2}-D (N, C, {k} spatial), got shape {tuple(x.shape)}")
-    auto_pad = "NOTSET"
-    if isinstance(padding, str):
-        modes = {"same": "SAME_UPPER", "valid": "VALID"}
-        if padding not in modes:
-            raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
-        auto_pad, padding = modes[padding], 0
-    spec = make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
-    if not any(isinstance(s, torch.SymInt) for s in x.shape[2:]):
-        # validates the window against this input's size; symbolic sizes (torch.export
-        # with dynamic spatial dims) must not be pinned by it
-        spec.resolve(x.shape[2:])
+    spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
     return list(spec.kernel_shape), list(spec.strides), list(spec.pads), list(spec.dilations), spec.ceil_mode, spec.auto_pad
 
 

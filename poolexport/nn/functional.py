@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as TF
 
-from .._window import WindowSpec, axis_output, make_window_spec
+from .._window import WindowSpec, axis_output, window_spec_for_input
 
 _Size = Union[int, Sequence[int]]
 _CONV = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}
@@ -26,22 +26,6 @@ _MAXPOOL = {1: TF.max_pool1d, 2: TF.max_pool2d, 3: TF.max_pool3d}
 
 
 # ---------------------------------------------------------------- windows
-def _window_spec(name: str, x: torch.Tensor, k: int, kernel_size, stride, padding, dilation, ceil_mode) -> WindowSpec:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != k + 2:
-        raise ValueError(f"{name}: input must be {k + 2}-D (N, C, {k} spatial), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
-    auto_pad = "NOTSET"
-    if isinstance(padding, str):
-        modes = {"same": "SAME_UPPER", "valid": "VALID"}
-        if padding not in modes:
-            raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
-        auto_pad, padding = modes[padding], 0
-    return make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
-
-
 def _explicit_pads(spec: WindowSpec, spatial) -> tuple[list, list]:
     """Output shape and the F.pad list (last axis first) that makes every window fit.
 
@@ -50,8 +34,6 @@ def _explicit_pads(spec: WindowSpec, spatial) -> tuple[list, list]:
     with ``axis_output`` and ``sym_max`` so that symbolic sizes (torch.export with
     dynamic spatial dims) stay symbolic instead of being baked into the graph.
     """
-    if all(isinstance(s, int) for s in spatial):
-        spec.resolve(tuple(spatial))  # validates the window against concrete sizes
     k = spec.rank
     out, pad = [], []
     for i in range(k):
@@ -111,7 +93,7 @@ def _lp(k: int):
            ceil_mode: bool = False, *, padding: Union[_Size, str] = 0, dilation: _Size = 1,
            mean: bool = False) -> torch.Tensor:
         p = _check_p(name, norm_type)
-        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         out, pad = _explicit_pads(spec, list(x.shape[2:]))
         s = _window_sum(_abs_pow(x, p), spec, pad, out)
         if mean:
@@ -133,7 +115,7 @@ def _avg(k: int):
 
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
-        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         out, pad = _explicit_pads(spec, list(x.shape[2:]))
         return _safe_div(_window_sum(x, spec, pad, out), _window_count(x, spec, pad, out))
 
@@ -147,7 +129,7 @@ def _max(k: int):
 
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False) -> torch.Tensor:
-        spec = _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         out, pad = _explicit_pads(spec, list(x.shape[2:]))
         y = _MAXPOOL[k](TF.pad(x, pad, value=float("-inf")), spec.kernel_shape, spec.strides, 0, spec.dilations)
         # only a window lying wholly in the padding can be -inf: ONNX windowing says 0
@@ -173,7 +155,7 @@ def _mixed(k: int):
 
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False, alpha: Union[float, torch.Tensor] = 0.5) -> torch.Tensor:
-        _window_spec(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         a = _alpha(alpha)
         args = (kernel_size, stride, padding, dilation, ceil_mode)
         return a * _MAX[k](x, *args) + (1 - a) * _AVG[k](x, *args)
