@@ -102,6 +102,41 @@ PX_AVX2 static void split_phases_avx2(const float* src, int64_t in_w, int64_t pw
   }
 }
 
+// Stride 2, both buffers in one pass over the source row: X phases (0 fill) and, when z
+// is given, Z = beta * x phases (-inf fill). Whole 16-column blocks are de-interleaved
+// with shuffles; the edges go one column at a time.
+PX_AVX2 static void split2_avx2(const float* src, int64_t in_w, int64_t pw, int64_t len, float beta, float* x,
+                                float* z) {
+  const float ninf = -__builtin_huge_valf();
+  const __m256 vb = _mm256_set1_ps(beta);
+  auto one = [&](int64_t t) {
+    for (int p = 0; p < 2; ++p) {
+      int64_t c = 2 * t + p - pw;
+      bool in = c >= 0 && c < in_w;
+      float v = in ? src[c] : 0.0f;
+      x[p * len + t] = v;
+      if (z) z[p * len + t] = in ? beta * v : ninf;
+    }
+  };
+  int64_t t = 0;
+  const int64_t tv = (pw + 1) / 2;  // first t whose column 2t - pw is >= 0
+  for (; t < tv && t < len; ++t) one(t);
+  for (; t + 8 <= len && 2 * t + 16 - pw <= in_w; t += 8) {
+    const float* b = src + 2 * t - pw;
+    __m256 lo = _mm256_loadu_ps(b), hi = _mm256_loadu_ps(b + 8);
+    // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6]
+    __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    __m256 od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+    _mm256_storeu_ps(x + t, ev);
+    _mm256_storeu_ps(x + len + t, od);
+    if (z) {
+      _mm256_storeu_ps(z + t, _mm256_mul_ps(vb, ev));
+      _mm256_storeu_ps(z + len + t, _mm256_mul_ps(vb, od));
+    }
+  }
+  for (; t < len; ++t) one(t);
+}
+
 }  // namespace cpu
 }  // namespace poolexport
 #endif

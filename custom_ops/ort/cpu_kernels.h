@@ -194,12 +194,20 @@ struct Scratch {
   std::vector<int64_t> row_offs;   // valid (kd, kh) row offsets
   std::vector<const float*> rp;    // float views of those rows
   std::vector<float> xp, zp;       // padded rows: x (0 padding), beta * x (-inf padding)
-  std::vector<const float*> tz, tx;  // AVX2 path: per window tap, its run in zp / xp
+  std::vector<const float*> tz, tx;  // AVX2 path: per window tap, its run in a split row
+  // AVX2 path: split-row cache slots in xp (X phases, then Z phases), keyed by source row
+  std::vector<const void*> slot_key;
+  std::vector<uint64_t> slot_used;
+  uint64_t stamp = 0;
+  int64_t slot_size = -1;
+  bool slot_soft = false;
 };
 
 #ifdef PX_HAVE_AVX2_PATH
 // AVX2 path of run_row (soft and expectation): split each valid input row into stride
 // phases, point one run per window tap into them, then the register-blocked row kernel.
+// Split rows live in a few cache slots keyed by their source address, so rows shared by
+// consecutive output rows (kernel > stride) are split once while a thread walks a plane.
 template <class T>
 void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Scratch& sc) {
   const Window3& w = args.w;
@@ -207,31 +215,55 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
   const int64_t s = w.s[2], kw_n = w.k[2], dil = w.dil[2];
   const int64_t len = n8 + (kw_n - 1) * dil / s + 1;  // per phase
   const size_t nrows = sc.row_offs.size();
-  const int64_t per_row = s * len;
-  sc.xp.resize(nrows * per_row);
-  if (soft) sc.zp.resize(nrows * per_row);
-  const float ninf = -__builtin_huge_valf();
-  for (size_t r = 0; r < nrows; ++r) {
-    const float* src;
-    if (std::is_same<T, float>::value) {
-      src = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
-    } else {
-      sc.rows.resize(w.in[2]);
-      for (int64_t j = 0; j < w.in[2]; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
-      src = sc.rows.data();
-    }
-    split_phases_avx2(src, w.in[2], w.pad[2], s, len, 0.0f, 1.0f, sc.xp.data() + r * per_row);
-    if (soft) split_phases_avx2(src, w.in[2], w.pad[2], s, len, ninf, args.beta, sc.zp.data() + r * per_row);
+  const int64_t per_row = s * len, slot_size = (soft ? 2 : 1) * per_row;
+  const size_t nslots = 2 * (size_t)(w.k[0] * w.k[1]);
+  if (sc.slot_size != slot_size || sc.slot_soft != soft || sc.slot_key.size() != nslots) {
+    sc.slot_size = slot_size;
+    sc.slot_soft = soft;
+    sc.slot_key.assign(nslots, nullptr);
+    sc.slot_used.assign(nslots, 0);
+    sc.xp.resize(nslots * slot_size);
   }
+  ++sc.stamp;
+  const float ninf = -__builtin_huge_valf();
   const int64_t taps = (int64_t)nrows * kw_n;
   sc.tx.resize(taps);
   sc.tz.resize(taps);
-  for (size_t r = 0; r < nrows; ++r)
-    for (int64_t kw = 0; kw < kw_n; ++kw) {
-      const int64_t q = kw * dil, at = r * per_row + (q % s) * len + q / s;
-      sc.tx[r * kw_n + kw] = sc.xp.data() + at;
-      if (soft) sc.tz[r * kw_n + kw] = sc.zp.data() + at;
+  for (size_t r = 0; r < nrows; ++r) {
+    const void* key = x_plane + sc.row_offs[r];
+    size_t slot = nslots;
+    for (size_t i = 0; i < nslots; ++i)
+      if (sc.slot_key[i] == key) slot = i;
+    if (slot == nslots) {  // least recently used slot (never one this row already uses)
+      slot = 0;
+      for (size_t i = 1; i < nslots; ++i)
+        if (sc.slot_used[i] < sc.slot_used[slot]) slot = i;
+      sc.slot_key[slot] = key;
+      float* X = sc.xp.data() + slot * slot_size;
+      float* Z = soft ? X + per_row : nullptr;
+      const float* src;
+      if (std::is_same<T, float>::value) {
+        src = reinterpret_cast<const float*>(key);
+      } else {
+        sc.rows.resize(w.in[2]);
+        for (int64_t j = 0; j < w.in[2]; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
+        src = sc.rows.data();
+      }
+      if (s == 2) {
+        split2_avx2(src, w.in[2], w.pad[2], len, args.beta, X, Z);
+      } else {
+        split_phases_avx2(src, w.in[2], w.pad[2], s, len, 0.0f, 1.0f, X);
+        if (soft) split_phases_avx2(src, w.in[2], w.pad[2], s, len, ninf, args.beta, Z);
+      }
     }
+    sc.slot_used[slot] = sc.stamp;
+    const float* X = sc.xp.data() + slot * slot_size;
+    for (int64_t kw = 0; kw < kw_n; ++kw) {
+      const int64_t q = kw * dil, at = (q % s) * len + q / s;
+      sc.tx[r * kw_n + kw] = X + at;
+      if (soft) sc.tz[r * kw_n + kw] = X + per_row + at;
+    }
+  }
   sc.a.resize(n8);
   if (soft) soft_row_avx2(sc.tz.data(), sc.tx.data(), taps, n8, sc.a.data());
   else moment_row_avx2(sc.tx.data(), taps, n8, sc.a.data());
