@@ -75,3 +75,36 @@ def unreduce_windows(grad_windows: torch.Tensor, x: torch.Tensor, axes, keepdims
     for i, p in enumerate(perm):
         inverse[p] = i
     return grad_windows.reshape(permuted_shape).permute(inverse).contiguous()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # float16/bfloat16 accumulate in float32, as the kernels do
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def pool_forward(op: str, X: torch.Tensor, window_attrs, window_fn) -> torch.Tensor:
+    """Windowed op forward: ``window_fn(windows (N, C, P, K), valid (P, K)) -> (N, C, P)``."""
+    spec = spec_from_attrs(op, X.dim(), *window_attrs)
+    windows, valid, out = gather_windows(X.to(compute_dtype(X)), spec)
+    return window_fn(windows, valid).reshape(X.shape[0], X.shape[1], *out).to(X.dtype)
+
+
+def pool_backward(op: str, grad: torch.Tensor, X: torch.Tensor, window_attrs, window_grad_fn) -> torch.Tensor:
+    """Windowed op backward: ``window_grad_fn(grad (N, C, P), windows, valid) -> (N, C, P, K)``."""
+    spec = spec_from_attrs(op, X.dim(), *window_attrs)
+    dt = compute_dtype(X)
+    xc = X.to(dt)
+    windows, valid, _ = gather_windows(xc, spec)
+    gw = window_grad_fn(grad.to(dt).reshape(windows.shape[:-1]), windows, valid) * valid
+    return scatter_windows(gw, xc, spec).to(X.dtype)
+
+
+def reduce_forward(op: str, X: torch.Tensor, axes, keepdims: bool, window_fn) -> torch.Tensor:
+    windows, out_shape = reduce_windows(X.to(compute_dtype(X)), axes, keepdims, op)
+    return window_fn(windows).reshape(out_shape).to(X.dtype)
+
+
+def reduce_backward(op: str, grad: torch.Tensor, X: torch.Tensor, axes, keepdims: bool, window_grad_fn):
+    windows, _ = reduce_windows(X.to(compute_dtype(X)), axes, keepdims, op)
+    gw = window_grad_fn(grad.to(windows.dtype).reshape(-1), windows)
+    return unreduce_windows(gw, X, axes, keepdims, op).to(X.dtype)

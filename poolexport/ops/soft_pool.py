@@ -18,8 +18,7 @@ from typing import Optional
 import torch
 
 from .._window import output_spatial
-from ._windows import gather_windows, reduce_windows, scatter_windows, spec_from_attrs, unreduce_windows
-from ._windows import reduce_layout
+from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
 
 OP = "SoftPool"
 REDUCE_OP = "ReduceSoftPool"
@@ -40,11 +39,6 @@ def _weights(windows: torch.Tensor, valid: Optional[torch.Tensor], beta: float):
     e = torch.exp(z - m)
     s = e.sum(dim=-1, keepdim=True)
     return e / torch.where(s > 0, s, torch.ones_like(s))
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    # float16/bfloat16 accumulate in float32, as the kernels do
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def soft_pool_windows(windows, valid, beta):
@@ -71,11 +65,8 @@ def soft_pool(
     beta: float,
 ) -> torch.Tensor:
     _check_input(OP, X)
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    xc = X.to(_compute_dtype(X))
-    windows, valid, out = gather_windows(xc, spec)
-    y = soft_pool_windows(windows, valid, beta)
-    return y.reshape(X.shape[0], X.shape[1], *out).to(X.dtype)
+    attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return pool_forward(OP, X, attrs, lambda windows, valid: soft_pool_windows(windows, valid, beta))
 
 
 @torch.library.custom_op("poolexport::soft_pool_backward", mutates_args=())
@@ -90,13 +81,8 @@ def soft_pool_backward(
     auto_pad: str,
     beta: float,
 ) -> torch.Tensor:
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    dt = _compute_dtype(X)
-    xc = X.to(dt)
-    windows, valid, _ = gather_windows(xc, spec)
-    g = grad.to(dt).reshape(windows.shape[:-1])
-    gw = soft_pool_windows_backward(g, windows, valid, beta) * valid
-    return scatter_windows(gw, xc, spec).to(X.dtype)
+    attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return pool_backward(OP, grad, X, attrs, lambda g, windows, valid: soft_pool_windows_backward(g, windows, valid, beta))
 
 
 def _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
@@ -131,18 +117,15 @@ soft_pool.register_autograd(_backward, setup_context=_setup)
 @torch.library.custom_op("poolexport::reduce_soft_pool", mutates_args=())
 def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float) -> torch.Tensor:
     _check_input(REDUCE_OP, X)
-    windows, out_shape = reduce_windows(X.to(_compute_dtype(X)), axes, keepdims, REDUCE_OP)
-    return soft_pool_windows(windows, None, beta).reshape(out_shape).to(X.dtype)
+    return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: soft_pool_windows(windows, None, beta))
 
 
 @torch.library.custom_op("poolexport::reduce_soft_pool_backward", mutates_args=())
 def reduce_soft_pool_backward(
     grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float
 ) -> torch.Tensor:
-    dt = _compute_dtype(X)
-    windows, _ = reduce_windows(X.to(dt), axes, keepdims, REDUCE_OP)
-    gw = soft_pool_windows_backward(grad.to(dt).reshape(-1), windows, None, beta)
-    return unreduce_windows(gw, X, axes, keepdims, REDUCE_OP).to(X.dtype)
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: soft_pool_windows_backward(g, windows, None, beta))
 
 
 @reduce_soft_pool.register_fake

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 
 from .._philox import uniform_for_elements
-from ._windows import gather_windows, reduce_layout, reduce_windows, scatter_windows, spec_from_attrs, unreduce_windows
-from .soft_pool import _check_input, _compute_dtype, _setup, _windowed_fake
+from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout
+from .soft_pool import _check_input, _setup, _windowed_fake
 
 OP = "StochasticPool"
 REDUCE_OP = "ReduceStochasticPool"
@@ -102,10 +102,8 @@ def stochastic_pool(
 ) -> torch.Tensor:
     _check_input(OP, X)
     _check_mode(OP, mode)
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    windows, _, out = gather_windows(X.to(_compute_dtype(X)), spec)
-    y = stochastic_windows(windows, mode, seed)
-    return y.reshape(X.shape[0], X.shape[1], *out).to(X.dtype)
+    attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return pool_forward(OP, X, attrs, lambda windows, valid: stochastic_windows(windows, mode, seed))
 
 
 @torch.library.custom_op("poolexport::stochastic_pool_backward", mutates_args=())
@@ -121,12 +119,9 @@ def stochastic_pool_backward(
     mode: str,
     seed: int,
 ) -> torch.Tensor:
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    dt = _compute_dtype(X)
-    xc = X.to(dt)
-    windows, valid, _ = gather_windows(xc, spec)
-    gw = stochastic_windows_backward(grad.to(dt).reshape(windows.shape[:-1]), windows, mode, seed) * valid
-    return scatter_windows(gw, xc, spec).to(X.dtype)
+    attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return pool_backward(OP, grad, X, attrs,
+                         lambda g, windows, valid: stochastic_windows_backward(g, windows, mode, seed))
 
 
 @stochastic_pool.register_fake
@@ -152,18 +147,15 @@ stochastic_pool.register_autograd(_backward, setup_context=_setup)
 def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int) -> torch.Tensor:
     _check_input(REDUCE_OP, X)
     _check_mode(REDUCE_OP, mode)
-    windows, out_shape = reduce_windows(X.to(_compute_dtype(X)), axes, keepdims, REDUCE_OP)
-    return stochastic_windows(windows, mode, seed).reshape(out_shape).to(X.dtype)
+    return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: stochastic_windows(windows, mode, seed))
 
 
 @torch.library.custom_op("poolexport::reduce_stochastic_pool_backward", mutates_args=())
 def reduce_stochastic_pool_backward(
     grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int
 ) -> torch.Tensor:
-    dt = _compute_dtype(X)
-    windows, _ = reduce_windows(X.to(dt), axes, keepdims, REDUCE_OP)
-    gw = stochastic_windows_backward(grad.to(dt).reshape(-1), windows, mode, seed)
-    return unreduce_windows(gw, X, axes, keepdims, REDUCE_OP).to(X.dtype)
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: stochastic_windows_backward(g, windows, mode, seed))
 
 
 @reduce_stochastic_pool.register_fake
