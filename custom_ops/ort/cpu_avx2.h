@@ -10,7 +10,10 @@
 
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(POOLEXPORT_NO_DISPATCH)
+// Not tied to POOLEXPORT_NO_DISPATCH (that one turns off target_clones, which the
+// AddressSanitizer build cannot use): plain target attributes work there, so the ASan
+// fuzz test runs this path too.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(POOLEXPORT_NO_AVX2)
 #define PX_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 
@@ -103,38 +106,46 @@ PX_AVX2 static void split_phases_avx2(const float* src, int64_t in_w, int64_t pw
 }
 
 // Stride 2, both buffers in one pass over the source row: X phases (0 fill) and, when z
-// is given, Z = beta * x phases (-inf fill). Whole 16-column blocks are de-interleaved
-// with shuffles; the edges go one column at a time.
+// is given, Z = beta * x phases (-inf fill). len is a multiple of 8: 16-column blocks are
+// de-interleaved with shuffles; blocks that cross the row's ends go through a small
+// zero-filled copy and a validity mask.
+PX_AVX2 static inline void deinterleave8(__m256 lo, __m256 hi, __m256* ev, __m256* od) {
+  // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6]
+  *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+  *od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+}
+
 PX_AVX2 static void split2_avx2(const float* src, int64_t in_w, int64_t pw, int64_t len, float beta, float* x,
                                 float* z) {
-  const float ninf = -__builtin_huge_valf();
-  const __m256 vb = _mm256_set1_ps(beta);
-  auto one = [&](int64_t t) {
-    for (int p = 0; p < 2; ++p) {
-      int64_t c = 2 * t + p - pw;
-      bool in = c >= 0 && c < in_w;
-      float v = in ? src[c] : 0.0f;
-      x[p * len + t] = v;
-      if (z) z[p * len + t] = in ? beta * v : ninf;
+  const __m256 vb = _mm256_set1_ps(beta), ninf = _mm256_set1_ps(-__builtin_huge_valf());
+  for (int64_t t = 0; t < len; t += 8) {
+    const int64_t c0 = 2 * t - pw;  // source column of lane 0
+    __m256 ev, od, ok_ev, ok_od;
+    const bool inside = c0 >= 0 && c0 + 16 <= in_w;
+    if (inside) {
+      deinterleave8(_mm256_loadu_ps(src + c0), _mm256_loadu_ps(src + c0 + 8), &ev, &od);
+    } else {
+      alignas(32) float v[16], ok[16];
+      for (int j = 0; j < 16; ++j) {
+        const bool in = c0 + j >= 0 && c0 + j < in_w;
+        v[j] = in ? src[c0 + j] : 0.0f;
+        ok[j] = in ? 1.0f : 0.0f;
+      }
+      deinterleave8(_mm256_load_ps(v), _mm256_load_ps(v + 8), &ev, &od);
+      deinterleave8(_mm256_load_ps(ok), _mm256_load_ps(ok + 8), &ok_ev, &ok_od);
     }
-  };
-  int64_t t = 0;
-  const int64_t tv = (pw + 1) / 2;  // first t whose column 2t - pw is >= 0
-  for (; t < tv && t < len; ++t) one(t);
-  for (; t + 8 <= len && 2 * t + 16 - pw <= in_w; t += 8) {
-    const float* b = src + 2 * t - pw;
-    __m256 lo = _mm256_loadu_ps(b), hi = _mm256_loadu_ps(b + 8);
-    // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6]
-    __m256 ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
-    __m256 od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
     _mm256_storeu_ps(x + t, ev);
     _mm256_storeu_ps(x + len + t, od);
     if (z) {
-      _mm256_storeu_ps(z + t, _mm256_mul_ps(vb, ev));
-      _mm256_storeu_ps(z + len + t, _mm256_mul_ps(vb, od));
+      __m256 ze = _mm256_mul_ps(vb, ev), zo = _mm256_mul_ps(vb, od);
+      if (!inside) {  // padding: -inf (blendv takes the second operand where the mask is set)
+        ze = _mm256_blendv_ps(ninf, ze, _mm256_cmp_ps(ok_ev, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+        zo = _mm256_blendv_ps(ninf, zo, _mm256_cmp_ps(ok_od, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+      }
+      _mm256_storeu_ps(z + t, ze);
+      _mm256_storeu_ps(z + len + t, zo);
     }
   }
-  for (; t < len; ++t) one(t);
 }
 
 }  // namespace cpu

@@ -213,7 +213,7 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
   const Window3& w = args.w;
   const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8;
   const int64_t s = w.s[2], kw_n = w.k[2], dil = w.dil[2];
-  const int64_t len = n8 + (kw_n - 1) * dil / s + 1;  // per phase
+  const int64_t len = (n8 + (kw_n - 1) * dil / s + 1 + 7) / 8 * 8;  // per phase, whole vectors
   const size_t nrows = sc.row_offs.size();
   const int64_t per_row = s * len, slot_size = (soft ? 2 : 1) * per_row;
   const size_t nslots = 2 * (size_t)(w.k[0] * w.k[1]);
