@@ -124,23 +124,27 @@ PX_AVX2 static void split2_avx2(const float* src, int64_t in_w, int64_t pw, int6
     const bool inside = c0 >= 0 && c0 + 16 <= in_w;
     if (inside) {
       deinterleave8(_mm256_loadu_ps(src + c0), _mm256_loadu_ps(src + c0 + 8), &ev, &od);
-    } else {
-      alignas(32) float v[16], ok[16];
-      for (int j = 0; j < 16; ++j) {
-        const bool in = c0 + j >= 0 && c0 + j < in_w;
-        v[j] = in ? src[c0 + j] : 0.0f;
-        ok[j] = in ? 1.0f : 0.0f;
-      }
-      deinterleave8(_mm256_load_ps(v), _mm256_load_ps(v + 8), &ev, &od);
-      deinterleave8(_mm256_load_ps(ok), _mm256_load_ps(ok + 8), &ok_ev, &ok_od);
+    } else if (c0 + 16 <= 0 || c0 >= in_w) {  // all padding
+      ev = od = _mm256_setzero_ps();
+      ok_ev = ok_od = _mm256_setzero_ps();
+    } else {  // crosses an end: masked loads (masked-off lanes are never touched)
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32((int32_t)c0), lane);
+      const __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(8));
+      const __m256i lim = _mm256_set1_epi32((int32_t)in_w);
+      // 0 <= i < in_w as all-ones lanes
+      __m256i m0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i0), _mm256_cmpgt_epi32(lim, i0));
+      __m256i m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i1), _mm256_cmpgt_epi32(lim, i1));
+      deinterleave8(_mm256_maskload_ps(src + c0, m0), _mm256_maskload_ps(src + c0 + 8, m1), &ev, &od);
+      deinterleave8(_mm256_castsi256_ps(m0), _mm256_castsi256_ps(m1), &ok_ev, &ok_od);
     }
     _mm256_storeu_ps(x + t, ev);
     _mm256_storeu_ps(x + len + t, od);
     if (z) {
       __m256 ze = _mm256_mul_ps(vb, ev), zo = _mm256_mul_ps(vb, od);
       if (!inside) {  // padding: -inf (blendv takes the second operand where the mask is set)
-        ze = _mm256_blendv_ps(ninf, ze, _mm256_cmp_ps(ok_ev, _mm256_setzero_ps(), _CMP_NEQ_OQ));
-        zo = _mm256_blendv_ps(ninf, zo, _mm256_cmp_ps(ok_od, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+        ze = _mm256_blendv_ps(ninf, ze, ok_ev);
+        zo = _mm256_blendv_ps(ninf, zo, ok_od);
       }
       _mm256_storeu_ps(z + t, ze);
       _mm256_storeu_ps(z + len + t, zo);

@@ -198,6 +198,7 @@ struct Scratch {
   // AVX2 path: split-row cache slots in xp (X phases, then Z phases), keyed by source row
   std::vector<const void*> slot_key;
   std::vector<uint64_t> slot_used;
+  std::vector<int64_t> tap_at;  // per kw: offset of its run in a split row
   uint64_t stamp = 0;
   int64_t slot_size = -1;
   bool slot_soft = false;
@@ -213,7 +214,8 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
   const Window3& w = args.w;
   const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8;
   const int64_t s = w.s[2], kw_n = w.k[2], dil = w.dil[2];
-  const int64_t len = (n8 + (kw_n - 1) * dil / s + 1 + 7) / 8 * 8;  // per phase, whole vectors
+  // per phase, whole vectors: tap kw reads [q / s, q / s + n8) of phase q % s, q = kw * dil
+  const int64_t len = (n8 + (kw_n - 1) * dil / s + 7) / 8 * 8;
   const size_t nrows = sc.row_offs.size();
   const int64_t per_row = s * len, slot_size = (soft ? 2 : 1) * per_row;
   const size_t nslots = 2 * (size_t)(w.k[0] * w.k[1]);
@@ -223,6 +225,8 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
     sc.slot_key.assign(nslots, nullptr);
     sc.slot_used.assign(nslots, 0);
     sc.xp.resize(nslots * slot_size);
+    sc.tap_at.resize(kw_n);
+    for (int64_t kw = 0; kw < kw_n; ++kw) sc.tap_at[kw] = (kw * dil % s) * len + kw * dil / s;
   }
   ++sc.stamp;
   const float ninf = -__builtin_huge_valf();
@@ -249,7 +253,7 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
         for (int64_t j = 0; j < w.in[2]; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
         src = sc.rows.data();
       }
-      if (s == 2) {
+      if (s == 2 && w.in[2] + w.pad[2] + 2 * len + 32 < INT32_MAX) {  // its lane indices are int32
         split2_avx2(src, w.in[2], w.pad[2], len, args.beta, X, Z);
       } else {
         split_phases_avx2(src, w.in[2], w.pad[2], s, len, 0.0f, 1.0f, X);
@@ -259,9 +263,8 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
     sc.slot_used[slot] = sc.stamp;
     const float* X = sc.xp.data() + slot * slot_size;
     for (int64_t kw = 0; kw < kw_n; ++kw) {
-      const int64_t q = kw * dil, at = (q % s) * len + q / s;
-      sc.tx[r * kw_n + kw] = X + at;
-      if (soft) sc.tz[r * kw_n + kw] = X + per_row + at;
+      sc.tx[r * kw_n + kw] = X + sc.tap_at[kw];
+      if (soft) sc.tz[r * kw_n + kw] = X + per_row + sc.tap_at[kw];
     }
   }
   sc.a.resize(n8);
