@@ -38,18 +38,19 @@ def sample_positions(r: torch.Tensor, seed: int) -> torch.Tensor:
     """
     m, k = r.shape
     u = uniform_for_elements(seed, m, r.device)
-    total = torch.zeros(m, dtype=torch.float32, device=r.device)
-    for j in range(k):
-        total = total + r[:, j]
-    t = u * total
-    pick = torch.full((m,), -1, dtype=torch.int64, device=r.device)
-    last_positive = torch.full((m,), -1, dtype=torch.int64, device=r.device)
-    cum = torch.zeros_like(total)
+    cums = torch.empty_like(r)
+    cum = torch.zeros(m, dtype=torch.float32, device=r.device)
     for j in range(k):
         cum = cum + r[:, j]
-        pick = torch.where((pick < 0) & (cum > t), torch.full_like(pick, j), pick)
-        last_positive = torch.where(r[:, j] > 0, torch.full_like(pick, j), last_positive)
-    pick = torch.where(pick < 0, last_positive, pick)
+        cums[:, j] = cum
+    total = cum
+    t = u * total
+    above = cums > t[:, None]
+    # argmax of a bool row is its first True; rows with none fall back to the last r_i > 0
+    first_above = above.to(torch.uint8).argmax(dim=1)
+    positive = r > 0
+    last_positive = k - 1 - positive.flip(1).to(torch.uint8).argmax(dim=1)
+    pick = torch.where(above.any(dim=1), first_above, last_positive)
     return torch.where(total > 0, pick, torch.full_like(pick, -1))
 
 
