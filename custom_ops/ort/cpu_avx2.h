@@ -27,12 +27,12 @@ inline bool cpu_has_avx2_fma() {
 
 #define PX_AVX2 __attribute__((target("avx2,fma")))
 
-// fast_exp of common.h in eight lanes, with FMA in the reduction and the polynomial
-// (same constants; within a few ulp of it). Lane-wise the same NaN and clamp behaviour:
-// max_ps(a, b) is a > b ? a : b, so a NaN argument stays NaN.
-PX_AVX2 static inline __m256 exp8(__m256 x) {
+// fast_exp of common.h in eight lanes for arguments <= 0 (z minus its window maximum), with
+// FMA in the reduction and the polynomial (same constants; within a few ulp of it).
+// Lane-wise the same NaN and clamp behaviour: max_ps(a, b) is a > b ? a : b, so a NaN
+// argument stays NaN; fast_exp's upper clamp never applies here.
+PX_AVX2 static inline __m256 exp8_nonpos(__m256 x) {
   x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
   const __m256 magic = _mm256_set1_ps(12582912.0f);
   __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
@@ -49,16 +49,16 @@ PX_AVX2 static inline __m256 exp8(__m256 x) {
 }
 
 // One output row. zrow[i] / xrow[i] point at window tap i's phase run (already offset by
-// that tap's start), for taps in window order; n8 = output columns rounded up to 8.
-// out gets n8 values. SoftPool: zrow holds beta * x with -inf padding, xrow x with 0.
-PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* xrow, int64_t taps, int64_t n8,
-                                  float* out) {
-  for (int64_t o = 0; o < n8; o += 8) {
+// that tap's start), for taps in window order; output columns [o0, o1) (whole vectors)
+// go to out[o0, o1). SoftPool: zrow holds beta * x with -inf padding, xrow x with 0.
+PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* xrow, int64_t taps, int64_t o0,
+                                  int64_t o1, float* out) {
+  for (int64_t o = o0; o < o1; o += 8) {
     __m256 m = _mm256_set1_ps(-3.402823466e38f);
     for (int64_t i = 0; i < taps; ++i) m = _mm256_max_ps(m, _mm256_loadu_ps(zrow[i] + o));
     __m256 se = _mm256_setzero_ps(), sa = _mm256_setzero_ps();
     for (int64_t i = 0; i < taps; ++i) {
-      __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(zrow[i] + o), m));
+      __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(zrow[i] + o), m));
       se = _mm256_add_ps(se, e);
       sa = _mm256_fmadd_ps(e, _mm256_loadu_ps(xrow[i] + o), sa);
     }
@@ -67,9 +67,9 @@ PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* 
 }
 
 // StochasticPool expectation: sum(r^2) / sum(r), r = max(x, 0), 0 where sum(r) is 0.
-PX_AVX2 static void moment_row_avx2(const float* const* xrow, int64_t taps, int64_t n8, float* out) {
+PX_AVX2 static void moment_row_avx2(const float* const* xrow, int64_t taps, int64_t o0, int64_t o1, float* out) {
   const __m256 zero = _mm256_setzero_ps();
-  for (int64_t o = 0; o < n8; o += 8) {
+  for (int64_t o = o0; o < o1; o += 8) {
     __m256 s1 = zero, s2 = zero;
     for (int64_t i = 0; i < taps; ++i) {
       __m256 v = _mm256_loadu_ps(xrow[i] + o);

@@ -268,8 +268,8 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
     }
   }
   sc.a.resize(n8);
-  if (soft) soft_row_avx2(sc.tz.data(), sc.tx.data(), taps, n8, sc.a.data());
-  else moment_row_avx2(sc.tx.data(), taps, n8, sc.a.data());
+  if (soft) soft_row_avx2(sc.tz.data(), sc.tx.data(), taps, 0, n8, sc.a.data());
+  else moment_row_avx2(sc.tx.data(), taps, 0, n8, sc.a.data());
   for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
 }
 #endif
