@@ -152,6 +152,90 @@ PX_AVX2 static void split2_avx2(const float* src, int64_t in_w, int64_t pw, int6
   }
 }
 
+// StochasticPool expectation, separable: acc1/acc2 (in_w floats rounded up to 8) get
+// r = max(x, 0) and r^2 of one input row, summed over the window's rows (first: set).
+PX_AVX2 static void accum_moments_avx2(const float* src, int64_t n, bool first, float* acc1, float* acc2) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    __m256 v;
+    if (i + 8 <= n) {
+      v = _mm256_loadu_ps(src + i);
+    } else {  // tail: masked load, lanes past the row read as 0
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      v = _mm256_maskload_ps(src + i, _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(n - i)), lane));
+    }
+    __m256 r = _mm256_and_ps(v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+    if (first) {
+      _mm256_storeu_ps(acc1 + i, r);
+      _mm256_storeu_ps(acc2 + i, _mm256_mul_ps(r, r));
+    } else {
+      _mm256_storeu_ps(acc1 + i, _mm256_add_ps(_mm256_loadu_ps(acc1 + i), r));
+      _mm256_storeu_ps(acc2 + i, _mm256_fmadd_ps(r, r, _mm256_loadu_ps(acc2 + i)));
+    }
+  }
+}
+
+// Stride 2, fused: r and r^2 of the window's rows summed per column in registers, then
+// de-interleaved straight into the two phase buffers (p1: sum r, p2: sum r^2; each two
+// phases of len, a multiple of 8; padding columns 0). Same block structure as split2_avx2.
+PX_AVX2 static void moments_split2_avx2(const float* const* rows, int64_t nrows, int64_t in_w, int64_t pw, int64_t len,
+                                        float* p1, float* p2) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t t = 0; t < len; t += 8) {
+    const int64_t c0 = 2 * t - pw;
+    __m256 a1 = zero, b1 = zero, a2 = zero, b2 = zero;  // lo / hi 8 columns: sum r, sum r^2
+    if (c0 >= 0 && c0 + 16 <= in_w) {
+      for (int64_t r = 0; r < nrows; ++r) {
+        __m256 lo = _mm256_loadu_ps(rows[r] + c0), hi = _mm256_loadu_ps(rows[r] + c0 + 8);
+        lo = _mm256_and_ps(lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
+        hi = _mm256_and_ps(hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
+        a1 = _mm256_add_ps(a1, lo);
+        b1 = _mm256_add_ps(b1, hi);
+        a2 = _mm256_fmadd_ps(lo, lo, a2);
+        b2 = _mm256_fmadd_ps(hi, hi, b2);
+      }
+    } else if (c0 + 16 > 0 && c0 < in_w) {  // crosses an end: masked loads
+      const __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32((int32_t)c0), lane);
+      const __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(8));
+      const __m256i lim = _mm256_set1_epi32((int32_t)in_w);
+      __m256i m0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i0), _mm256_cmpgt_epi32(lim, i0));
+      __m256i m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i1), _mm256_cmpgt_epi32(lim, i1));
+      for (int64_t r = 0; r < nrows; ++r) {
+        __m256 lo = _mm256_maskload_ps(rows[r] + c0, m0), hi = _mm256_maskload_ps(rows[r] + c0 + 8, m1);
+        lo = _mm256_and_ps(lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
+        hi = _mm256_and_ps(hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
+        a1 = _mm256_add_ps(a1, lo);
+        b1 = _mm256_add_ps(b1, hi);
+        a2 = _mm256_fmadd_ps(lo, lo, a2);
+        b2 = _mm256_fmadd_ps(hi, hi, b2);
+      }
+    }
+    __m256 ev, od;
+    deinterleave8(a1, b1, &ev, &od);
+    _mm256_storeu_ps(p1 + t, ev);
+    _mm256_storeu_ps(p1 + len + t, od);
+    deinterleave8(a2, b2, &ev, &od);
+    _mm256_storeu_ps(p2 + t, ev);
+    _mm256_storeu_ps(p2 + len + t, od);
+  }
+}
+
+// ... then the window's columns: t1[k] / t2[k] point at column tap k's run of the split
+// row sums; out = sum(r^2) / sum(r), 0 where sum(r) is 0.
+PX_AVX2 static void moment_sums_row_avx2(const float* const* t1, const float* const* t2, int64_t kw_n, int64_t o0,
+                                         int64_t o1, float* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t o = o0; o < o1; o += 8) {
+    __m256 s1 = zero, s2 = zero;
+    for (int64_t k = 0; k < kw_n; ++k) {
+      s1 = _mm256_add_ps(s1, _mm256_loadu_ps(t1[k] + o));
+      s2 = _mm256_add_ps(s2, _mm256_loadu_ps(t2[k] + o));
+    }
+    _mm256_storeu_ps(out + o, _mm256_and_ps(_mm256_div_ps(s2, s1), _mm256_cmp_ps(s1, zero, _CMP_GT_OQ)));
+  }
+}
+
 }  // namespace cpu
 }  // namespace poolexport
 #endif

@@ -274,6 +274,74 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
 }
 #endif
 
+#ifdef PX_HAVE_AVX2_PATH
+// Strides other than 2: column sums of r and r^2 over the window's rows, then split into phases.
+template <class T>
+void accumulate_and_split_moments(const T* x_plane, const RowArgs& args, int64_t len, Scratch& sc, float* P1,
+                                  float* P2) {
+  const Window3& w = args.w;
+  const int64_t s = w.s[2], in_w = w.in[2];
+  const int64_t in8 = (in_w + 7) / 8 * 8;
+  sc.b.resize(2 * in8);
+  float* S1 = sc.b.data();
+  float* S2 = S1 + in8;
+  for (size_t r = 0; r < sc.row_offs.size(); ++r) {
+    const float* src;
+    if (std::is_same<T, float>::value) {
+      src = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
+    } else {
+      sc.rows.resize(in_w);
+      for (int64_t j = 0; j < in_w; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
+      src = sc.rows.data();
+    }
+    accum_moments_avx2(src, in_w, r == 0, S1, S2);
+  }
+  split_phases_avx2(S1, in_w, w.pad[2], s, len, 0.0f, 1.0f, P1);
+  split_phases_avx2(S2, in_w, w.pad[2], s, len, 0.0f, 1.0f, P2);
+}
+
+// AVX2 path for StochasticPool expectation: its sums are separable, so the window's rows
+// are summed column by column first (r and r^2 of whole contiguous rows; for stride 2
+// fused with the phase split, in registers), then summed over the window's columns. Rows then
+// columns is a different float summation order than window order (all terms >= 0: a
+// rounding-level difference; the sampled pick never comes here).
+template <class T>
+void run_row_moments_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scratch& sc) {
+  const Window3& w = args.w;
+  const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8;
+  const int64_t s = w.s[2], kw_n = w.k[2], dil = w.dil[2], in_w = w.in[2];
+  const int64_t len = (n8 + (kw_n - 1) * dil / s + 7) / 8 * 8;  // per phase, as in run_row_avx2
+  const size_t nrows = sc.row_offs.size();
+  sc.zp.resize(2 * s * len);
+  float* P1 = sc.zp.data();
+  float* P2 = P1 + s * len;
+  if (s == 2 && in_w + w.pad[2] + 2 * len + 32 < INT32_MAX) {  // lane indices are int32
+    sc.rp.resize(nrows);
+    if (!std::is_same<T, float>::value) sc.rows.resize(nrows * in_w);
+    for (size_t r = 0; r < nrows; ++r) {
+      if (std::is_same<T, float>::value) {
+        sc.rp[r] = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
+      } else {
+        for (int64_t j = 0; j < in_w; ++j) sc.rows[r * in_w + j] = load(x_plane, sc.row_offs[r] + j);
+        sc.rp[r] = sc.rows.data() + r * in_w;
+      }
+    }
+    moments_split2_avx2(sc.rp.data(), (int64_t)nrows, in_w, w.pad[2], len, P1, P2);
+  } else {
+    accumulate_and_split_moments(x_plane, args, len, sc, P1, P2);
+  }
+  sc.tx.resize(2 * kw_n);
+  for (int64_t kw = 0; kw < kw_n; ++kw) {
+    const int64_t q = kw * dil, at = (q % s) * len + q / s;
+    sc.tx[kw] = P1 + at;
+    sc.tx[kw_n + kw] = P2 + at;
+  }
+  sc.a.resize(n8);
+  moment_sums_row_avx2(sc.tx.data(), sc.tx.data() + kw_n, kw_n, 0, n8, sc.a.data());
+  for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
+}
+#endif
+
 template <class T>
 void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,od,oh) */, const RowArgs& args,
              Scratch& sc) {
@@ -309,7 +377,8 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
   }
 #ifdef PX_HAVE_AVX2_PATH
   if (cpu_has_avx2_fma()) {
-    run_row_avx2(op == Op::kSoft, x_plane, y_row, args, sc);
+    if (op == Op::kSoft) run_row_avx2(true, x_plane, y_row, args, sc);
+    else run_row_moments_avx2(x_plane, y_row, args, sc);
     return;
   }
 #endif
