@@ -236,6 +236,79 @@ PX_AVX2 static void moment_sums_row_avx2(const float* const* t1, const float* co
   }
 }
 
+// 16 columns of x (0 in padding) and z = beta * x (-inf in padding) from p; m0 / m1 mark
+// the valid columns unless the block is wholly inside or wholly padding.
+PX_AVX2 static inline void load_xz16(const float* p, bool inside, bool empty, __m256i m0, __m256i m1, __m256 vb,
+                                     __m256* xl, __m256* xh, __m256* zl, __m256* zh) {
+  const __m256 ninf = _mm256_set1_ps(-__builtin_huge_valf());
+  if (inside) {
+    *xl = _mm256_loadu_ps(p);
+    *xh = _mm256_loadu_ps(p + 8);
+    *zl = _mm256_mul_ps(vb, *xl);
+    *zh = _mm256_mul_ps(vb, *xh);
+  } else if (empty) {
+    *xl = *xh = _mm256_setzero_ps();
+    *zl = *zh = ninf;
+  } else {  // masked-off lanes are never touched
+    *xl = _mm256_maskload_ps(p, m0);
+    *xh = _mm256_maskload_ps(p + 8, m1);
+    *zl = _mm256_blendv_ps(ninf, _mm256_mul_ps(vb, *xl), _mm256_castsi256_ps(m0));
+    *zh = _mm256_blendv_ps(ninf, _mm256_mul_ps(vb, *xh), _mm256_castsi256_ps(m1));
+  }
+}
+
+// SoftPool with a window 2 columns wide at stride 2 (the usual k2 s2), fused: the window's
+// rows are loaded once, 16 columns (8 outputs) at a time, z = beta * x in registers; the
+// window maximum is the column-wise maximum over rows folded over each column pair, spread
+// back onto both columns; exp sums run per column and are folded the same way. No split
+// buffers. Sums fold rows first, then the column pair: a rounding-level reordering of the
+// window order.
+PX_AVX2 static void soft_k2s2_row_avx2(const float* const* rows, int64_t nrows, int64_t in_w, int64_t pw, float beta,
+                                       int64_t n8, float* out) {
+  const __m256 zero = _mm256_setzero_ps(), vb = _mm256_set1_ps(beta);
+  const __m256 lowest = _mm256_set1_ps(-3.402823466e38f);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i dup_lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup_hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+  for (int64_t t = 0; t < n8; t += 8) {
+    const int64_t c0 = 2 * t - pw;
+    const bool inside = c0 >= 0 && c0 + 16 <= in_w;
+    __m256i m0 = _mm256_set1_epi32(-1), m1 = m0;
+    if (!inside) {
+      const __m256i i0 = _mm256_add_epi32(_mm256_set1_epi32((int32_t)c0), lane);
+      const __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(8));
+      const __m256i lim = _mm256_set1_epi32((int32_t)in_w);
+      m0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i0), _mm256_cmpgt_epi32(lim, i0));
+      m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i1), _mm256_cmpgt_epi32(lim, i1));
+    }
+    const bool empty = !inside && (c0 + 16 <= 0 || c0 >= in_w);
+    __m256 xl, xh, zl, zh, ml = lowest, mh = lowest;
+    for (int64_t r = 0; r < nrows; ++r) {
+      load_xz16(rows[r] + c0, inside, empty, m0, m1, vb, &xl, &xh, &zl, &zh);
+      ml = _mm256_max_ps(ml, zl);
+      mh = _mm256_max_ps(mh, zh);
+    }
+    __m256 ev, od;
+    deinterleave8(ml, mh, &ev, &od);
+    const __m256 m = _mm256_max_ps(ev, od);  // window maximum per output
+    const __m256 Ml = _mm256_permutevar8x32_ps(m, dup_lo), Mh = _mm256_permutevar8x32_ps(m, dup_hi);
+    __m256 sel = zero, seh = zero, sal = zero, sah = zero;
+    for (int64_t r = 0; r < nrows; ++r) {
+      load_xz16(rows[r] + c0, inside, empty, m0, m1, vb, &xl, &xh, &zl, &zh);
+      __m256 el = exp8_nonpos(_mm256_sub_ps(zl, Ml)), eh = exp8_nonpos(_mm256_sub_ps(zh, Mh));
+      sel = _mm256_add_ps(sel, el);
+      seh = _mm256_add_ps(seh, eh);
+      sal = _mm256_fmadd_ps(el, xl, sal);
+      sah = _mm256_fmadd_ps(eh, xh, sah);
+    }
+    __m256 se, sa;
+    deinterleave8(sel, seh, &ev, &od);
+    se = _mm256_add_ps(ev, od);
+    deinterleave8(sal, sah, &ev, &od);
+    sa = _mm256_add_ps(ev, od);
+    _mm256_storeu_ps(out + t, _mm256_div_ps(sa, se));
+  }
+}
+
 }  // namespace cpu
 }  // namespace poolexport
 #endif
