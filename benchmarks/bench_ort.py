@@ -10,7 +10,7 @@ and (kernel 3, stride 2, pad 1), and a 3-D case, prints for SoftPool and Stochas
 --cuda: the CUDA kernels (through the library's C launchers on torch tensors): time and
 achieved bandwidth (input read + output written) against a device-to-device copy.
 
-    python benchmarks/bench_ort.py [--repeat 10] [--cuda]
+    python benchmarks/bench_ort.py [--repeat 10] [--threads N] [--case SUBSTRING] [--cuda]
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def interleaved(fns: dict, repeat: int) -> dict:
     return best
 
 
-def bench_cpu(repeat, threads=None):
+def bench_cpu(repeat, threads=None, case=None):
     import onnxruntime as ort
     import torch
     import torch.nn.functional as F
@@ -89,6 +89,8 @@ def bench_cpu(repeat, threads=None):
           "| torch formula | speed-up (>= 3) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, shape, a in CASES:
+        if case and case not in name:
+            continue
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         feed = {"X": x}
         avg = ort.InferenceSession(one_node("AveragePool", {**a, "count_include_pad": 0}, domain="").SerializeToString(), so)
@@ -174,9 +176,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every column (default: all cores)")
+    ap.add_argument("--case", default=None, help="only the CPU cases whose name contains this (e.g. '3-D')")
     ap.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels (needs a GPU)")
     args = ap.parse_args()
-    bench_cuda(args.repeat) if args.cuda else bench_cpu(args.repeat, args.threads)
+    bench_cuda(args.repeat) if args.cuda else bench_cpu(args.repeat, args.threads, args.case)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,28 @@ PX_AVX2 static inline __m256 exp8_nonpos(__m256 x) {
 // go to out[o0, o1). SoftPool: zrow holds beta * x with -inf padding, xrow x with 0.
 PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* xrow, int64_t taps, int64_t o0,
                                   int64_t o1, float* out) {
-  for (int64_t o = o0; o < o1; o += 8) {
+  int64_t o = o0;
+  // two vectors of outputs per step: two independent exp chains per tap keep the FMA
+  // units busy (the polynomial is one long dependency chain)
+  for (; o + 16 <= o1; o += 16) {
+    __m256 m = _mm256_set1_ps(-3.402823466e38f), m2 = m;
+    for (int64_t i = 0; i < taps; ++i) {
+      m = _mm256_max_ps(m, _mm256_loadu_ps(zrow[i] + o));
+      m2 = _mm256_max_ps(m2, _mm256_loadu_ps(zrow[i] + o + 8));
+    }
+    __m256 se = _mm256_setzero_ps(), sa = se, se2 = se, sa2 = se;
+    for (int64_t i = 0; i < taps; ++i) {
+      __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(zrow[i] + o), m));
+      __m256 e2 = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(zrow[i] + o + 8), m2));
+      se = _mm256_add_ps(se, e);
+      se2 = _mm256_add_ps(se2, e2);
+      sa = _mm256_fmadd_ps(e, _mm256_loadu_ps(xrow[i] + o), sa);
+      sa2 = _mm256_fmadd_ps(e2, _mm256_loadu_ps(xrow[i] + o + 8), sa2);
+    }
+    _mm256_storeu_ps(out + o, _mm256_div_ps(sa, se));
+    _mm256_storeu_ps(out + o + 8, _mm256_div_ps(sa2, se2));
+  }
+  for (; o < o1; o += 8) {
     __m256 m = _mm256_set1_ps(-3.402823466e38f);
     for (int64_t i = 0; i < taps; ++i) m = _mm256_max_ps(m, _mm256_loadu_ps(zrow[i] + o));
     __m256 se = _mm256_setzero_ps(), sa = _mm256_setzero_ps();
