@@ -17,6 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+
+# torch's OpenMP workers spin after each call and would steal the cores of whichever
+# column runs next in the interleaved rounds (the library's SoftPool, on 2 cores); set
+# before torch loads. ONNX Runtime sessions get the same (allow_spinning 0 below).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import platform
 import statistics
 import time
@@ -81,8 +86,18 @@ def bench_cpu(repeat, threads=None, case=None):
 
     threads = threads or os.cpu_count()
     torch.set_num_threads(threads)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+
+    def options():
+        # every session gets its own intra-op pool; with spinning on, one session's idle
+        # workers keep spinning into the next session's run and steal its cores (on the
+        # 2-core dev machine the library's 2-thread SoftPool measured slower than 1 thread
+        # that way), so no session spins: the same for every column
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = threads
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return o
+
+    so = options()
     print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {threads} cores, "
           f"onnxruntime {ort.__version__}, torch {torch.__version__}; best of {repeat} interleaved runs, ms")
     print("| case | op | library | ORT AveragePool | ratio (<= 1.3) | decomposition | speed-up (>= 4) "
@@ -106,8 +121,7 @@ def bench_cpu(repeat, threads=None, case=None):
         fns = {"avg": lambda: avg.run(None, feed), "torch": torch_formula}
         for op, extra in (("SoftPool", {}), ("StochasticPool", {"mode": "expectation"})):
             model = one_node(op, {**a, **extra})
-            lib_so = ort.SessionOptions()
-            lib_so.intra_op_num_threads = threads
+            lib_so = options()
             lib = pxort.session(model.SerializeToString(), options=lib_so)
             fns[op] = lambda lib=lib: lib.run(None, feed)
             if apply_target is not None:
