@@ -131,6 +131,10 @@ WINDOW_CASES = {
     "1d": ((2, 3, 17), dict(kernel_shape=[5], strides=[3], pads=[2, 1], ceil_mode=1)),
     "3d": ((1, 2, 5, 7, 6), dict(kernel_shape=[2, 3, 3], strides=[1, 2, 2], pads=[1, 1, 1, 0, 1, 1])),
     "wide_row": ((1, 1, 3, 70), dict(kernel_shape=[1, 4], strides=[1, 3], pads=[0, 2, 0, 2])),
+    # rows of >= 16 outputs at stride 2: the AVX2 row kernels' full blocks and masked edges
+    "k2s2_wide": ((1, 2, 6, 45), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 1, 0, 0])),
+    "k3s2p1_wide": ((1, 2, 7, 67), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "3d_k2s2_wide": ((1, 2, 4, 4, 40), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2])),
 }
 
 
