@@ -37,6 +37,18 @@ def _known_headers():
     return None
 
 
+def build_library(build: Path, *defines: str) -> Path:
+    """Configure and build the CPU-only library into ``build``; returns the .so."""
+    cfg = ["cmake", "-S", str(ROOT), "-B", str(build), "-DPOOLEXPORT_CUDA=OFF", *defines]
+    headers = _known_headers()
+    if headers:
+        cfg.append(f"-DONNXRUNTIME_INCLUDE_DIR={headers}")
+    for cmd in (cfg, ["cmake", "--build", str(build), "-j2", "--target", "poolexport_ort"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return next(build.rglob("libpoolexport_ort.so"))
+
+
 def test_library_under_address_sanitizer(tmp_path):
     if not shutil.which("cmake") or not shutil.which("gcc"):
         pytest.skip("cmake or gcc missing")
@@ -45,16 +57,7 @@ def test_library_under_address_sanitizer(tmp_path):
     asan, cxx = _gcc_lib("libasan.so"), _gcc_lib("libstdc++.so")
     if asan is None or cxx is None:
         pytest.skip("libasan (gcc's AddressSanitizer runtime) missing")
-    build = tmp_path / "asan"
-    cfg = ["cmake", "-S", str(ROOT), "-B", str(build), "-DPOOLEXPORT_CUDA=OFF", "-DPOOLEXPORT_SANITIZE=address",
-           "-DCMAKE_BUILD_TYPE=RelWithDebInfo"]
-    headers = _known_headers()
-    if headers:
-        cfg.append(f"-DONNXRUNTIME_INCLUDE_DIR={headers}")
-    for cmd in (cfg, ["cmake", "--build", str(build), "-j2", "--target", "poolexport_ort"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lib = next(build.rglob("libpoolexport_ort.so"))
+    lib = build_library(tmp_path / "asan", "-DPOOLEXPORT_SANITIZE=address", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
     env = dict(os.environ, LD_PRELOAD=f"{asan} {cxx}", POOLEXPORT_ORT_LIBRARY=str(lib),
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "test_ort_fuzz.py"), "400", "--no-torch"],

@@ -14,22 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from test_ort_asan import ROOT, _known_headers
+from test_ort_asan import build_library
 
 
 def test_portable_loops_pass_the_op_parity_tests(tmp_path):
     if not shutil.which("cmake") or not shutil.which("gcc"):
         pytest.skip("cmake or gcc missing")
-    build = tmp_path / "portable"
-    cfg = ["cmake", "-S", str(ROOT), "-B", str(build), "-DPOOLEXPORT_CUDA=OFF", "-DCMAKE_BUILD_TYPE=Release",
-           "-DCMAKE_CXX_FLAGS=-DPOOLEXPORT_NO_AVX2"]
-    headers = _known_headers()
-    if headers:
-        cfg.append(f"-DONNXRUNTIME_INCLUDE_DIR={headers}")
-    for cmd in (cfg, ["cmake", "--build", str(build), "-j2", "--target", "poolexport_ort"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lib = next(build.rglob("libpoolexport_ort.so"))
+    lib = build_library(tmp_path / "portable", "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS=-DPOOLEXPORT_NO_AVX2")
     env = dict(os.environ, POOLEXPORT_ORT_LIBRARY=str(lib))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(Path(__file__).with_name("test_ort_ops.py"))],

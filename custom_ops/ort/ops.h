@@ -73,28 +73,43 @@ inline std::string fits_int32(const std::string& op, const std::vector<int64_t>&
 }
 #endif
 
+// The pool's own attributes (not its window's): beta for SoftPool, mode and seed for
+// stochastic pooling; read once per kernel with the schema's defaults.
+template <bool Stochastic>
+struct PoolAttrs {
+  float beta = 1.0f;
+  bool sample = false;
+  int64_t seed = 0;
+
+  void read(const OrtKernelInfo* info, const std::string& op, std::string* error) {
+    if (!Stochastic) {
+      beta = scalar_attr<float>(info, "beta", 1.0f);
+      return;
+    }
+    std::string mode = string_attr(info, "mode", "expectation");
+    if (!parse_mode(mode, &sample) && error->empty())
+      *error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
+    seed = scalar_attr<int64_t>(info, "seed", 0);
+  }
+  // the Philox key: the seed as two's-complement 64 bits, split in halves
+  uint32_t seed_lo() const { return (uint32_t)(uint64_t)seed; }
+  uint32_t seed_hi() const { return (uint32_t)((uint64_t)seed >> 32); }
+  cpu::Op kind() const { return !Stochastic ? cpu::Op::kSoft : (sample ? cpu::Op::kSample : cpu::Op::kExpectation); }
+};
+
 // ------------------------------------------------------------------ windowed ops
 template <class T, bool Cuda, bool Stochastic>
 struct WindowedOp {
   std::string op = Stochastic ? "StochasticPool" : "SoftPool";
   WindowAttrs wa;
-  float beta = 1.0f;
-  bool sample = false;
-  int64_t seed = 0;
+  PoolAttrs<Stochastic> pa;
   std::string error;
 
   WindowedOp(const OrtApi*, const OrtKernelInfo* info) {
     try {
       wa.read(info, op);
       error = wa.error;
-      if (!Stochastic) {
-        beta = scalar_attr<float>(info, "beta", 1.0f);
-      } else {
-        std::string mode = string_attr(info, "mode", "expectation");
-        if (!parse_mode(mode, &sample) && error.empty())
-          error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
-        seed = scalar_attr<int64_t>(info, "seed", 0);
-      }
+      pa.read(info, op, &error);
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
@@ -111,8 +126,9 @@ struct WindowedOp {
       S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
-      uint64_t useed = (uint64_t)seed;
-      uint32_t lo = (uint32_t)useed, hi = (uint32_t)(useed >> 32);
+      const float beta = pa.beta;
+      const bool sample = pa.sample;
+      const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
         msg = fits_int32(op, shape, out_shape);
@@ -140,7 +156,7 @@ struct WindowedOp {
 #endif
       }
       cpu::RowArgs args{w, beta, lo, hi};
-      cpu::Op kind = !Stochastic ? cpu::Op::kSoft : (sample ? cpu::Op::kSample : cpu::Op::kExpectation);
+      const cpu::Op kind = pa.kind();
       int64_t rows = shape[0] * shape[1] * w.out[0] * w.out[1];
       int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
       int64_t rows_per_plane = w.out[0] * w.out[1];
@@ -164,23 +180,14 @@ template <class T, bool Cuda, bool Stochastic>
 struct ReduceOp {
   std::string op = Stochastic ? "ReduceStochasticPool" : "ReduceSoftPool";
   ReduceAttrs ra;
-  float beta = 1.0f;
-  bool sample = false;
-  int64_t seed = 0;
+  PoolAttrs<Stochastic> pa;
   std::string error;
 
   ReduceOp(const OrtApi*, const OrtKernelInfo* info) {
     try {
       ra.read(info, op);
       error = ra.error;
-      if (!Stochastic) {
-        beta = scalar_attr<float>(info, "beta", 1.0f);
-      } else {
-        std::string mode = string_attr(info, "mode", "expectation");
-        if (!parse_mode(mode, &sample) && error.empty())
-          error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
-        seed = scalar_attr<int64_t>(info, "seed", 0);
-      }
+      pa.read(info, op, &error);
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
@@ -197,8 +204,9 @@ struct ReduceOp {
       S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
-      uint64_t useed = (uint64_t)seed;
-      uint32_t lo = (uint32_t)useed, hi = (uint32_t)(useed >> 32);
+      const float beta = pa.beta;
+      const bool sample = pa.sample;
+      const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
         msg = fits_int32(op, shape, out_shape);
@@ -218,7 +226,7 @@ struct ReduceOp {
         return invalid(op + ": built without CUDA");
 #endif
       }
-      cpu::Op kind = !Stochastic ? cpu::Op::kSoft : (sample ? cpu::Op::kSample : cpu::Op::kExpectation);
+      const cpu::Op kind = pa.kind();
       if (g.window == 0) {
         for (int64_t e = 0; e < g.outputs; ++e) cpu::store(y, e, 0.0f);
         return Ort::Status{nullptr};
