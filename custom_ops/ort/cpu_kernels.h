@@ -275,11 +275,10 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
 #endif
 
 #ifdef PX_HAVE_AVX2_PATH
-// AVX2 SoftPool for windows 2 columns wide at stride 2: the fused kernel reads the rows.
+// sc.rp[r] = the window's r-th valid input row as float: in place for float input, a
+// float copy (in sc.rows) for float16, so the AVX2 row kernels read only float.
 template <class T>
-void run_row_soft_k2s2_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scratch& sc) {
-  const Window3& w = args.w;
-  const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8, in_w = w.in[2];
+void float_row_views(const T* x_plane, int64_t in_w, Scratch& sc) {
   const size_t nrows = sc.row_offs.size();
   sc.rp.resize(nrows);
   if (!std::is_same<T, float>::value) sc.rows.resize(nrows * in_w);
@@ -291,6 +290,15 @@ void run_row_soft_k2s2_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scr
       sc.rp[r] = sc.rows.data() + r * in_w;
     }
   }
+}
+
+// AVX2 SoftPool for windows 2 columns wide at stride 2: the fused kernel reads the rows.
+template <class T>
+void run_row_soft_k2s2_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scratch& sc) {
+  const Window3& w = args.w;
+  const int64_t ow_n = w.out[2], n8 = (ow_n + 7) / 8 * 8, in_w = w.in[2];
+  const size_t nrows = sc.row_offs.size();
+  float_row_views(x_plane, in_w, sc);
   sc.a.resize(n8);
   soft_k2s2_row_avx2(sc.rp.data(), (int64_t)nrows, in_w, w.pad[2], args.beta, n8, sc.a.data());
   for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
@@ -337,16 +345,7 @@ void run_row_moments_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scrat
   float* P1 = sc.zp.data();
   float* P2 = P1 + s * len;
   if (s == 2 && in_w + w.pad[2] + 2 * len + 32 < INT32_MAX) {  // lane indices are int32
-    sc.rp.resize(nrows);
-    if (!std::is_same<T, float>::value) sc.rows.resize(nrows * in_w);
-    for (size_t r = 0; r < nrows; ++r) {
-      if (std::is_same<T, float>::value) {
-        sc.rp[r] = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
-      } else {
-        for (int64_t j = 0; j < in_w; ++j) sc.rows[r * in_w + j] = load(x_plane, sc.row_offs[r] + j);
-        sc.rp[r] = sc.rows.data() + r * in_w;
-      }
-    }
+    float_row_views(x_plane, in_w, sc);
     moments_split2_avx2(sc.rp.data(), (int64_t)nrows, in_w, w.pad[2], len, P1, P2);
   } else {
     accumulate_and_split_moments(x_plane, args, len, sc, P1, P2);
@@ -381,16 +380,7 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
   }
   // the valid input rows of this output row, in (kd, kh) order
   sc.row_offs.clear();
-  int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
-  for (int64_t kd = 0; kd < w.k[0]; ++kd) {
-    int64_t id = d0 + kd * w.dil[0];
-    if (id < 0 || id >= w.in[0]) continue;
-    for (int64_t kh = 0; kh < w.k[1]; ++kh) {
-      int64_t ih = h0 + kh * w.dil[1];
-      if (ih < 0 || ih >= w.in[1]) continue;
-      sc.row_offs.push_back((id * w.in[1] + ih) * w.in[2]);
-    }
-  }
+  for_each_window_row(w, od, oh, [&](int64_t row) { sc.row_offs.push_back(row); });
   size_t nrows = sc.row_offs.size();
   if (nrows == 0) {
     for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, 0.0f);

@@ -46,25 +46,34 @@ struct Window3 {
   int64_t in[3], out[3], k[3], s[3], dil[3], pad[3];
 };
 
-// Calls f(offset) for every valid input position of output (od, oh, ow), row-major over
-// the kernel; offsets are relative to the start of the (n, c) plane.
+// Calls f(row_offset) for every valid input row (kd, kh) of output row (od, oh), in
+// kernel order; offsets are relative to the start of the (n, c) plane.
 template <class F>
-PX_HD void for_each_in_window(const Window3& w, int64_t od, int64_t oh, int64_t ow, F&& f) {
-  int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1], w0 = ow * w.s[2] - w.pad[2];
+PX_HD void for_each_window_row(const Window3& w, int64_t od, int64_t oh, F&& f) {
+  int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
   for (int64_t kd = 0; kd < w.k[0]; ++kd) {
     int64_t id = d0 + kd * w.dil[0];
     if (id < 0 || id >= w.in[0]) continue;
     for (int64_t kh = 0; kh < w.k[1]; ++kh) {
       int64_t ih = h0 + kh * w.dil[1];
       if (ih < 0 || ih >= w.in[1]) continue;
-      int64_t row = (id * w.in[1] + ih) * w.in[2];
-      for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-        int64_t iw = w0 + kw * w.dil[2];
-        if (iw < 0 || iw >= w.in[2]) continue;
-        f(row + iw);
-      }
+      f((id * w.in[1] + ih) * w.in[2]);
     }
   }
+}
+
+// Calls f(offset) for every valid input position of output (od, oh, ow), row-major over
+// the kernel; offsets are relative to the start of the (n, c) plane.
+template <class F>
+PX_HD void for_each_in_window(const Window3& w, int64_t od, int64_t oh, int64_t ow, F&& f) {
+  const int64_t w0 = ow * w.s[2] - w.pad[2];
+  for_each_window_row(w, od, oh, [&](int64_t row) {
+    for (int64_t kw = 0; kw < w.k[2]; ++kw) {
+      int64_t iw = w0 + kw * w.dil[2];
+      if (iw < 0 || iw >= w.in[2]) continue;
+      f(row + iw);
+    }
+  });
 }
 
 }  // namespace poolexport
