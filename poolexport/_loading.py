@@ -6,9 +6,14 @@
 * a state_dict (``torch.save(model.state_dict())``) together with ``--arch NAME`` naming a
   model of ``poolexport.models``,
 * a pickled full module, only with ``trust_pickle``: unpickling runs arbitrary code.
+
+Without ``trust_pickle`` nothing in a file runs as code: ``.pt2`` and TorchScript archives
+are read as data first and refused when they carry more (see ``_untrusted.py``).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ._untrusted import UntrustedFileError, check_pt2, check_torchscript, weights_only_unpickling
 
 EXTRA_FILE = "poolexport.json"  # {"input_shape": [...]} stored beside a TorchScript archive's code
 
@@ -62,9 +69,9 @@ def load_model(path, arch: Optional[str] = None, trust_pickle: bool = False) -> 
     names = _zip_names(path)
     if any(n.endswith("serialized_exported_program.json") or "/models/" in n and n.endswith(".json") for n in names) \
             or (path.suffix == ".pt2" and names):
-        return _load_program(path, arch)
+        return _load_program(path, arch, trust_pickle)
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-        return _load_torchscript(path, arch)
+        return _load_torchscript(path, arch, trust_pickle)
     # torch.save: a state_dict loads with weights_only; anything else needs real unpickling
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -105,10 +112,19 @@ def _no_arch(arch, kind):
         raise LoadError(f"--arch: the file is a {kind}, which carries its own architecture; --arch is for a state_dict")
 
 
-def _load_program(path: Path, arch) -> Loaded:
+def _load_program(path: Path, arch, trust_pickle: bool) -> Loaded:
     _no_arch(arch, "torch.export program")
+    data = path.read_bytes()  # checked and loaded from the same bytes
+    guard = contextlib.nullcontext()
+    if not trust_pickle:
+        try:
+            check_pt2(path, data)
+        except UntrustedFileError as exc:
+            raise LoadError(str(exc)) from None
+        guard = weights_only_unpickling()
     try:
-        program = torch.export.load(str(path))
+        with guard:
+            program = torch.export.load(io.BytesIO(data))
     except Exception as exc:
         raise LoadError(f"{path}: could not load the torch.export program ({type(exc).__name__}: "
                         f"{_first_line(exc)})") from None
@@ -130,8 +146,14 @@ def _load_program(path: Path, arch) -> Loaded:
     return Loaded(program, "exported-program", shape)
 
 
-def _load_torchscript(path: Path, arch) -> Loaded:
+def _load_torchscript(path: Path, arch, trust_pickle: bool) -> Loaded:
     _no_arch(arch, "TorchScript archive")
+    if not trust_pickle:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                check_torchscript(path, archive)
+        except UntrustedFileError as exc:
+            raise LoadError(str(exc)) from None
     extra = {EXTRA_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

@@ -120,7 +120,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="REPORT", help="write the export + parity report as JSON")
     p.add_argument("--arch", help="architecture of a state_dict (see poolexport.models.list_models())")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a pickled full module (unpickling runs code from the file)")
+                   help="trust the file: allow loading a pickled full module, and .pt2/TorchScript archives that carry "
+                        "more than tensors and graph code (loading them runs code from the file)")
     p.add_argument("--runtimes", default=",".join(RUNTIMES), metavar="LIST",
                    help=f"parity runtimes, comma-separated (default: all of {', '.join(RUNTIMES)})")
     p.add_argument("--no-parity", action="store_true", help="export only")

@@ -103,8 +103,15 @@ def write_repository(model_path, output, model_name: str | None = None,
 
     op_libraries = []
     if backend == "onnxruntime":
+        from poolexport._untrusted import check_onnx_external_data
+
+        data_files = check_onnx_external_data(model_path)  # nothing from outside its folder
         sig = onnx_signature(model_path)
         shutil.copyfile(model_path, os.path.join(model_dir, "1", "model.onnx"))
+        for location in data_files:  # large models keep their weights beside the graph
+            dst = os.path.join(model_dir, "1", location)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(os.path.join(os.path.dirname(model_path), location), dst)
         if library_path is None:
             from .runtime import custom_op_library
             library_path = custom_op_library()

@@ -40,7 +40,10 @@ class OrtBackend:
                  allow_spinning: bool = True):
         import onnxruntime as ort
 
+        from poolexport._untrusted import check_onnx_external_data
+
         self.path = os.fspath(path)
+        check_onnx_external_data(self.path)  # ONNX Runtime would read data from outside its folder
         so = ort.SessionOptions()
         if intra_op_threads:
             so.intra_op_num_threads = intra_op_threads

@@ -103,6 +103,9 @@ def _progress_monitor(trt, callback: Callable[[str, str, int, int], None]):
 def build_engine(onnx_path, output, fp16: bool = False, shapes: Mapping[str, ShapeRange] | None = None,
                  workspace: int | None = None, progress: Callable | None = None, verbose: bool = False) -> BuildReport:
     """Parse ``onnx_path`` with our plugins registered and write a serialized engine."""
+    from .._untrusted import check_onnx_external_data
+
+    check_onnx_external_data(onnx_path)  # the parser would read data from outside its folder
     trt = import_tensorrt()
     from .plugins import register_plugins
 

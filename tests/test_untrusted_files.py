@@ -1,0 +1,194 @@
+"""Files from someone else: nothing in them runs unless the user passes --trust-pickle.
+
+Each crafted file (tests/_crafted.py) runs ``touch MARKER`` under the plain torch loader
+(the ``test_fixture_is_a_real_attack`` cases prove it). poolexport must refuse it with
+exit 2 and one line, or load it without effect; either way MARKER must not exist.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import _crafted
+import poolexport
+from poolexport import cli
+from poolexport._loading import LoadError, load_model
+from poolexport._untrusted import UntrustedFileError, check_onnx_external_data
+
+PT2_ATTACKS = {
+    "sample_inputs": _crafted.pt2_sample_inputs,
+    "pickled_weight": _crafted.pt2_pickled_weight,
+    "symbolic_shape": _crafted.pt2_symbolic_shape,
+    "symbolic_shape_string": lambda dst, marker: _crafted.pt2_symbolic_shape(dst, marker, via="string"),
+    "guard": _crafted.pt2_guard,
+    "opaque_constant": _crafted.pt2_opaque_constant,
+}
+
+
+def run_cli_inprocess(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _raw_torch(code: str, cwd):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", "import torch, poolexport\n" + code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("attack", ["sample_inputs", "symbolic_shape", "symbolic_shape_string", "guard"])
+def test_fixture_is_a_real_attack(attack, tmp_path):
+    """Without poolexport's checks, torch itself runs the payload (so the refusals below mean something)."""
+    marker = tmp_path / "PWNED"
+    path = PT2_ATTACKS[attack](tmp_path / "evil.pt2", marker)
+    _raw_torch(f"ep = torch.export.load({str(path)!r})\nep.module()(torch.randn(2, 3, 32, 32))", tmp_path)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("attack", sorted(PT2_ATTACKS))
+def test_pt2_attack_refused(attack, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    path = PT2_ATTACKS[attack](tmp_path / "evil.pt2", marker)
+    code, err = run_cli_inprocess(capsys, path, "-o", tmp_path / "x.onnx", "--no-parity")
+    assert_refused(code, err, "--trust-pickle", str(path))
+    assert not marker.exists()
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_pt2_node_target_refused(tmp_path):
+    path = _crafted.pt2_node_target(tmp_path / "evil.pt2")
+    with pytest.raises(LoadError, match="torch.os.system.*not a torch operator"):
+        load_model(path)
+
+
+def test_issue_attack_through_the_command(tmp_path):
+    """The reported attack, as the user ran it: `poolexport evil.pt2 -o x.onnx --no-parity`."""
+    marker = tmp_path / "PWNED"
+    path = _crafted.pt2_sample_inputs(tmp_path / "evil.pt2", marker)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("POOLEXPORT_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "poolexport.cli", str(path), "-o", "x.onnx", "--no-parity"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert_refused(proc.returncode, proc.stderr, "sample_inputs", "--trust-pickle")
+    assert not marker.exists()
+
+
+def test_trust_pickle_loads_as_documented(tmp_path):
+    """--trust-pickle hands the file to torch as is: the payload runs (that is what trust means)."""
+    marker = tmp_path / "PWNED"
+    path = _crafted.pt2_sample_inputs(tmp_path / "evil.pt2", marker)
+    try:
+        load_model(path, trust_pickle=True)
+    except LoadError:
+        pass  # the payload returns an int where torch wants inputs; it has run by then
+    assert marker.exists()
+
+
+def test_shipped_pt2_loads_without_trust():
+    loaded = load_model(_crafted.PT2)
+    assert loaded.kind == "exported-program"
+    assert loaded.input_shape == (2, 3, 32, 32)
+    assert torch.load is torch.serialization.load  # the weights-only guard is lifted after loading
+
+
+def test_state_dict_attack_refused(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    path = _crafted.state_dict(tmp_path / "evil.pt", marker)
+    code, err = run_cli_inprocess(capsys, path, "--arch", "eca", "-o", tmp_path / "x.onnx", "--no-parity")
+    assert_refused(code, err, "--trust-pickle")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("make", [_crafted.torchscript_forward_writes, _crafted.torchscript_setstate_writes],
+                         ids=["forward", "setstate"])
+def test_torchscript_file_access_refused(make, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    path = make(tmp_path / "evil.ts", marker)
+    assert not marker.exists()
+    code, err = run_cli_inprocess(capsys, path, "--input-shape", "1x3x8x8", "-o", tmp_path / "x.onnx",
+                                  "--no-parity")
+    assert_refused(code, err, "'save'", "--trust-pickle")
+    assert not marker.exists()
+
+
+def test_torchscript_setstate_fixture_is_real(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = _crafted.torchscript_setstate_writes(tmp_path / "evil.ts", marker)
+    load_model(path, trust_pickle=True)  # trusted: torch.jit.load runs __setstate__
+    assert marker.exists()
+
+
+def test_shipped_torchscript_loads_without_trust():
+    loaded = load_model(_crafted.EXAMPLES / "newcbam.ts")
+    assert loaded.kind == "torchscript"
+
+
+@pytest.mark.parametrize("how", ["relative", "absolute", "symlink"])
+def test_onnx_external_data_outside_folder_refused(how, tmp_path, capsys):
+    secret = tmp_path / "secret.bin"
+    model = _crafted.onnx_external_data(tmp_path / "m", secret, how)
+    with pytest.raises(UntrustedFileError, match="outside the model's folder"):
+        check_onnx_external_data(model)
+    pytest.importorskip("google.protobuf")
+    from poolexport.serve import cli as serve_cli
+
+    repo = tmp_path / "repo"
+    code = serve_cli.main(["triton-repo", str(model), "-o", str(repo)])
+    err = capsys.readouterr().err
+    assert_refused(code, err, "outside the model's folder")
+    copied = [p for p in repo.rglob("*") if p.is_file() and p.read_bytes() == secret.read_bytes()]
+    assert not copied
+
+
+def test_onnx_external_data_refused_by_serve_and_build_engine(tmp_path):
+    model = _crafted.onnx_external_data(tmp_path / "m", tmp_path / "secret.bin", "relative")
+    from poolexport.serve.runtime import OrtBackend
+    from poolexport.tensorrt.engine import build_engine
+
+    with pytest.raises(UntrustedFileError):
+        OrtBackend(model)
+    with pytest.raises(UntrustedFileError):
+        build_engine(model, tmp_path / "x.plan")
+
+
+def test_triton_repo_copies_external_data_inside_folder(tmp_path):
+    """A model whose data lies beside it (large models) gets its data copied with it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    model = _crafted.onnx_external_data(tmp_path / "m", tmp_path / "m" / "weights.bin", "relative")
+    from poolexport.serve.repository import write_repository
+
+    model_dir = Path(write_repository(model, tmp_path / "repo", library_path=""))
+    assert (model_dir / "1" / "weights.bin").read_bytes() == (tmp_path / "m" / "weights.bin").read_bytes()
+    out = ort.InferenceSession(str(model_dir / "1" / "model.onnx")).run(None, {"input": np.zeros((1, 4), np.float32)})
+    np.testing.assert_array_equal(out[0], [[0, 1, 2, 3]])
+
+
+def test_weights_only_unpickling_blocks_full_unpickle(tmp_path):
+    """The second line of defence: inside the guard, even weights_only=False is weights-only."""
+    import io
+
+    from poolexport._untrusted import weights_only_unpickling
+
+    marker = tmp_path / "PWNED"
+    blob = _crafted.payload_pickle(marker)
+    with weights_only_unpickling():
+        with pytest.raises(Exception, match="[Ww]eights only"):
+            torch.load(io.BytesIO(blob), weights_only=False)
+    assert not marker.exists()
+    assert torch.load is torch.serialization.load
