@@ -102,6 +102,21 @@ def _looks_like_legacy_pickle(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x80 and head[1] <= 5  # pickle protocol opcode
 
 
+def _state_dict_mismatch(exc: BaseException, width: int = 300) -> str:
+    """torch's load_state_dict report (missing keys, unexpected keys, size mismatches), one
+    indented line each, long key lists cut with a count of what was left out."""
+    lines = []
+    for line in str(exc).splitlines()[1:] or str(exc).splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if len(line) > width:
+            rest = line[width:].count(",")
+            line = line[:width].rsplit(",", 1)[0] + f", ... ({rest} more)"
+        lines.append("  " + line)
+    return "\n".join(lines[:12])
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else ""
@@ -183,5 +198,5 @@ def _load_state_dict(path: Path, state, arch) -> Loaded:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise LoadError(f"{path}: does not fit --arch {arch} ({_first_line(exc)})") from None
+        raise LoadError(f"{path}: does not fit --arch {arch}:\n{_state_dict_mismatch(exc)}") from None
     return Loaded(model, "state_dict", tuple(models.default_input_shape(arch)))

@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -104,7 +105,7 @@ def parse_dynamic(text: str) -> tuple[str, ...]:
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    from .parity import RUNTIMES
+    from .parity import REFERENCE_MAX_PARAMS, RUNTIMES
 
     p.add_argument("model", type=Path, help="TorchScript archive, torch.export program (.pt2), state_dict "
                    "(with --arch) or pickled module (with --trust-pickle)")
@@ -114,16 +115,19 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "tensorrt: plugin nodes for TensorRT's ONNX parser")
     p.add_argument("--input-shape", metavar="NxCxHxW", help="example input shape, e.g. 1x3x224x224 (default: the "
                    "shape stored with the model, or the --arch model's default)")
-    p.add_argument("--dynamic", default="batch,spatial", metavar="AXES",
-                   help="dynamic axes: batch, spatial, batch,spatial (default) or none")
+    p.add_argument("--dynamic", default=None, metavar="AXES",
+                   help="dynamic axes: batch, spatial, batch,spatial or none (default: batch,spatial; for a .pt2, "
+                        "the axes the program was exported with)")
     p.add_argument("--fp16", action="store_true", help="export a float16-typed graph")
     p.add_argument("--json", type=Path, metavar="REPORT", help="write the export + parity report as JSON")
     p.add_argument("--arch", help="architecture of a state_dict (see poolexport.models.list_models())")
     p.add_argument("--trust-pickle", action="store_true",
                    help="trust the file: allow loading a pickled full module, and .pt2/TorchScript archives that carry "
                         "more than tensors and graph code (loading them runs code from the file)")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES), metavar="LIST",
-                   help=f"parity runtimes, comma-separated (default: all of {', '.join(RUNTIMES)})")
+    p.add_argument("--runtimes", default=None, metavar="LIST",
+                   help=f"parity runtimes, comma-separated (default: all of {', '.join(RUNTIMES)}; the reference "
+                        f"evaluator is skipped for models above {REFERENCE_MAX_PARAMS / 1e6:g}M parameters unless "
+                        "named here)")
     p.add_argument("--no-parity", action="store_true", help="export only")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter (auto: dynamo, or TorchScript for TorchScript archives)")
@@ -151,11 +155,11 @@ def run_export(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ._loading import LoadError, load_model
-    from .parity import RUNTIMES
+    from .parity import REFERENCE_MAX_PARAMS, RUNTIMES, TARGET_RUNTIME
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    dynamic = parse_dynamic(args.dynamic)
-    runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+    dynamic = parse_dynamic(args.dynamic) if args.dynamic is not None else None
+    runtimes = tuple(r.strip() for r in (args.runtimes or ",".join(RUNTIMES)).split(",") if r.strip())
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad:
         raise UsageError(f"--runtimes: unknown runtime {bad[0]!r}; choose from {', '.join(RUNTIMES)}")
@@ -176,13 +180,14 @@ def run_export(args: argparse.Namespace) -> int:
     shape = shape or loaded.input_shape
     if shape is None:
         raise UsageError(f"{args.model}: the file stores no input shape; give --input-shape, e.g. 1x3x224x224")
+    dynamic = _dynamic_for(loaded, shape, dynamic)
 
     # the progress display gets its own descriptor: export_model silences fds 1 and 2 while
     # torch.onnx runs (it prints from C++), and the spinner must keep turning meanwhile
-    err = Console(file=os.fdopen(os.dup(2), "w", buffering=1)) if sys.stderr.isatty() else Console(stderr=True)
+    err = Console(file=os.fdopen(os.dup(2), "w", buffering=1)) if sys.stderr.isatty() else None
     out = Console()
     if not out.is_terminal:
-        out = Console(width=160)  # files and pipes: keep each table row on one line
+        out = Console(width=100)  # files and pipes: no terminal width to follow
     report: dict = {"model": str(args.model), "format": loaded.kind, "output": str(output), "target": args.target,
                     "fp16": args.fp16, "input_shape": list(shape), "dynamic": list(dynamic)}
     with _progress(err) as progress:
@@ -197,28 +202,85 @@ def run_export(args: argparse.Namespace) -> int:
 
             shapes = parity_shapes(proto, shape)
             start = time.perf_counter()
+            forced = args.runtimes is not None and "reference" in runtimes  # named: run it at any size
             parity = check_parity(proto, loaded.model, shapes, fp16=args.fp16, runtimes=runtimes,
-                                  on_runtime=lambda r: progress.update(task, description=f"parity: {r}"))
+                                  on_runtime=lambda r: progress.update(task, description=f"parity: {r}"),
+                                  reference_max_params=None if forced else REFERENCE_MAX_PARAMS)
             report["parity_seconds"] = time.perf_counter() - start
             report["parity"] = parity.to_dict()
     out.print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB, target {args.target}, "
               f"{'float16' if args.fp16 else 'float32'}, export {seconds:.1f} s)")
-    passed = True
+    passed, verified = True, False
     if parity is not None:
-        out.print(_table(parity))
+        for line in _table(parity):
+            out.print(line)
         passed = parity.passed
-        out.print("[bold green]parity: pass[/]" if passed else "[bold red]parity: FAIL[/]")
+        runtime = TARGET_RUNTIME[args.target]
+        verified = parity.verified_on(runtime)
+        if not passed:
+            out.print("[bold red]parity: FAIL[/]")
+        elif verified:
+            out.print(f"[bold green]parity: pass[/] (target {args.target} verified on {runtime})")
+        else:
+            why = next((r.reason for r in parity.summary() if r.runtime == runtime), "not run")
+            out.print(f"[bold yellow]parity: pass on the runtimes that ran; target {args.target} not verified on "
+                      f"{runtime}[/] ({why})")
     report["passed"] = passed
+    report["target_verified"] = verified
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if passed else 1
 
 
+def _dynamic_for(loaded, shape, requested):
+    """The dynamic axis groups to export. A torch.export program's dynamism is fixed when it
+    is exported (its graph and guards assume the static sizes), so asking for more is an
+    error rather than silently ignored; by default a program keeps its own."""
+    from .onnx.export import DYNAMIC_CHOICES, dynamic_axes_for, program_static_axes
+
+    if loaded.kind != "exported-program":
+        return DYNAMIC_CHOICES if requested is None else requested
+    static = program_static_axes(loaded.model)
+    if requested is None:
+        return tuple(g for g in DYNAMIC_CHOICES if any(i not in static for i in dynamic_axes_for(len(shape), (g,))))
+    for i, name in sorted(dynamic_axes_for(len(shape), requested).items()):
+        if i in static:
+            raise UsageError(
+                f"--dynamic: axis {i} ({name}) of the program was exported with a fixed size ({shape[i]}); "
+                "export it again with torch.export.Dim for that axis, or leave it out of --dynamic")
+    return requested
+
+
 def _progress(console):
+    """A spinner on a terminal; plain timestamped lines on stderr otherwise (CI logs, pipes)."""
+    if console is None:
+        return _LineProgress()
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                     transient=True)
+
+
+class _LineProgress:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _line(self, text):
+        # fd 2 directly: export_model silences sys.stderr while torch.onnx runs
+        os.write(2, f"{PROG}: [{time.perf_counter() - self.start:6.1f} s] {text}\n".encode())
+
+    def add_task(self, description):
+        self._line(description)
+        return 0
+
+    def update(self, task, description):
+        self._line(description)
 
 
 def _export(loaded, shape, args, dynamic):
@@ -231,11 +293,41 @@ def _export(loaded, shape, args, dynamic):
     try:
         proto = export_model(loaded.model, example, target=args.target, dynamic=dynamic, fp16=args.fp16,
                              opset=args.opset, exporter=args.exporter)
-    except ValueError as exc:
-        raise UsageError(f"export failed: {_one_line(exc)}") from None
     except Exception as exc:
-        raise UsageError(f"export failed ({type(exc).__name__}): {_one_line(exc)}") from None
+        if os.environ.get("POOLEXPORT_DEBUG"):
+            raise
+        raise UsageError(f"export failed: {describe_export_error(exc)}") from None
     return proto, time.perf_counter() - start
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_NO_ONNX_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>\.?"
+                               r"(?: Failure message: ([^\n]*))?")
+
+
+def describe_export_error(exc: BaseException) -> str:
+    """What went wrong in torch.export / torch.onnx, in a few lines: the unsupported
+    operator's name when there is one, no ANSI colour codes, no advice boilerplate."""
+    texts = []
+    e: Optional[BaseException] = exc
+    while e is not None and len(texts) < 8:  # the cause chain holds the dispatch error
+        texts.append(_ANSI.sub("", str(e)))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(texts)
+    m = _NO_ONNX_FUNCTION.search(text)
+    if m:
+        op = m.group(1).replace(".", "::", 1) + "." + m.group(2)
+        detail = f" ({m.group(3).strip()})" if m.group(3) else ""
+        return (f"unsupported operator {op}: torch.onnx has no ONNX translation for it{detail}; replace it in "
+                "the model or register a translation (torch.onnx.export custom_translation_table)")
+    body = texts[0]
+    if "## Exception summary" in body:
+        body = body.split("## Exception summary", 1)[1]
+    lines = [ln.strip() for ln in body.splitlines()]
+    lines = [ln for ln in lines if ln and ln != "⬆️" and not ln.startswith("(Refer to")]
+    head = f"{type(exc).__name__}: " if type(exc).__name__ not in ("ValueError", "UsageError") else ""
+    return head + "\n  ".join(ln[:300] for ln in lines[:6]) if lines else type(exc).__name__
+
 
 
 def _check_and_save(proto, output: Path) -> None:
@@ -255,21 +347,27 @@ def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2e}"
 
 
-def _table(report):
+def _table(report) -> list:
+    """The parity table (fits 80 columns) and, below it, one line per note (skip reasons)."""
     from rich.table import Table
 
-    table = Table(title=f"parity vs PyTorch float64 ({report.dtype}: rtol {report.tolerance.rtol:g}, "
+    table = Table(title=f"parity vs PyTorch float64\n{report.dtype}: rtol {report.tolerance.rtol:g}, "
                         f"atol {report.tolerance.atol:g}; shapes "
-                        + ", ".join("x".join(map(str, s)) for s in report.input_shapes) + ")")
+                        + ", ".join("x".join(map(str, s)) for s in report.input_shapes))
     for col in ("runtime", "max abs err", "max rel err", "result", "time"):
-        table.add_column(col, justify="right" if col in ("max abs err", "max rel err", "time") else "left",
-                         no_wrap=True)
-    table.add_column("note", overflow="fold")
+        table.add_column(col, justify="left" if col in ("runtime", "result") else "right", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "error": "bold red", "skip": "dim"}
+    notes = []
     for r in report.summary():
-        table.add_row(r.runtime, _fmt(r.max_abs), _fmt(r.max_rel), f"[{style[r.status]}]{r.status}[/]",
-                      "-" if r.seconds is None else f"{r.seconds * 1000:.1f} ms", r.reason)
-    return table
+        status = f"[{style[r.status]}]{r.status}[/]"
+        if r.reason:
+            notes.append(f"[{len(notes) + 1}] {r.runtime}: {r.reason}")
+            status += f" [{len(notes)}]"
+        table.add_row(r.runtime, _fmt(r.max_abs), _fmt(r.max_rel), status,
+                      "-" if r.seconds is None else f"{r.seconds * 1000:.1f} ms")
+    from rich.markup import escape
+
+    return [table] + [escape(n) for n in notes]
 
 
 # ------------------------------------------------------------------ dispatch

@@ -41,6 +41,14 @@ TOLERANCES = {
 
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-fallback", "reference", "onnxruntime-cuda", "tensorrt")
 
+# the runtime each export target is made for: a target is verified only when it ran and passed
+TARGET_RUNTIME = {"ort": "onnxruntime", "portable": "onnxruntime-fallback", "tensorrt": "tensorrt"}
+
+# onnx.reference.ReferenceEvaluator runs every op in NumPy, one node at a time: a
+# ResNet-18 (11.7M parameters) took 80 s per input in float16 on the 2-core dev machine,
+# the examples (< 0.5M) take under a second. Above this size it is skipped unless asked for.
+REFERENCE_MAX_PARAMS = 2_000_000
+
 
 @dataclass
 class RuntimeResult:
@@ -66,6 +74,11 @@ class ParityReport:
         ran = [r for r in self.results if r.status != "skip"]
         return bool(ran) and all(r.status == "pass" for r in ran)
 
+    def verified_on(self, runtime: str) -> bool:
+        """``runtime`` ran on every input shape and passed each time."""
+        rows = [r for r in self.results if r.runtime == runtime]
+        return len(rows) == len(self.input_shapes) and all(r.status == "pass" for r in rows)
+
     def summary(self) -> list[RuntimeResult]:
         """One row per runtime: the worst result over the input shapes."""
         order = {"error": 3, "fail": 2, "pass": 1, "skip": 0}
@@ -90,6 +103,7 @@ class ParityReport:
             "tolerance": asdict(self.tolerance),
             "input_shapes": [list(s) for s in self.input_shapes],
             "passed": self.passed,
+            "verified_on": sorted({r.runtime for r in self.results if self.verified_on(r.runtime)}),
             "results": [asdict(r) | {"shape": list(r.shape)} for r in self.results],
         }
 
@@ -247,8 +261,12 @@ def check_parity(
     runtimes: Sequence[str] = RUNTIMES,
     seed: int = 0,
     on_runtime: Optional[Callable[[str], None]] = None,
+    reference_max_params: Optional[int] = None,
 ) -> ParityReport:
-    """Compare ``model`` (ONNX) with ``torch_model`` on random inputs of each shape."""
+    """Compare ``model`` (ONNX) with ``torch_model`` on random inputs of each shape.
+
+    ``reference_max_params``: skip the reference evaluator above this many parameters
+    (None: always run it)."""
     dtype = "float16" if fp16 else "float32"
     tol = TOLERANCES[dtype]
     rng = np.random.default_rng(seed)
@@ -261,10 +279,14 @@ def check_parity(
     torch_model = torch_model.half() if fp16 else torch_model.float()
     refs = reference_outputs(torch_model, inputs)
     report = ParityReport(dtype, tol, [tuple(s) for s in input_shapes])
+    params = _parameter_count(model)
     for runtime in runtimes:
         if on_runtime:
             on_runtime(runtime)
         try:
+            if runtime == "reference" and reference_max_params is not None and params > reference_max_params:
+                raise Skip(f"{params / 1e6:.1f}M parameters, above {reference_max_params / 1e6:g}M: the NumPy "
+                           "evaluator would take minutes (name it in --runtimes to run it anyway)")
             run = _runner(runtime, model, torch_model, [tuple(s) for s in input_shapes])
         except Skip as why:
             report.results.append(RuntimeResult(runtime, "skip", reason=str(why)))
@@ -289,6 +311,16 @@ def check_parity(
             report.results.append(RuntimeResult(runtime, "pass" if ok else "fail", tuple(x.shape), abs_err, rel_err,
                                                 seconds))
     return report
+
+
+def _parameter_count(model: onnx.ModelProto) -> int:
+    count = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        count += n
+    return count
 
 
 def _one_line(exc: BaseException) -> str:

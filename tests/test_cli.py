@@ -94,6 +94,11 @@ def test_export_shipped_example(tmp_path):
     assert len(shapes) == 2 and shapes[0] != shapes[1]
     statuses = {r["runtime"]: r["status"] for r in data["parity"]["results"]}
     assert statuses["onnxruntime-fallback"] == "pass" and statuses["reference"] == "pass"
+    assert data["target_verified"] is True and "target ort verified on onnxruntime" in proc.stdout
+    # not a terminal: progress comes as timestamped lines, one per step, on stderr
+    steps = [line for line in proc.stderr.splitlines() if line.startswith("poolexport: [")]
+    assert any("exporting newcbam.ts" in line for line in steps)
+    assert any("parity: reference" in line for line in steps)
 
 
 def test_trusted_pickle_portable(files, tmp_path):

@@ -12,4 +12,5 @@ from .unpool import MaxUnpool1d, MaxUnpool2d, MaxUnpool3d
 from .lrn import LocalResponseNorm
 from .bilinear_pool import BilinearPool
 from .factory import ATTENTION_NAMES, POOL_FORMS, POOL_NAMES, create_attention, create_pool
+from .replace import replace_pools
 from .attention import CBAM, ECA, SE, ChannelAttention, SpatialAttention, eca_kernel_size

@@ -87,8 +87,80 @@ def _plugin_attrs() -> list:
     ]
 
 
+# ------------------------------------------------------------------ type and shape inference
+def _attr(ctx, name, default):
+    a = ctx.get_attribute(name)
+    if a is None:
+        return default
+    value = onnx.helper.get_attribute_value(a)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _input_dims(ctx):
+    """(elem_type, dims or None); dims hold ints, dim_param strings, or None (unknown)."""
+    t = ctx.get_input_type(0)
+    if t is None or not t.HasField("tensor_type"):
+        return None, None
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type, None
+    return tt.elem_type, [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _set_output(ctx, elem_type, dims) -> None:
+    ctx.set_output_type(0, onnx.helper.make_tensor_type_proto(elem_type, dims))
+
+
+def _infer_windowed(ctx) -> None:
+    """ONNX AveragePool's output-size rule (poolexport._window), axis by axis: a symbolic
+    spatial size stays symbolic where the window keeps the size (stride 1, SAME or a span
+    covered by the pads) and becomes unknown elsewhere; N and C pass through."""
+    from .._window import axis_output, make_window_spec
+
+    elem, dims = _input_dims(ctx)
+    if elem is None:
+        return
+    if dims is None:
+        return _set_output(ctx, elem, None)
+    k = len(dims) - 2
+    kernel = _attr(ctx, "kernel_shape", [])
+    if k not in (1, 2, 3) or len(kernel) != k:
+        raise ValueError(f"poolexport: kernel_shape {list(kernel)} does not fit a {len(dims)}-D input")
+    spec = make_window_spec("poolexport", k, kernel, _attr(ctx, "strides", []) or 1, _attr(ctx, "pads", []) or 0,
+                            _attr(ctx, "dilations", []) or 1, bool(_attr(ctx, "ceil_mode", 0)),
+                            _attr(ctx, "auto_pad", "NOTSET"))
+    out = dims[:2]
+    for i, n in enumerate(dims[2:]):
+        args = (spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i], spec.dilations[i],
+                spec.ceil_mode, spec.auto_pad)
+        if isinstance(n, int):
+            span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
+            padded = n + (spec.pads[i] + spec.pads[k + i] if spec.auto_pad == "NOTSET" else 0)
+            if spec.auto_pad in ("NOTSET", "VALID") and span > padded:
+                raise ValueError(f"poolexport: window span {span} exceeds the padded size {padded} of axis {i + 2}")
+            out.append(int(axis_output(n, *args)[0]))
+        else:
+            # with stride 1 the rule is n + constant, so one large size tells whether it keeps n
+            keeps = spec.strides[i] == 1 and int(axis_output(1000, *args)[0]) == 1000
+            out.append(n if keeps else None)
+    _set_output(ctx, elem, out)
+
+
+def _infer_reduce(ctx) -> None:
+    from .._window import reduce_layout
+
+    elem, dims = _input_dims(ctx)
+    if elem is None:
+        return
+    if dims is None:
+        return _set_output(ctx, elem, None)
+    axes = _attr(ctx, "axes", [])
+    _, _, _, out = reduce_layout(dims, list(axes), bool(_attr(ctx, "keepdims", 1)), "poolexport")
+    _set_output(ctx, elem, list(out))
+
+
 def _schema(name: str, attrs: list) -> defs.OpSchema:
-    return defs.OpSchema(
+    schema = defs.OpSchema(
         name,
         DOMAIN,
         VERSION,
@@ -98,6 +170,8 @@ def _schema(name: str, attrs: list) -> defs.OpSchema:
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16 tensors.")],
         attributes=attrs + _plugin_attrs(),
     )
+    schema.set_type_and_shape_inference_function(_infer_windowed if name in WINDOWED_OPS else _infer_reduce)
+    return schema
 
 
 def schemas() -> list[defs.OpSchema]:

@@ -17,6 +17,7 @@ import tempfile
 import warnings
 from typing import Iterable
 
+import numpy as np
 import onnx
 import torch
 
@@ -28,8 +29,12 @@ DYNAMIC_CHOICES = ("batch", "spatial")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
+SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
 def dynamic_axes_for(rank: int, dynamic: Iterable[str]) -> dict[int, str]:
-    """Axis index -> dim name for the requested dynamic groups (N, C, spatial... layout)."""
+    """Axis index -> dim name for the requested dynamic groups (N, C, spatial... layout):
+    ``batch``, then ``length`` (1-D), ``height``/``width`` (2-D) or ``depth``/``height``/``width``."""
     dynamic = set(dynamic)
     bad = dynamic - set(DYNAMIC_CHOICES)
     if bad:
@@ -38,8 +43,9 @@ def dynamic_axes_for(rank: int, dynamic: Iterable[str]) -> dict[int, str]:
     if "batch" in dynamic and rank >= 1:
         axes[0] = "batch"
     if "spatial" in dynamic:
+        names = SPATIAL_NAMES.get(rank - 2) or tuple(f"d{i}" for i in range(1, rank - 1))
         for i in range(2, rank):
-            axes[i] = f"d{i - 1}"
+            axes[i] = names[i - 2]
     return axes
 
 
@@ -92,13 +98,78 @@ def _quiet(verbose: bool):
             os.close(fd)
 
 
-def _rename_dims(model: onnx.ModelProto, axes: dict[int, str]) -> None:
-    """torch.export names dynamic dims s0, s1...; give the graph input/output readable names."""
-    for vi in list(model.graph.input)[:1]:
+def _flatten_reshapes(model: onnx.ModelProto) -> None:
+    """Reshape(x, [-1, K]) of an x shaped (N, ...) with prod(...) == K is Flatten(x, axis=1).
+
+    torch.export writes a classifier's flatten this way (the batch size folded into -1);
+    ONNX shape inference cannot carry a symbolic batch through -1, Flatten carries it, so
+    tools that re-infer shapes (onnxsim, strict checkers) keep the ``batch`` dim. Same
+    values, same order: both are row-major."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT64}
+    try:
+        shapes = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return
+    known = {vi.name: vi.type.tensor_type.shape.dim for vi in
+             list(shapes.graph.value_info) + list(shapes.graph.input) + list(shapes.graph.output)}
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        target = consts.get(node.input[1])
+        dims = known.get(node.input[0])
+        if target is None or target.shape != (2,) or target[0] != -1 or dims is None or len(dims) < 2:
+            continue
+        rest = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+        if None in rest or int(np.prod(rest)) != int(target[1]):
+            continue  # (allowzero only changes what a 0 in the target means; K > 0 here)
+        flat = onnx.helper.make_node("Flatten", [node.input[0]], list(node.output), name=node.name, axis=1)
+        graph.node.remove(node)
+        graph.node.insert(i, flat)
+
+
+def _name_dims(model: onnx.ModelProto, axes: dict[int, str]) -> None:
+    """Readable dim names everywhere, and fixed dims where they are fixed.
+
+    torch.export names dynamic dims s0, s77...; the TorchScript exporter invents names such
+    as ``Gemmoutput_dim_1`` for sizes it did not propagate. The input's dynamic dims get the
+    names of ``axes``, every other use of the same symbol follows, and an output dim whose
+    symbol is not an input's is replaced by what ONNX shape inference proves (e.g. a
+    classifier's 1000), so a Triton config gets exact dims.
+    """
+    graph = model.graph
+    rename = {}
+    for vi in list(graph.input)[:1]:
         dims = vi.type.tensor_type.shape.dim
         for i, name in axes.items():
             if i < len(dims) and not dims[i].HasField("dim_value"):
+                if dims[i].dim_param:
+                    rename[dims[i].dim_param] = name
                 dims[i].dim_param = name
+    values = list(graph.input) + list(graph.output) + list(graph.value_info)
+    for vi in values:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+    known = set(rename.values()) | set(axes.values())
+    loose = [(i, j) for i, vi in enumerate(graph.output) for j, d in enumerate(vi.type.tensor_type.shape.dim)
+             if not d.HasField("dim_value") and d.dim_param not in known]
+    if not loose:
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        return  # names stay as the exporter wrote them
+    for i, j in loose:
+        dims = inferred.graph.output[i].type.tensor_type.shape.dim
+        if j < len(dims):
+            d, src = graph.output[i].type.tensor_type.shape.dim[j], dims[j]
+            if src.HasField("dim_value"):
+                d.dim_value = src.dim_value
+            elif src.dim_param in known:
+                d.dim_param = src.dim_param
 
 
 def export_model(
@@ -142,5 +213,6 @@ def export_model(
             proto = onnx.load_from_string(buf.getvalue())
         else:
             raise ValueError(f"exporter: must be auto, dynamo or torchscript, got {exporter!r}")
-    _rename_dims(proto, axes)
+    _flatten_reshapes(proto)
+    _name_dims(proto, axes)
     return proto if target is None else apply_target(proto, target)
