@@ -76,6 +76,25 @@ def test_tensorrt_file_is_skipped_with_the_reason():
     assert row.status == "skip" and "local functions" in row.reason and "tensorrt" in row.reason
 
 
+def test_sample_mode_is_skipped_with_the_reason():
+    """StochasticPool mode='sample' decomposes with ai.onnx.ml's LabelEncoder, which
+    OpenVINO cannot read: a skip naming it, not an error that fails the whole check."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 8, 8])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    node = helper.make_node("StochasticPool", ["X"], ["Y"], domain="poolexport", kernel_shape=[2, 2], strides=[2, 2],
+                            mode="sample", seed=7)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)])
+    portable = apply_target(model, "portable")
+    with pytest.raises(Exception, match="LabelEncoder"):  # the fact the skip rests on
+        ov.Core().read_model(portable.SerializeToString())
+    report = check_parity(portable, torch.nn.Identity(), [(2, 3, 8, 8)], runtimes=("openvino",))
+    (row,) = _only(report)
+    assert row.status == "skip" and "LabelEncoder" in row.reason
+
+
 def test_pins_f32():
     """The check runs at f32 whatever OpenVINO's default is on this CPU."""
     from poolexport.parity import _runner
