@@ -4,7 +4,9 @@
   each (the standard-op decomposition), so ONNX Runtime with our custom-op library runs
   the kernels and any other runtime (plain ONNX Runtime, onnx's ReferenceEvaluator) runs
   the decomposition.
-* ``portable``: the decomposition inlined; no ``poolexport`` node or domain is left.
+* ``portable``: standard ops only; no ``poolexport`` node or domain is left. Nodes with a
+  fast form (``portable.py``: AveragePool ratios, reshaped blocks, a guarded shared
+  shift) get it, the others the decomposition inlined.
 * ``tensorrt``: the custom nodes shaped for TensorRT's ONNX parser: op type = plugin
   name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, and no local functions
   (the parser would prefer a local function over the plugin).
@@ -153,6 +155,10 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
 
         model.CopyFrom(prepare_onnx(model))
     else:
+        if target == "portable":
+            from .portable import specialize
+
+            specialize(model, _default_opset(model))  # fast standard-op forms where they exist
         attach_functions(model)
     if target == "portable":
         model = onnx.inliner.inline_local_functions(model)
