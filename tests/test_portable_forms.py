@@ -1,7 +1,9 @@
-"""The portable target's fast forms (poolexport/onnx/portable.py) against the float64
-reference: same numbers as the per-window definition, finite for any input, and the
-guard really switching to the generic decomposition when the shared shift would lose a
-window."""
+"""The fast standard-op forms against the float64 reference: the portable target's
+(poolexport/onnx/portable.py, chosen per node at export) and the ``ort`` target's local
+functions (poolexport/onnx/decompositions.py, chosen at run time), run in plain ONNX
+Runtime and the reference evaluator. Same numbers as the per-window definition, finite
+for any input, and the guard really switching to the generic decomposition when the
+shared shift would lose a window."""
 import copy
 
 import numpy as np
@@ -11,7 +13,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import _reference as ref
-from poolexport.onnx import portable
+from poolexport.onnx import decompositions, portable
 from poolexport.onnx.targets import apply_target
 
 ort = pytest.importorskip("onnxruntime")
@@ -69,11 +71,15 @@ def inputs(shape, kind):
 @pytest.mark.parametrize("kind", ["normal", "wide", "large"])
 @pytest.mark.parametrize("attrs", WINDOWS, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
 @pytest.mark.parametrize("op", ["SoftPool", "StochasticPool"])
-def test_fast_form_matches_float64_reference(op, attrs, kind):
+@pytest.mark.parametrize("target", ["portable", "ort"])
+def test_fast_form_matches_float64_reference(target, op, attrs, kind):
     rank = len(attrs["kernel_shape"]) + 2
-    model = apply_target(one_node(op, attrs, rank=rank), "portable")
-    assert {n.op_type for n in model.graph.node} >= {"AveragePool"}, "expected the fast form"
-    assert "Conv" not in {n.op_type for n in model.graph.node}
+    model = apply_target(one_node(op, attrs, rank=rank), target)
+    if target == "portable":
+        assert {n.op_type for n in model.graph.node} >= {"AveragePool"}, "expected the fast form"
+        assert "Conv" not in {n.op_type for n in model.graph.node}
+    else:  # no library here: the local function runs, fast form or not
+        assert any(n.op_type == "AveragePool" for f in model.functions for n in _all_nodes(f.node))
     x = inputs(SHAPES[rank - 2], kind)
     want = expected(op, x, attrs)
     for y in run_both(model, x):
@@ -82,10 +88,20 @@ def test_fast_form_matches_float64_reference(op, attrs, kind):
         assert err <= 1e-5, err
 
 
+def _all_nodes(nodes):
+    for n in nodes:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g.node)
+
+
 @pytest.mark.parametrize("attrs", GENERIC, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
-def test_other_windows_keep_the_generic_decomposition(attrs):
-    model = apply_target(one_node("SoftPool", attrs), "portable")
-    assert "Conv" in {n.op_type for n in model.graph.node}
+@pytest.mark.parametrize("target", ["portable", "ort"])
+def test_other_windows_keep_the_generic_decomposition(target, attrs):
+    model = apply_target(one_node("SoftPool", attrs), target)
+    if target == "portable":
+        assert "Conv" in {n.op_type for n in model.graph.node}
     x = inputs(SHAPES[2], "normal")
     for y in run_both(model, x):
         np.testing.assert_allclose(y, expected("SoftPool", x, attrs), rtol=1e-5, atol=1e-6)
@@ -100,21 +116,23 @@ def _underflowing_input():
     return x
 
 
-def test_guard_takes_the_generic_form_when_the_shift_underflows():
+@pytest.mark.parametrize("target", ["portable", "ort"])
+def test_guard_takes_the_generic_form_when_the_shift_underflows(target):
     attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=1.0)
-    model = apply_target(one_node("SoftPool", attrs), "portable")
+    model = apply_target(one_node("SoftPool", attrs), target)
     x = _underflowing_input()
     want = expected("SoftPool", x, attrs)
     for y in run_both(model, x):
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-3)
 
 
-def test_without_the_guard_the_shared_shift_is_wrong(monkeypatch):
+@pytest.mark.parametrize("target", ["portable", "ort"])
+def test_without_the_guard_the_shared_shift_is_wrong(target, monkeypatch):
     """The guard is what makes the form exact: with its threshold at 0 the fast branch is
     taken and the far windows come out as 0/0."""
-    monkeypatch.setattr(portable, "MIN_MEAN_WEIGHT", 0.0)
+    monkeypatch.setattr(portable if target == "portable" else decompositions, "MIN_MEAN_WEIGHT", 0.0)
     attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=1.0)
-    model = apply_target(one_node("SoftPool", attrs), "portable")
+    model = apply_target(one_node("SoftPool", attrs), target)
     x = _underflowing_input()
     y = run_both(model, x)[0]
     assert not np.all(np.isfinite(y))

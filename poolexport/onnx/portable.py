@@ -110,7 +110,7 @@ def _generic_branch(node, model_opset: int, prefix: str, x_name: str):
                               [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)])
     tmp = helper.make_model(graph, opset_imports=[helper.make_opsetid("", model_opset),
                                                   helper.make_opsetid(D.DOMAIN, D.VERSION)],
-                            functions=functions([node.op_type], model_opset))
+                            functions=functions([node.op_type], model_opset, fast=False))
     inlined = onnx.inliner.inline_local_functions(tmp)
     return list(inlined.graph.node), list(inlined.graph.initializer), y
 

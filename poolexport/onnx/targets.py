@@ -5,8 +5,8 @@
   the kernels and any other runtime (plain ONNX Runtime, onnx's ReferenceEvaluator) runs
   the decomposition.
 * ``portable``: standard ops only; no ``poolexport`` node or domain is left. Nodes with a
-  fast form (``portable.py``: AveragePool ratios, reshaped blocks, a guarded shared
-  shift) get it, the others the decomposition inlined.
+  fast form (``portable.py``: AveragePool ratios, a guarded shared shift) get it, the
+  others the decomposition inlined.
 * ``tensorrt``: the custom nodes shaped for TensorRT's ONNX parser: op type = plugin
   name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, and no local functions
   (the parser would prefer a local function over the plugin).
@@ -120,14 +120,15 @@ def _set_opset(model: onnx.ModelProto, domain: str, version: int | None) -> None
         model.opset_import.append(helper.make_opsetid(domain, version))
 
 
-def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add the decomposition of each poolexport op used (replacing any already there)."""
+def attach_functions(model: onnx.ModelProto, fast: bool = True) -> onnx.ModelProto:
+    """Add the decomposition of each poolexport op used (replacing any already there);
+    ``fast=False``: without the run-time choice of a fast form."""
     check_decomposable(model)
     used = {n.op_type for n in custom_nodes(model)}
     kept = [f for f in model.functions if f.domain != D.DOMAIN]
     del model.functions[:]
     sample = uses_sample(model)
-    model.functions.extend(kept + functions(used, _default_opset(model), sample=sample))
+    model.functions.extend(kept + functions(used, _default_opset(model), sample=sample, fast=fast))
     if sample:
         from .decompositions import ML_OPSET
 
@@ -159,7 +160,7 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
             from .portable import specialize
 
             specialize(model, _default_opset(model))  # fast standard-op forms where they exist
-        attach_functions(model)
+        attach_functions(model, fast=target != "portable")  # portable: what is left has no fast form
     if target == "portable":
         model = onnx.inliner.inline_local_functions(model)
         _set_opset(model, D.DOMAIN, None)
