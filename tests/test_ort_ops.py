@@ -243,9 +243,10 @@ def test_stochastic_sample_ties(seed):
     np.testing.assert_array_equal(y, picks)
 
 
-# every CPU reduce path: one window per output through the shared header (inner axis
-# kept but < 8, or reduced but < 16), kept inner axis >= 8, contiguous segments >= 16
-LARGE_REDUCE = [((2, 3, 4, 5), [1], 1), ((2, 3, 4, 5), [2, 3], 0), ((2, 16, 3, 9), [1], 1), ((2, 3, 4, 17), [3], 0)]
+# every CPU reduce path (chosen after neighbouring axes of the same kind are merged): one
+# window per output through the shared header (merged inner axis kept but < 8, or reduced
+# but < 16), a kept inner axis >= 8, contiguous reduced segments >= 16
+LARGE_REDUCE = [((4, 6, 3), [1], 1), ((3, 4, 2, 3), [2, 3], 0), ((2, 16, 3, 9), [1], 1), ((2, 3, 4, 17), [3], 0)]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
