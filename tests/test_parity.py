@@ -108,9 +108,9 @@ def _constant_model(d: np.ndarray) -> onnx.ModelProto:
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10)
 
 
-# (dtype, PyTorch's output c; the error goes on element 0, where c is 0 and the dtype
-# resolves errors near the boundary to ~1e-3 of it): a small and a large max |ref|, so
-# that swapping atol and rtol moves the boundary either way
+# (dtype, PyTorch's outputs c). The error sits on element 0 (c = 0), where the dtype
+# resolves it to ~1e-3 of the boundary; max |ref| is small in one case per dtype and large
+# in the other, so a swap of atol and rtol moves the boundary one way or the other.
 BOUNDARY = [("float32", [0.0, 0.03, -0.01]), ("float32", [0.0, -100.0, 3.0]),
             ("float16", [0.0, 2.0, -0.5]), ("float16", [0.0, 0.0625, 0.01])]
 
