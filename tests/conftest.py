@@ -9,3 +9,6 @@ torch.manual_seed(0)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+# tests/mutation/ holds a development tool (run.py plants bugs and runs pytest itself)
+collect_ignore = ["mutation"]

@@ -64,14 +64,24 @@ WINDOWS = [
     ([2], [2], [0, 0], [1], 0, "VALID", [7]),
     ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0, "NOTSET", [6, 7]),
     ([3, 2], [2, 1], [1, 0, 1, 1], [1, 2], 1, "NOTSET", [9, 8]),
-    ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1, "NOTSET", [5, 6]),  # ceil: a dropped last window
+    ([3, 3], [2, 2], [1, 1, 2, 2], [1, 1], 1, "NOTSET", [5, 7]),  # ceil: a dropped last window (both axes)
     ([3, 2], [2, 3], [0, 0, 0, 0], [2, 1], 0, "SAME_UPPER", [9, 7]),
     ([3, 4], [2, 3], [0, 0, 0, 0], [1, 2], 0, "SAME_LOWER", [8, 9]),
     ([3, 2], [1, 2], [0, 0, 0, 0], [2, 1], 0, "VALID", [8, 5]),
     ([2, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, "SAME_UPPER", [7, 7]),  # ceil_mode ignored with SAME
     ([2, 2, 2], [2, 1, 2], [0, 1, 0, 1, 0, 1], [1, 1, 1], 1, "NOTSET", [5, 4, 5]),
     ([2, 3, 2], [1, 2, 2], [0, 0, 0, 0, 0, 0], [2, 1, 1], 0, "SAME_LOWER", [5, 6, 5]),
+    ([2], [2], [1, 1], [1], 1, "NOTSET", [5]),  # ceil: 4 windows, the last dropped
+    ([2], [3], [1, 1], [1], 1, "NOTSET", [7]),  # ceil: 4 windows, the last dropped
 ]
+CEIL_DROP = [WINDOWS[7], WINDOWS[-2], WINDOWS[-1]]
+
+
+def test_ceil_drop_cases_drop_a_window():
+    for kernel, strides, pads, dilations, ceil_mode, _, spatial in CEIL_DROP:
+        k = len(kernel)
+        assert ceil_mode and all(ref.ceil_drops(spatial[i], kernel[i], strides[i], dilations[i], pads[i], pads[k + i])
+                                 for i in range(k))
 
 
 def window_attrs(case):
@@ -182,6 +192,22 @@ def test_stochastic_sample_bit_exact(case, seed):
         model = apply_target(one_node("StochasticPool", attrs, len(case[6]) + 2), target)
         for y in run_all(model, x):
             np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("seed", [0, 31337])
+def test_stochastic_sample_ties(seed):
+    """Windows [u, 1 - u], u the uniform of their element: cum_0 == t exactly, so the
+    first cum > t is the second value (a >= would pick the first)."""
+    x, picks = ref.tie_windows(seed, 200)
+    attrs = dict(kernel_shape=[2], strides=[2], mode="sample", seed=seed)
+    for target in ("ort", "portable"):
+        model = apply_target(one_node("StochasticPool", attrs, 3), target)
+        for y in run_all(model, x[None]):
+            np.testing.assert_array_equal(y[0, :, 0], picks)
+        model = apply_target(one_node("ReduceStochasticPool", dict(axes=[1], keepdims=0, mode="sample", seed=seed), 2,
+                                      out_rank=1), target)
+        for y in run_all(model, x):
+            np.testing.assert_array_equal(y, picks)
 
 
 def test_sample_and_expectation_in_one_model():

@@ -4,12 +4,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-// POOLEXPORT_HOST_EMULATION: tests compile this file as C++ against a tiny shim of the
-// CUDA headers (tests/test_kernels_emulated.py) and run every kernel on the CPU as one
-// thread of a one-block grid, so the kernels' indexing and the launchers' argument order
-// are tested even where no GPU is lent.
+// POOLEXPORT_HOST_EMULATION: tests compile this file as C++ against a small shim of the
+// CUDA headers (tests/test_kernels_emulated.py) whose px_emulated_launch runs every thread
+// of the launch's real grid on the CPU, so the kernels' indexing, grid-stride loops and
+// the launchers' geometry and argument order are tested even where no GPU is lent.
 #ifdef POOLEXPORT_HOST_EMULATION
-#define PX_LAUNCH(kernel, grid, block, stream) kernel
+#define PX_LAUNCH(kernel, grid, block, stream) px_emulated_launch(kernel, grid, block)
 #else
 #define PX_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
 #endif
