@@ -176,7 +176,7 @@ _WINDOW_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "a
 # here, so an If takes them when dilation is 1, every pad is below the kernel and auto_pad
 # is not SAME, and a second If (SoftPool) keeps the shared shift only when no window lost
 # its weight.
-MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))
+MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))  # ~8.8e-27, far above float32's smallest normal
 
 
 _POOL_REFS = {"kernel_shape": (_INTS, "kernel_shape"), "strides": (_INTS, "strides"), "pads": (_INTS, "pads"),

@@ -29,8 +29,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import domain as D
+from .decompositions import MIN_MEAN_WEIGHT  # one threshold for both forms
 
-MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))  # ~8.8e-27, a normal float32
 
 
 def _attrs(node) -> dict:
