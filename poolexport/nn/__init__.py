@@ -1,4 +1,5 @@
 """Pooling and attention modules, one concept per file."""
+from . import functional  # noqa: F401  (poolexport.nn.functional, as torch.nn.functional)
 from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
 from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
 from .avg_max_pool import (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, CatAvgMaxPool1d,
