@@ -346,7 +346,7 @@ def mixed_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False,
 
 
 def avg_max_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """0.5 * (mean + max) over axes ``dim`` (timm's avgmax, the seed's AvgMaxPool)."""
+    """0.5 * (mean + max) over axes ``dim`` (timm's avgmax; seed 002's AvgMaxPool is twice it)."""
     dims = _reduce_dims("avg_max_pool_reduce", x, dim)
     return 0.5 * (x.mean(dims, keepdim=keepdim) + x.amax(dims, keepdim=keepdim))
 

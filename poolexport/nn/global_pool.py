@@ -51,7 +51,7 @@ class GlobalMaxPool(_GlobalPool):
 
 
 class GlobalAvgMaxPool(_GlobalPool):
-    """0.5 * (global average + global max): timm's avgmax, the seed's AvgMaxPool."""
+    """0.5 * (global average + global max): timm's avgmax (seed 002's AvgMaxPool is twice it)."""
 
     def _reduce(self, x, dims, keepdim):
         return F.avg_max_pool_reduce(x, dims, keepdim)
