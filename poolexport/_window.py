@@ -77,7 +77,8 @@ def make_window_spec(
     if k not in (1, 2, 3):
         raise ValueError(f"{op}: only 1-D, 2-D and 3-D pooling is supported, got {k}-D")
     kernel = _tuple(kernel_shape, k, "kernel_size", op)
-    stride = kernel if strides is None or (not isinstance(strides, numbers.Integral) and len(strides) == 0) else _tuple(strides, k, "stride", op)
+    no_stride = strides is None or (not isinstance(strides, numbers.Integral) and len(strides) == 0)
+    stride = kernel if no_stride else _tuple(strides, k, "stride", op)
     if isinstance(pads, numbers.Integral):
         pad = (int(pads),) * (2 * k)
     else:

@@ -17,14 +17,12 @@ dilations). A window with no valid position outputs 0.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as TF
 
-from ._args import check_bool
+from ._args import check_bool, check_real
 from ._window import WindowSpec, axis_output, window_spec_for_input
 from .ops import reduce_soft_pool, reduce_stochastic_pool, soft_pool, stochastic_pool
 from .ops.stochastic_pool import MODES
@@ -162,8 +160,8 @@ def _safe_root(s: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _check_p(name: str, p) -> float:
-    p = float(p)
-    if not (math.isfinite(p) and p >= 1):
+    p = check_real(name, "norm_type", p)
+    if not p >= 1:
         raise ValueError(f"{name}: norm_type must be a finite number >= 1, got {p} (use max pooling for p = inf)")
     return p
 
@@ -301,8 +299,8 @@ def _avg_max(k: int, cat: bool):
         return torch.cat([avg, mx], 1) if cat else 0.5 * (avg + mx)
 
     fn.__name__ = name
-    fn.__doc__ = (f"timm's {'catavgmax: concat(avg, max) on the channel axis (2C channels)' if cat else 'avgmax: 0.5 * (avg + max)'}"
-                  f" over {k} spatial axes, padding excluded.")
+    what = "catavgmax: concat(avg, max) on the channel axis (2C channels)" if cat else "avgmax: 0.5 * (avg + max)"
+    fn.__doc__ = f"timm's {what} over {k} spatial axes, padding excluded."
     return fn
 
 

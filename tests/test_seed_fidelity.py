@@ -107,6 +107,7 @@ def _include_pad_ref(x, kernel, strides, pads, dilations, ceil_mode, auto_pad):
 @pytest.mark.parametrize("spatial,kernel,stride,padding,dilation,ceil_mode", [
     ((9, 8), (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), False),   # asymmetric ONNX pads
     ((9, 8), (3, 2), (2, 1), (1, 1), (2, 1), True),          # dilation
+    ((8, 7), (3, 2), (2, 2), (1, 1), (2, 1), True),          # dilation, ceil_mode beyond the pads
     ((7, 6), (3, 3), (2, 2), "same", (1, 1), False),         # SAME pads count
     ((8, 8), (2, 2), (2, 2), "valid", (1, 1), False),
 ])
@@ -401,7 +402,10 @@ def test_seed_networks_layout():
 def test_cbam_layout_models_select_the_l2_form():
     import poolexport.models as M
 
-    kinds = lambda m: [(p.norm_type, p.mean) for p in m.modules() if isinstance(p, (pnn.GlobalLpPool, pnn.LpPoolReduce))]  # noqa: E731
+    def kinds(model):
+        lp = (pnn.GlobalLpPool, pnn.LpPoolReduce)
+        return [(p.norm_type, p.mean) for p in model.modules() if isinstance(p, lp)]
+
     assert set(kinds(M.create_model("newcbam"))) == {(2.0, False)}
     assert set(kinds(M.create_model("newcbam", l2="rms"))) == {(2.0, True)}
     assert set(kinds(M.create_model("cbam_stochastic_l2", l2="rms"))) == {(2.0, True)}

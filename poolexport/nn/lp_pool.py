@@ -4,8 +4,8 @@ neural networks applied to house numbers digit classification") use L2 pooling.
 
 Arguments follow ``torch.nn.LPPool2d`` (norm_type, kernel_size, stride, ceil_mode; ``L2PoolNd``
 drops norm_type, so its third positional is ``ceil_mode``, a bool: ``L2Pool2d(3, 2, "same")``
-raises instead of binding "same" to it), with keyword-only ``padding`` (int, tuple, ONNX begin/end pads, 'same' or 'valid') and ``dilation`` as
-extensions. Padding is zero, which adds nothing to sum |a|^p: the norm form matches ONNX
+raises instead of binding "same" to it), with keyword-only ``padding`` (int, tuple, ONNX
+begin/end pads, 'same' or 'valid') and ``dilation`` as extensions. Padding is zero, which adds nothing to sum |a|^p: the norm form matches ONNX
 ``LpPool`` with the same pads; the mean form divides by the window's valid positions.
 Unlike torch's lp_pool (which raises a to the p-th power keeping its sign), |a| is used,
 so odd p and negative inputs give the p-norm.
