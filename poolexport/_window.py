@@ -103,8 +103,8 @@ def make_window_spec(
 
 
 # Integer arithmetic behind ``axis_output``: plain ints (``INT_OPS``), torch SymInts from
-# torch.export (``TORCH_OPS``) and TensorRT's ``tensorrt.plugin.ShapeExpr``
-# (``poolexport.tensorrt.shapes.trt_ops``). ShapeExpr allows only ``+ - * //`` and ``<``
+# torch.export and traced sizes from torch.jit.trace (``TORCH_OPS``), and TensorRT's
+# ``tensorrt.plugin.ShapeExpr`` (``poolexport.tensorrt.shapes.trt_ops``). ShapeExpr allows only ``+ - * //`` and ``<``
 # with the expression on the LEFT and has no conditional (no sym_ite), so the rule below
 # keeps every size operand on the left and turns the ceil_mode comparison into a 0/1
 # value through ``ops.lt``.
@@ -115,11 +115,36 @@ INT_OPS = SimpleNamespace(
     lt=lambda a, b: int(a < b),
     symbolic=False,
 )
+
+
+def _traced(a, b) -> bool:
+    # under torch.jit.trace, input sizes are 0-d tensors: keep them traced, not constants
+    return isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+
+
+def _torch_max(a, b):
+    if _traced(a, b):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_max(a, b)
+
+
+def _torch_min(a, b):
+    if _traced(a, b):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_min(a, b)
+
+
+def _torch_lt(a, b):
+    if _traced(a, b):
+        return (torch.as_tensor(a) < torch.as_tensor(b)).long()
+    return torch.sym_ite(a < b, 1, 0)
+
+
 TORCH_OPS = SimpleNamespace(
     cdiv=lambda a, b: -(-a // b),
-    max=torch.sym_max,
-    min=torch.sym_min,
-    lt=lambda a, b: torch.sym_ite(a < b, 1, 0),
+    max=_torch_max,
+    min=_torch_min,
+    lt=_torch_lt,
     symbolic=True,
 )
 

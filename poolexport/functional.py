@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as TF
 
 from ._args import check_bool, check_real
-from ._window import WindowSpec, axis_output, window_spec_for_input
+from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
 from .ops import reduce_soft_pool, reduce_stochastic_pool, soft_pool, stochastic_pool
 from .ops.stochastic_pool import MODES
 
@@ -103,8 +103,8 @@ def _explicit_pads(spec: WindowSpec, spatial) -> tuple[list, list]:
 
     The end pad is exactly what the last window needs, so ``ceil_mode`` and SAME padding
     become plain zero/-inf padding followed by an unpadded, floor-mode window. Written
-    with ``axis_output`` and ``sym_max`` so that symbolic sizes (torch.export with
-    dynamic spatial dims) stay symbolic instead of being baked into the graph.
+    with ``axis_output`` and ``TORCH_OPS`` so that symbolic sizes (torch.export with
+    dynamic spatial dims, torch.jit.trace) stay symbolic instead of being baked into the graph.
     """
     k = spec.rank
     out, pad = [], []
@@ -113,7 +113,7 @@ def _explicit_pads(spec: WindowSpec, spatial) -> tuple[list, list]:
                            spec.dilations[i], spec.ceil_mode, spec.auto_pad)
         span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
         out.append(o)
-        pad = [b, torch.sym_max(0, (o - 1) * spec.strides[i] + span - spatial[i] - b)] + pad
+        pad = [b, TORCH_OPS.max((o - 1) * spec.strides[i] + span - spatial[i] - b, 0)] + pad
     return out, pad
 
 
@@ -137,7 +137,7 @@ def _window_count(x: torch.Tensor, spec: WindowSpec, pad: list, out, include_pad
         declared, rest = [], []
         for j in range(k):  # F.pad order: last axis first
             b, e = pad[2 * j], pad[2 * j + 1]
-            end = e if spec.auto_pad != "NOTSET" else torch.sym_min(e, spec.pads[2 * k - 1 - j])
+            end = e if spec.auto_pad != "NOTSET" else TORCH_OPS.min(e, spec.pads[2 * k - 1 - j])
             declared += [b, end]
             rest += [0, e - end]
         ones = TF.pad(TF.pad(ones, declared, value=1.0), rest)

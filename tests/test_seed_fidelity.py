@@ -149,6 +149,18 @@ def test_count_include_pad_exports_as_averagepool(ceil_mode):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("pool", [pnn.L2Pool2d(3, 1, padding="same", mean=True), pnn.MaxPool2d(3, 2, "SAME"),
+                                  pnn.AvgPool2d(3, 2, (1, 0, 2, 1), ceil_mode=True, count_include_pad=True),
+                                  pnn.AvgPool2d(3, 2, 1, 2, ceil_mode=True)], ids=repr)
+def test_traced_windows_follow_the_input_size(pool):
+    # torch.jit.trace (the TorchScript export path) hands sizes over as tensors: the pads
+    # that 'same' and ceil_mode need must stay traced, not frozen at the example's size
+    traced = torch.jit.trace(pool, torch.randn(1, 2, 9, 9), check_trace=False)
+    for shape in [(2, 2, 12, 11), (1, 2, 7, 8)]:
+        x = torch.randn(*shape)
+        torch.testing.assert_close(traced(x), pool(x), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- return_indices / MaxUnpool
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", [
