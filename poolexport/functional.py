@@ -122,7 +122,8 @@ def _window_sum(v: torch.Tensor, spec: WindowSpec, pad: list[int], out) -> torch
     n, c, *spatial = v.shape
     k = spec.rank
     flat = TF.pad(v.reshape(n * c, 1, *spatial), pad)
-    ones = torch.ones((1, 1, *spec.kernel_shape), dtype=v.dtype, device=v.device)
+    # new_ones follows v's dtype when run: a traced module converted to float16 stays consistent
+    ones = v.new_ones((1, 1, *spec.kernel_shape))
     s = _CONV[k](flat, ones, stride=spec.strides, dilation=spec.dilations)
     return s.reshape(n, c, *out)
 
@@ -131,7 +132,7 @@ def _window_count(x: torch.Tensor, spec: WindowSpec, pad: list, out, include_pad
     """Number of valid positions per window, shape (1, 1, *out). With ``include_pad`` the
     declared padding counts too (``count_include_pad``: pads or the SAME padding), but not
     the extra end padding that only ``ceil_mode`` adds (PyTorch's and ONNX Runtime's rule)."""
-    ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    ones = x.new_ones((1, 1, *x.shape[2:]))
     if include_pad:
         k = spec.rank
         declared, rest = [], []

@@ -2,6 +2,7 @@
 references: torch's own modules, float64 loops (tests/_reference.py and below) written
 from the definitions, the seed code's own formulas transcribed to NumPy, and ONNX Runtime's
 built-in AveragePool / MaxPool / Resize kernels."""
+import copy
 import itertools
 import math
 
@@ -159,6 +160,9 @@ def test_traced_windows_follow_the_input_size(pool):
     for shape in [(2, 2, 12, 11), (1, 2, 7, 8)]:
         x = torch.randn(*shape)
         torch.testing.assert_close(traced(x), pool(x), rtol=0, atol=0)
+    # and its constants follow a later dtype change (the fp16 export converts the traced module)
+    half = copy.deepcopy(traced).half()
+    torch.testing.assert_close(half(x.half()).float(), pool(x), rtol=2e-3, atol=2e-3)
 
 
 # ---------------------------------------------------------------- return_indices / MaxUnpool

@@ -6,7 +6,8 @@ torch's conventions are available: ``count_include_pad=True`` on average pools (
 as ONNX AveragePool ``count_include_pad=1`` where torch's own pooling takes the window),
 ``return_indices=True`` on max pools (torch's indices, for ``MaxUnpool``; exported with
 ONNX MaxPool's Indices output). avgmax is 0.5 * (avg + max), catavgmax concatenates avg
-and max on the channel axis (timm's names; seed 002's AvgMaxPool returns max + avg, twice avgmax).
+and max on the channel axis (timm's names; seed 002's AvgMaxPool returns max + avg, twice
+avgmax).
 """
 from __future__ import annotations
 

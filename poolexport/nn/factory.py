@@ -14,9 +14,8 @@ Forms of a pool:
 axis, so its global form gives N x 2C and its channel form N x 2 (timm's names).
 
 Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``,
-``count_include_pad``)
-go to the pools that have them and are ignored by the others, so one set of options can
-serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
+``count_include_pad``) go to the pools that have them and are ignored by the others, so
+one set of options can serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
 for its output shape.
 """
 from __future__ import annotations
