@@ -161,10 +161,8 @@ def _safe_root(s: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _check_p(name: str, p) -> float:
-    p = check_real(name, "norm_type", p)
-    if not p >= 1:
-        raise ValueError(f"{name}: norm_type must be a finite number >= 1, got {p} (use max pooling for p = inf)")
-    return p
+    """A finite p >= 1 (max pooling is the p = inf case)."""
+    return check_real(name, "norm_type", p, 1.0)
 
 
 def _abs_pow(x: torch.Tensor, p: float) -> torch.Tensor:
