@@ -90,6 +90,10 @@ struct PoolAttrs {
     if (!parse_mode(mode, &sample) && error->empty())
       *error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
     seed = scalar_attr<int64_t>(info, "seed", 0);
+    // a tensorrt-target file carries the seed as two int32 words (TensorRT's parser
+    // narrows INT attributes); read them so that file gives the same picks here
+    const int64_t absent = INT64_MIN, hi = scalar_attr<int64_t>(info, "seed_hi", absent);
+    if (hi != absent) seed = (int64_t)((uint64_t)hi << 32 | (uint32_t)scalar_attr<int64_t>(info, "seed_lo", 0));
   }
   // the Philox key: the seed as two's-complement 64 bits, split in halves
   uint32_t seed_lo() const { return (uint32_t)(uint64_t)seed; }
