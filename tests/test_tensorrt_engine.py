@@ -154,7 +154,11 @@ def test_register_plugins_without_tensorrt_names_what_is_missing():
 
 # ------------------------------------------------------------------ needs TensorRT + GPU
 REASON = tensorrt_available()
-needs_trt = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+def needs_trt(test):
+    return pytest.mark.gpu(pytest.mark.skipif(REASON is not None, reason=REASON or "")(test))
+
 
 CASES = [
     ("SoftPool", [2, 3, 9, 8], dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], ceil_mode=1, beta=0.7),
