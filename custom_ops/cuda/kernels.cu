@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <string>
+
 // POOLEXPORT_HOST_EMULATION: tests compile this file as C++ against a tiny shim of the
 // CUDA headers (tests/test_kernels_emulated.py) and run every kernel on the CPU as one
 // thread of a one-block grid, so the kernels' indexing and the launchers' argument order
@@ -162,5 +164,24 @@ __attribute__((visibility("default"))) int poolexport_cuda_launch_reduce(int op,
 __attribute__((visibility("default"))) const char* poolexport_cuda_error_string(int rc) {
   return cudaGetErrorString((cudaError_t)rc);
 }
+
+#ifndef POOLEXPORT_HOST_EMULATION
+// The runtime is linked statically (CUDART_VERSION, e.g. 13000 from CUDA 13.0); a driver
+// for an older CUDA would fail every launch with "insufficient driver" and no versions.
+__attribute__((visibility("default"))) const char* poolexport_cuda_version_error(void) {
+  static const std::string message = [] {
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0)
+      return std::string("no CUDA driver found (this library's CUDA kernels use the CUDA ") +
+             std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10) + " runtime)";
+    if (driver >= CUDART_VERSION) return std::string();
+    return "the CUDA driver supports CUDA " + std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10) +
+           " but this library was built with the CUDA " + std::to_string(CUDART_VERSION / 1000) + "." +
+           std::to_string(CUDART_VERSION % 1000 / 10) +
+           " runtime: update the driver or rebuild poolexport with this machine's CUDA toolkit";
+  }();
+  return message.empty() ? nullptr : message.c_str();
+}
+#endif
 
 }  // extern "C"

@@ -73,6 +73,16 @@ inline std::string fits_int32(const std::string& op, const std::vector<int64_t>&
 }
 #endif
 
+// A CUDA kernel refuses to run, with the one-line reason, when the driver is older than
+// the library's CUDA runtime: checked when the session creates the kernel.
+inline void cuda_check(const std::string& op, bool cuda, std::string* error) {
+#ifdef POOLEXPORT_WITH_CUDA
+  if (const char* why = cuda && error->empty() ? poolexport_cuda_version_error() : nullptr) *error = op + ": " + why;
+#else
+  (void)op, (void)cuda, (void)error;
+#endif
+}
+
 // The pool's own attributes (not its window's): beta for SoftPool, mode and seed for
 // stochastic pooling; read once per kernel with the schema's defaults.
 template <bool Stochastic>
@@ -117,6 +127,7 @@ struct WindowedOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
@@ -195,6 +206,7 @@ struct ReduceOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {

@@ -130,7 +130,7 @@ def register_plugins() -> None:
     if _registered:
         return
     trt, trtp = import_tensorrt(plugin=True)
-    ptx.load_ptx()  # fail now, with the reason, rather than inside an engine build
+    ptx.check_driver(ptx.load_ptx())  # fail now, with the reason, rather than inside an engine build
     _define(trt, trtp)
     _registered = True
 
