@@ -6,7 +6,8 @@ optional). In one run, each part skipped with its reason when something is missi
 * ``library``: the custom-op library's CUDA kernels (every op, both modes, float32 and
   float16) through its C launchers on torch CUDA tensors;
 * ``ptx``: the TensorRT plugins' PTX loaded by CuPy and launched with the plugins' grid
-  (``abi.launch_grid``) and int32 arguments (``shapes.kernel_args``), as TensorRT would;
+  (``abi.launch_grid`` of ``shapes.launch_total``) and int32 arguments
+  (``shapes.kernel_args``), as TensorRT would;
 * ``torch``: the torch ops on CUDA tensors;
 
 each against the torch ops on the CPU (sampled picks bit for bit), then the time of each
@@ -160,7 +161,7 @@ class PTXBackend:
         x = cupy.asarray(x_np)
         y = cupy.full(out_shape, np.nan, dtype=x.dtype)
         kernel = self.module.get_function(abi.kernel_name(op, dtype))
-        grid = abi.launch_grid(shapes.numel(out_shape))
+        grid = abi.launch_grid(shapes.launch_total(op, list(x_np.shape), a))
         scalars = [np.int32(v) for v in args]
 
         def run():

@@ -112,8 +112,9 @@ def _autotune(trtp):
 
 def _aot(trt, trtp, op: str, X, attrs: dict, outputs):
     ops = shapes.trt_ops(trtp)
-    args, _ = shapes.kernel_args(op, list(X.shape_expr), _plain(op, attrs), ops)
-    total = shapes.numel(list(outputs[0].shape_expr))
+    attrs = _plain(op, attrs)
+    args, _ = shapes.kernel_args(op, list(X.shape_expr), attrs, ops)
+    total = shapes.launch_total(op, list(X.shape_expr), attrs, ops)
     dtype = "float16" if X.dtype == trt.DataType.HALF else "float32"
     launch = trtp.KernelLaunchParams()
     # the one grid rule of kernel_abi.h (abi.launch_grid), evaluated symbolically
