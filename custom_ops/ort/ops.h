@@ -74,7 +74,7 @@ inline std::string fits_int32(const std::string& op, const std::vector<int64_t>&
 #endif
 
 // A CUDA kernel refuses to run, with the one-line reason, when the driver is older than
-// the library's CUDA runtime: checked when the session creates the kernel.
+// the library's CUDA runtime: found when the session creates the kernel, reported when it runs.
 inline void cuda_check(const std::string& op, bool cuda, std::string* error) {
 #ifdef POOLEXPORT_WITH_CUDA
   if (const char* why = cuda && error->empty() ? poolexport_cuda_version_error() : nullptr) *error = op + ": " + why;
