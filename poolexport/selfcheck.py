@@ -306,6 +306,13 @@ def _bandwidth(backends, report, iters: int):
                 dst = torch.empty_like(src)
                 copy_s = _time(TorchBackend(), lambda: dst.copy_(src), iters)
                 del src, dst
+            else:  # CuPy alone (a torch without CUDA)
+                ptx_b = [b for b in backends if b.name == "ptx"]
+                if ptx_b:
+                    src = ptx_b[0].cupy.asarray(x)
+                    dst = ptx_b[0].cupy.empty_like(src)
+                    copy_s = _time(ptx_b[0], lambda: ptx_b[0].cupy.copyto(dst, src), iters)
+                    del src, dst
             for op, a in BENCH_OPS:
                 out_shape = shapes.kernel_args(op, list(shape), a)[1]
                 moved = nbytes + int(np.prod(out_shape)) * x.itemsize
