@@ -73,6 +73,16 @@ inline std::string fits_int32(const std::string& op, const std::vector<int64_t>&
 }
 #endif
 
+// A CUDA kernel refuses to run, with the one-line reason, when the driver is older than
+// the library's CUDA runtime: found when the session creates the kernel, reported when it runs.
+inline void cuda_check(const std::string& op, bool cuda, std::string* error) {
+#ifdef POOLEXPORT_WITH_CUDA
+  if (const char* why = cuda && error->empty() ? poolexport_cuda_version_error() : nullptr) *error = op + ": " + why;
+#else
+  (void)op, (void)cuda, (void)error;
+#endif
+}
+
 // The pool's own attributes (not its window's): beta for SoftPool, mode and seed for
 // stochastic pooling; read once per kernel with the schema's defaults.
 template <bool Stochastic>
@@ -90,6 +100,10 @@ struct PoolAttrs {
     if (!parse_mode(mode, &sample) && error->empty())
       *error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
     seed = scalar_attr<int64_t>(info, "seed", 0);
+    // a tensorrt-target file carries the seed as two int32 words (TensorRT's parser
+    // narrows INT attributes); read them so that file gives the same picks here
+    const int64_t absent = INT64_MIN, hi = scalar_attr<int64_t>(info, "seed_hi", absent);
+    if (hi != absent) seed = (int64_t)((uint64_t)hi << 32 | (uint32_t)scalar_attr<int64_t>(info, "seed_lo", 0));
   }
   // the Philox key: the seed as two's-complement 64 bits, split in halves
   uint32_t seed_lo() const { return (uint32_t)(uint64_t)seed; }
@@ -113,6 +127,7 @@ struct WindowedOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
@@ -191,6 +206,7 @@ struct ReduceOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {

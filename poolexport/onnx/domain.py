@@ -76,6 +76,15 @@ def _stochastic_attrs() -> list:
     ]
 
 
+def _seed_word_attrs() -> list:
+    # written only by the ``tensorrt`` target, in place of seed: TensorRT's ONNX parser
+    # narrows an INT attribute to int32, so the seed travels as its two 32-bit words
+    return [
+        _Attr("seed_lo", _A.INT, "Low 32 bits of seed, as a signed int32 (tensorrt target).", required=False),
+        _Attr("seed_hi", _A.INT, "High 32 bits of seed, as a signed int32 (tensorrt target).", required=False),
+    ]
+
+
 def _plugin_attrs() -> list:
     # written only by the ``tensorrt`` target: TensorRT's ONNX parser finds the plugin by
     # op type + the first two attributes and takes the ahead-of-time implementation when
@@ -177,9 +186,9 @@ def _schema(name: str, attrs: list) -> defs.OpSchema:
 def schemas() -> list[defs.OpSchema]:
     return [
         _schema(SOFT_POOL, _window_attrs() + _soft_attrs()),
-        _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs()),
+        _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs() + _seed_word_attrs()),
         _schema(REDUCE_SOFT_POOL, _reduce_attrs() + _soft_attrs()),
-        _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs()),
+        _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs() + _seed_word_attrs()),
     ]
 
 

@@ -8,8 +8,9 @@
   fast form (``portable.py``: AveragePool ratios, a guarded shared shift) get it, the
   others the decomposition inlined.
 * ``tensorrt``: the custom nodes shaped for TensorRT's ONNX parser: op type = plugin
-  name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, and no local functions
-  (the parser would prefer a local function over the plugin).
+  name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, the int64 ``seed`` as
+  int32 ``seed_lo``/``seed_hi``, and no local functions (the parser would prefer a local
+  function over the plugin).
 
 Every target writes the node attributes explicitly (AveragePool's defaults filled in) and
 an IR version that onnxruntime >= 1.17 reads.
@@ -149,9 +150,10 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
     normalize_nodes(model)
     has_custom = bool(custom_nodes(model))
     if target == "tensorrt":
-        # one shaping for TensorRT, shared with build-engine: every attribute written in
-        # the plugin's field order (tensorrt.plugin passes them by position), plugin
-        # namespace/version, aot=1, and no local functions (the parser prefers them)
+        # one shaping for TensorRT, shared with build-engine: every attribute written
+        # (the parser skips absent fields), seed as int32 seed_lo/seed_hi (the parser
+        # narrows INT attributes), plugin namespace/version, aot=1, and no local
+        # functions (the parser prefers them)
         from ..tensorrt.onnx_prep import prepare_onnx
 
         model.CopyFrom(prepare_onnx(model))

@@ -219,6 +219,22 @@ def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
     return args, out_shape
 
 
+def launch_total(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
+    """Threads the launch rule asks for (kernel_abi.h): the output elements, times the
+    lanes per output of a soft or expectation reduction over the innermost axis."""
+    _, out_shape = kernel_args(op, shape, attrs, ops)
+    outputs = numel(out_shape)
+    if op not in REDUCE_OPS:
+        return outputs
+    axes = reduce_axes(op, len(shape), attrs.get("axes", ()))
+    sample = op == "ReduceStochasticPool" and attrs.get("mode", "expectation") == "sample"
+    window = numel([shape[a] for a in axes])
+    if ops.symbolic:
+        lanes = abi.reduce_lanes(window, len(shape) - 1 in axes, sample, minimum=ops.min)
+        return lanes * outputs if isinstance(outputs, int) else outputs * lanes  # ShapeExpr on the left
+    return outputs * abi.reduce_lanes(window, len(shape) - 1 in axes, sample)
+
+
 def numel(shape: Sequence):
     """Element count of ints and/or ShapeExprs (symbolic factors first: ShapeExpr has no
     reflected operators, so ``2 * expr`` would fail where ``expr * 2`` works)."""
