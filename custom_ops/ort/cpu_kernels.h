@@ -529,5 +529,45 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
   store(y, e, v);
 }
 
+// Whole-tensor forwards, shared by the ONNX Runtime kernels and the torch ops' C ABI
+// (custom_ops/torch), so both give the same bits. pfor(n, cost_per_item, f) runs
+// f(begin, end) over [0, n) on the caller's threads. The output is not empty.
+template <class T, class PFor>
+void window_forward(Op kind, const T* x, T* y, int64_t N, int64_t C, const RowArgs& args, PFor&& pfor) {
+  const Window3& w = args.w;
+  const int64_t rows = N * C * w.out[0] * w.out[1];
+  const int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
+  const int64_t rows_per_plane = w.out[0] * w.out[1];
+  const int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
+  pfor(rows, cost, [&](int64_t b, int64_t e) {
+    Scratch sc;
+    for (int64_t r = b; r < e; ++r) run_row(kind, x + r / rows_per_plane * plane_in, y + r * w.out[2], r, args, sc);
+  });
+}
+
+template <class T, class PFor>
+void reduce_forward(Op kind, const T* x, T* y, const Reduce6& g, float beta, uint32_t lo, uint32_t hi, PFor&& pfor) {
+  if (g.window == 0) {
+    for (int64_t e = 0; e < g.outputs; ++e) store(y, e, 0.0f);
+    return;
+  }
+  const int64_t inner = g.dim[5];
+  if (kind != Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
+    pfor(g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
+      Scratch sc;
+      for (int64_t r = b; r < e; ++r) run_reduce_inner(kind, x, y, r, g, beta, sc);
+    });
+  } else if (kind != Op::kSample && (g.mask & (1 << 5)) && inner >= 16) {
+    pfor(g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+      Scratch sc;
+      for (int64_t i = b; i < e; ++i) run_reduce_segments(kind, x, y, i, g, beta, sc);
+    });
+  } else {
+    pfor(g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) run_reduce(kind, x, y, i, g, beta, lo, hi);
+    });
+  }
+}
+
 }  // namespace cpu
 }  // namespace poolexport

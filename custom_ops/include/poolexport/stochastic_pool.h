@@ -9,35 +9,64 @@
 
 namespace poolexport {
 
+// One window's expectation state: s1 = sum(r), y = sum(r^2) / s1 (0 when s1 is 0).
+struct StochasticStats {
+  float s1, y;
+};
+
 template <class Visit>
-PX_HD float stochastic_expectation_value(Visit&& visit) {
+PX_HD StochasticStats stochastic_expectation_stats(Visit&& visit) {
   float s1 = 0.0f, s2 = 0.0f;
   visit([&](float a) {
     float r = a > 0.0f ? a : 0.0f;
     s1 += r;
     s2 += r * r;
   });
-  return s1 > 0.0f ? s2 / s1 : 0.0f;
+  return StochasticStats{s1, s1 > 0.0f ? s2 / s1 : 0.0f};
 }
 
 template <class Visit>
-PX_HD float stochastic_sample_value(Visit&& visit, uint64_t e, uint32_t seed_lo, uint32_t seed_hi) {
+PX_HD float stochastic_expectation_value(Visit&& visit) {
+  return stochastic_expectation_stats(visit).y;
+}
+
+// g * dy/da for one window element a, given the window's s1 = sum(r) and output y:
+// [a > 0] * (2 a - y) / s1; 0 for a window whose r sums to 0.
+PX_HD float stochastic_expectation_grad(float a, float s1, float y, float g) {
+  return a > 0.0f && s1 > 0.0f ? g * (2.0f * a - y) / s1 : 0.0f;
+}
+
+// The sampled pick: its value, and (when index is given) its position in window order,
+// -1 when the window's r sums to 0 (then the value is 0 and no element gets a gradient).
+template <class Visit>
+PX_HD float stochastic_sample_pick(Visit&& visit, uint64_t e, uint32_t seed_lo, uint32_t seed_hi, int64_t* index) {
+  if (index) *index = -1;
   float total = 0.0f;
   visit([&](float a) { total = add_rn(total, a > 0.0f ? a : 0.0f); });
   if (!(total > 0.0f)) return 0.0f;
   float t = mul_rn(philox_uniform(e, seed_lo, seed_hi), total);
   float cum = 0.0f, picked = 0.0f, last_positive = 0.0f;
-  bool found = false;
+  int64_t i = 0, picked_at = -1, last_at = -1;
   visit([&](float a) {
     float r = a > 0.0f ? a : 0.0f;
     cum = add_rn(cum, r);
-    if (!found && cum > t) {
-      found = true;
+    if (picked_at < 0 && cum > t) {
+      picked_at = i;
       picked = a;
     }
-    if (r > 0.0f) last_positive = a;
+    if (r > 0.0f) {
+      last_positive = a;
+      last_at = i;
+    }
+    ++i;
   });
-  return found ? picked : last_positive;
+  if (index) *index = picked_at >= 0 ? picked_at : last_at;
+  return picked_at >= 0 ? picked : last_positive;
+}
+
+template <class Visit>
+PX_HD float stochastic_sample_value(Visit&& visit, uint64_t e, uint32_t seed_lo, uint32_t seed_hi) {
+  return stochastic_sample_pick(visit, e, seed_lo, seed_hi, nullptr);
 }
 
 }  // namespace poolexport
