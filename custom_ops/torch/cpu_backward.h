@@ -12,7 +12,7 @@
 // serves every window: e_j = exp(beta a_j - M) is computed once per input element (not
 // once per window element), s_w and y_w are window sums of e and e * a, and
 //   dx_j = e_j * sum_w (g_w / s_w) * (1 + beta * (a_j - y_w)).
-// With a larger range (or NaN) e_j could underflow, and the plane takes the per-window
+// With a larger range e_j could underflow, and the plane takes the per-window
 // path of the shared math (soft_pool_stats / soft_pool_grad: an exp per window element).
 //
 // Reduce forms: every input element lies in exactly one window, so each output's window
@@ -36,55 +36,52 @@ struct BackwardScratch {
   std::vector<int64_t> rows;      // the window's valid rows (plane row indices)
 };
 
-// One output row of the shift path: window sums of e and e*x (soft) or r and r^2
-// (expectation), then the gradient terms scattered into G. S = stride (0: any).
-template <int S>
-static inline void window_sums(const float* __restrict a, const float* __restrict b, int64_t n, int64_t s,
-                               float* __restrict sa, float* __restrict sb, bool soft) {
-  const int64_t st = S ? S : s;
+// Output-row passes of the shift path over phase-split rows (see plane_backward): every
+// window tap reads a contiguous run, so these loops vectorize.
+PX_DISPATCH static void window_sums(const float* __restrict e, const float* __restrict x, int64_t n,
+                                    float* __restrict sa, float* __restrict sb, bool soft) {
   if (soft) {
     for (int64_t o = 0; o < n; ++o) {
-      float e = a[o * st];
-      sa[o] += e;
-      sb[o] += e * b[o * st];
+      sa[o] += e[o];
+      sb[o] += e[o] * x[o];
     }
   } else {
     for (int64_t o = 0; o < n; ++o) {
-      float v = b[o * st];
-      float r = v > 0.0f ? v : 0.0f;
+      float r = x[o] > 0.0f ? x[o] : 0.0f;
       sa[o] += r;
       sb[o] += r * r;
     }
   }
 }
 
-template <int S>
-static inline void scatter_terms(const float* __restrict x, float* __restrict g, int64_t n, int64_t s,
-                                 const float* __restrict c, const float* __restrict y, float beta, bool soft) {
-  const int64_t st = S ? S : s;
+PX_DISPATCH static void scatter_terms(const float* __restrict x, float* __restrict g, int64_t n,
+                                      const float* __restrict c, const float* __restrict y, float beta, bool soft) {
   if (soft) {
-    for (int64_t o = 0; o < n; ++o) g[o * st] += c[o] * (1.0f + beta * (x[o * st] - y[o]));
+    for (int64_t o = 0; o < n; ++o) g[o] += c[o] * (1.0f + beta * (x[o] - y[o]));
   } else {
     for (int64_t o = 0; o < n; ++o) {
-      float v = x[o * st];
-      float r = v > 0.0f ? v : 0.0f;
-      g[o * st] += c[o] * (2.0f * r - y[o]);
+      float r = x[o] > 0.0f ? x[o] : 0.0f;
+      g[o] += c[o] * (2.0f * r - y[o]);
     }
   }
 }
 
-PX_DISPATCH static void window_sums_d(const float* a, const float* b, int64_t n, int64_t s, float* sa, float* sb,
-                                      bool soft) {
-  if (s == 1) window_sums<1>(a, b, n, s, sa, sb, soft);
-  else if (s == 2) window_sums<2>(a, b, n, s, sa, sb, soft);
-  else window_sums<0>(a, b, n, s, sa, sb, soft);
-}
-
-PX_DISPATCH static void scatter_terms_d(const float* x, float* g, int64_t n, int64_t s, const float* c, const float* y,
-                                        float beta, bool soft) {
-  if (s == 1) scatter_terms<1>(x, g, n, s, c, y, beta, soft);
-  else if (s == 2) scatter_terms<2>(x, g, n, s, c, y, beta, soft);
-  else scatter_terms<0>(x, g, n, s, c, y, beta, soft);
+// Running max and min of beta * x in 8 lanes (vectorizes without reassociation flags).
+// NaN is skipped here; it still reaches the gradient through exp.
+PX_DISPATCH static void range_lanes(const float* __restrict x, int64_t n, float beta, float* __restrict hi,
+                                    float* __restrict lo) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      const float z = beta * x[i + l];
+      hi[l] = z > hi[l] ? z : hi[l];
+      lo[l] = z < lo[l] ? z : lo[l];
+    }
+  for (; i < n; ++i) {
+    const float z = beta * x[i];
+    hi[0] = z > hi[0] ? z : hi[0];
+    lo[0] = z < lo[0] ? z : lo[0];
+  }
 }
 
 PX_DISPATCH static void exp_shift(const float* __restrict x, float* __restrict e, int64_t n, float beta, float m) {
@@ -123,31 +120,46 @@ void plane_backward_windows(Op kind, const T* x, const T* gy, float* G, const Ro
       }
 }
 
-// dX of one (n, c) plane; x, gy, gx point at the plane.
+// dX of one (n, c) plane; x, gy, gx point at the plane. The shift path keeps each input
+// row padded (column c = input column c - pw) and split into stride phases: phase p holds
+// columns p, p + s, p + 2s, ..., so window tap kw of consecutive outputs is the contiguous
+// run starting at index kw*dil / s of phase kw*dil % s (the ORT AVX2 kernels' layout).
 template <class T>
 void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args, int64_t plane, BackwardScratch& sc) {
   const Window3& w = args.w;
   const float beta = args.beta;
   const int64_t in_w = w.in[2], pw = w.pad[2], nrows = w.in[0] * w.in[1], plane_in = nrows * in_w;
   const int64_t ow_n = w.out[2], s = w.s[2];
-  // padded row: column c is input column c - pw; wide enough for every window tap
   const int64_t wp = std::max(pw + in_w, (ow_n - 1) * s + (w.k[2] - 1) * w.dil[2] + 1);
+  const int64_t len = (wp + s - 1) / s, rs = s * len;  // per phase, per row
   const bool soft = kind == Op::kSoft;
-  sc.x.assign(nrows * wp, 0.0f);
+  sc.x.resize(nrows * rs);
   float zmax = -__builtin_huge_valf(), zmin = __builtin_huge_valf();
-  for (int64_t r = 0; r < nrows; ++r) {
-    float* X = sc.x.data() + r * wp + pw;
-    for (int64_t j = 0; j < in_w; ++j) X[j] = load(x, r * in_w + j);
-    if (soft)
-      for (int64_t j = 0; j < in_w; ++j) {
-        const float z = beta * X[j];
-        zmax = z > zmax ? z : zmax;
-        zmin = z < zmin ? z : zmin;
-      }
+  float hi[8], lo[8];
+  for (int l = 0; l < 8; ++l) {
+    hi[l] = zmax;
+    lo[l] = zmin;
   }
-  sc.g.assign(nrows * wp, 0.0f);
+  for (int64_t r = 0; r < nrows; ++r) {
+    for (int64_t p = 0; p < s; ++p) {
+      float* X = sc.x.data() + r * rs + p * len;
+      // t range whose input column s*t + p - pw lies in [0, in_w)
+      const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
+      const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
+      const T* src = x + r * in_w + p - pw;
+      for (int64_t t = 0; t < t0; ++t) X[t] = 0.0f;
+      for (int64_t t = t0; t < t1; ++t) X[t] = load(src, s * t);
+      for (int64_t t = t1; t < len; ++t) X[t] = 0.0f;
+      if (soft) range_lanes(X + t0, t1 - t0, beta, hi, lo);
+    }
+  }
+  for (int l = 0; l < 8; ++l) {
+    zmax = hi[l] > zmax ? hi[l] : zmax;
+    zmin = lo[l] < zmin ? lo[l] : zmin;
+  }
+  sc.g.assign(std::max(nrows * rs, plane_in), 0.0f);
   float* G = sc.g.data();
-  if (kind == Op::kSample || (soft && !(zmax - zmin <= kSoftShiftRange))) {  // NaN lands here too
+  if (kind == Op::kSample || (soft && !(zmax - zmin <= kSoftShiftRange))) {
     plane_backward_windows(kind, x, gy, G, args, plane);
     for (int64_t i = 0; i < plane_in; ++i) store(gx, i, G[i]);
     return;
@@ -155,19 +167,22 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
   const float* X = sc.x.data();
   const float* E = X;  // expectation: unused
   if (soft) {
-    sc.e.resize(nrows * wp);
-    exp_shift(X, sc.e.data(), nrows * wp, beta, zmax);
-    // padding columns must weigh nothing
-    for (int64_t r = 0; r < nrows; ++r) {
-      float* Er = sc.e.data() + r * wp;
-      for (int64_t j = 0; j < pw; ++j) Er[j] = 0.0f;
-      for (int64_t j = pw + in_w; j < wp; ++j) Er[j] = 0.0f;
-    }
+    sc.e.resize(nrows * rs);
+    exp_shift(X, sc.e.data(), nrows * rs, beta, zmax);
+    for (int64_t r = 0; r < nrows; ++r)  // padding columns weigh nothing
+      for (int64_t p = 0; p < s; ++p) {
+        float* Er = sc.e.data() + r * rs + p * len;
+        const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
+        const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
+        for (int64_t t = 0; t < t0; ++t) Er[t] = 0.0f;
+        for (int64_t t = t1; t < len; ++t) Er[t] = 0.0f;
+      }
     E = sc.e.data();
   }
   sc.s.resize(2 * ow_n);
   sc.t.resize(2 * ow_n);
   float *sa = sc.s.data(), *sb = sa + ow_n, *c = sc.t.data(), *y = c + ow_n;
+  auto tap = [&](int64_t r, int64_t kw) { const int64_t q = kw * w.dil[2]; return r * rs + (q % s) * len + q / s; };
   int64_t orow = 0;
   for (int64_t od = 0; od < w.out[0]; ++od)
     for (int64_t oh = 0; oh < w.out[1]; ++oh, ++orow) {
@@ -175,10 +190,7 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       for_each_window_row(w, od, oh, [&](int64_t off) { sc.rows.push_back(off / in_w); });
       std::fill(sa, sa + 2 * ow_n, 0.0f);
       for (int64_t r : sc.rows)
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-          const int64_t at = r * wp + kw * w.dil[2];
-          window_sums_d(E + at, X + at, ow_n, s, sa, sb, soft);
-        }
+        for (int64_t kw = 0; kw < w.k[2]; ++kw) window_sums(E + tap(r, kw), X + tap(r, kw), ow_n, sa, sb, soft);
       for (int64_t o = 0; o < ow_n; ++o) {
         const float g = load(gy, orow * ow_n + o);
         // soft: sa = sum e, sb = sum e*a; expectation: sa = sum r, sb = sum r^2
@@ -187,21 +199,19 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
         c[o] = any ? g / sa[o] : 0.0f;
       }
       for (int64_t r : sc.rows)
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-          const int64_t at = r * wp + kw * w.dil[2];
-          scatter_terms_d(X + at, G + at, ow_n, s, c, y, beta, soft);
-        }
+        for (int64_t kw = 0; kw < w.k[2]; ++kw) scatter_terms(X + tap(r, kw), G + tap(r, kw), ow_n, c, y, beta, soft);
     }
-  for (int64_t r = 0; r < nrows; ++r) {
-    const float* Gr = G + r * wp + pw;
-    const float* Xr = X + r * wp + pw;
-    if (soft) {
-      const float* Er = E + r * wp + pw;
-      for (int64_t j = 0; j < in_w; ++j) store(gx, r * in_w + j, Er[j] * Gr[j]);
-    } else {
-      for (int64_t j = 0; j < in_w; ++j) store(gx, r * in_w + j, Xr[j] > 0.0f ? Gr[j] : 0.0f);
+  for (int64_t r = 0; r < nrows; ++r)
+    for (int64_t p = 0; p < s; ++p) {
+      const int64_t at = r * rs + p * len;
+      const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
+      const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
+      T* dst = gx + r * in_w + p - pw;
+      if (soft)
+        for (int64_t t = t0; t < t1; ++t) store(dst, s * t, E[at + t] * G[at + t]);
+      else
+        for (int64_t t = t0; t < t1; ++t) store(dst, s * t, (float)(X[at + t] > 0.0f) * G[at + t]);
     }
-  }
 }
 
 template <class T, class PFor>
