@@ -7,8 +7,11 @@ wheel is tied to no torch build (a torch C++ extension would be) and the torch o
 ONNX Runtime kernel give the same bits. ctypes costs a few microseconds per call; see
 the README's benchmark section.
 
-The pure-torch implementation in ``soft_pool.py`` / ``stochastic_pool.py`` stays the
-reference, and the fallback for float64, bfloat16 and devices without a kernel. Select
+On CUDA tensors (library built with nvcc) the ops launch the ONNX Runtime CUDA build's
+forward kernels (launch.h) and the backward kernels of custom_ops/cuda/backward.cu on
+torch's current stream. The pure-torch implementation in ``soft_pool.py`` /
+``stochastic_pool.py`` stays the reference, and the fallback for float64, bfloat16 and
+devices without a kernel. Select
 it everywhere with ``POOLEXPORT_TORCH_KERNELS=reference`` or, in code (tests),
 ``with reference_kernels(): ...``.
 """
@@ -64,6 +67,16 @@ def _library() -> Optional[ctypes.CDLL]:
     lib.poolexport_torch_window.argtypes = common + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]
     lib.poolexport_torch_reduce.argtypes = common + [ctypes.c_int32, ctypes.c_float, ctypes.c_int64, ctypes.c_int]
     lib.poolexport_torch_window.restype = lib.poolexport_torch_reduce.restype = ctypes.c_int
+    try:  # built with CUDA: the forward launchers of launch.h and the backward ones of backward.h
+        i32p, vp = ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p
+        for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
+            getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, i32p, vp]
+        lib.poolexport_cuda_launch_window_backward.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, i32p, vp]
+        lib.poolexport_cuda_launch_reduce_backward.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, vp, i32p, vp]
+        lib.poolexport_cuda_error_string.restype = ctypes.c_char_p
+        lib.cuda = True
+    except AttributeError:
+        lib.cuda = False
     return lib
 
 
@@ -72,8 +85,20 @@ def available() -> bool:
     return _library() is not None
 
 
+def cuda_available() -> bool:
+    """Whether the installed library was built with the CUDA kernels."""
+    return available() and _library().cuda
+
+
+_INT32_MAX = 2**31 - 1
+
+
 def use_native(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _DTYPES and not _reference_selected() and available()
+    if x.dtype not in _DTYPES or _reference_selected() or not available():
+        return False
+    if x.device.type == "cuda":  # the CUDA kernels take int32 sizes
+        return _library().cuda and x.numel() <= _INT32_MAX
+    return x.device.type == "cpu"
 
 
 def _int64s(values: Sequence[int]):
@@ -113,9 +138,12 @@ def window(op: str, code: int, x: torch.Tensor, spec: WindowSpec, beta: float = 
         grad = grad.contiguous().to(x.dtype)
         result = torch.empty_like(x)
         gptr = grad.data_ptr()
-    rc = _library().poolexport_torch_window(code, _DTYPES[x.dtype], x.data_ptr(), gptr, result.data_ptr(), geom,
-                                            float(beta), int(seed), torch.get_num_threads())
-    _check(rc, op)
+    if x.is_cuda:
+        _cuda_window(op, code, x, gptr, result, geom, beta, seed)
+    else:
+        rc = _library().poolexport_torch_window(code, _DTYPES[x.dtype], x.data_ptr(), gptr, result.data_ptr(), geom,
+                                                float(beta), int(seed), torch.get_num_threads())
+        _check(rc, op)
     return result
 
 
@@ -155,7 +183,57 @@ def reduce(op: str, code: int, x: torch.Tensor, reduced: tuple[int, ...], out_sh
         grad = grad.contiguous().to(x.dtype)
         result = torch.empty_like(x)
         gptr = grad.data_ptr()
-    rc = _library().poolexport_torch_reduce(code, _DTYPES[x.dtype], x.data_ptr(), gptr, result.data_ptr(), dims, mask,
-                                            float(beta), int(seed), torch.get_num_threads())
-    _check(rc, op)
+    if x.is_cuda:
+        _cuda_reduce(op, code, x, gptr, result, dims, mask, beta, seed)
+    else:
+        rc = _library().poolexport_torch_reduce(code, _DTYPES[x.dtype], x.data_ptr(), gptr, result.data_ptr(), dims,
+                                                mask, float(beta), int(seed), torch.get_num_threads())
+        _check(rc, op)
     return result
+
+
+# ------------------------------------------------------------------ CUDA (launch.h, backward.h)
+def _scalars(code: int, beta: float, seed: int) -> list[int]:
+    """beta_bits (SoftPool) or the sample flag, then the seed's low and high 32 bits (int32)."""
+    first = int(torch.tensor([beta], dtype=torch.float32).view(torch.int32)) if code == SOFT else int(code == SAMPLE)
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+
+    def i32(v):
+        return v - (1 << 32) if v >= 1 << 31 else v
+
+    return [first, i32(s & 0xFFFFFFFF), i32(s >> 32)]
+
+
+def _cuda_check(rc: int, op: str) -> None:
+    if rc:
+        raise RuntimeError(f"{op}: CUDA launch failed: {_library().poolexport_cuda_error_string(rc).decode()}")
+
+
+def _cuda_window(op, code, x, gptr, result, geom, beta, seed) -> None:
+    lib = _library()
+    p = (ctypes.c_int32 * 23)(*list(geom), *_scalars(code, beta, seed))
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        if gptr is None:
+            rc = lib.poolexport_cuda_launch_window(int(code != SOFT), _DTYPES[x.dtype], x.data_ptr(), result.data_ptr(),
+                                                   p, stream)
+        else:
+            outputs = p[0] * p[1] * p[5] * p[6] * p[7]
+            ws = torch.empty(3 * max(outputs, 1), dtype=torch.float32, device=x.device)
+            rc = lib.poolexport_cuda_launch_window_backward(code, _DTYPES[x.dtype], x.data_ptr(), gptr,
+                                                            result.data_ptr(), ws.data_ptr(), p, stream)
+    _cuda_check(rc, op)
+
+
+def _cuda_reduce(op, code, x, gptr, result, dims, mask, beta, seed) -> None:
+    lib = _library()
+    p = (ctypes.c_int32 * 11)(x.dim(), *list(dims), mask, *_scalars(code, beta, seed))
+    with torch.cuda.device(x.device):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        if gptr is None:
+            rc = lib.poolexport_cuda_launch_reduce(int(code != SOFT), _DTYPES[x.dtype], x.data_ptr(), result.data_ptr(),
+                                                   p, stream)
+        else:
+            rc = lib.poolexport_cuda_launch_reduce_backward(code, _DTYPES[x.dtype], x.data_ptr(), gptr,
+                                                            result.data_ptr(), p, stream)
+    _cuda_check(rc, op)

@@ -86,7 +86,7 @@ def soft_pool(
     return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
 
 
-@soft_pool.register_kernel("cpu")
+@soft_pool.register_kernel(("cpu", "cuda"))
 def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
     if not _native.use_native(X):
         return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
@@ -125,7 +125,7 @@ def soft_pool_backward(
     return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
 
 
-@soft_pool_backward.register_kernel("cpu")
+@soft_pool_backward.register_kernel(("cpu", "cuda"))
 def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
     if not _native.use_native(X):
         return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
@@ -172,7 +172,7 @@ def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool,
     return reduce_soft_pool_reference(X, axes, keepdims, beta)
 
 
-@reduce_soft_pool.register_kernel("cpu")
+@reduce_soft_pool.register_kernel(("cpu", "cuda"))
 def _(X, axes, keepdims, beta):
     _check_input(REDUCE_OP, X)
     if _native.use_native(X):
@@ -195,7 +195,7 @@ def reduce_soft_pool_backward(
     return reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta)
 
 
-@reduce_soft_pool_backward.register_kernel("cpu")
+@reduce_soft_pool_backward.register_kernel(("cpu", "cuda"))
 def _(grad, X, axes, keepdims, beta):
     if _native.use_native(X):
         reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)

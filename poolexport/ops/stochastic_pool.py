@@ -129,7 +129,7 @@ def stochastic_pool(
     return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
 
 
-@stochastic_pool.register_kernel("cpu")
+@stochastic_pool.register_kernel(("cpu", "cuda"))
 def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
     if not _native.use_native(X):
         return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
@@ -173,7 +173,7 @@ def stochastic_pool_backward(
                                               mode, seed)
 
 
-@stochastic_pool_backward.register_kernel("cpu")
+@stochastic_pool_backward.register_kernel(("cpu", "cuda"))
 def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
     if not _native.use_native(X):
         return stochastic_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode,
@@ -212,7 +212,7 @@ def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims:
     return reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed)
 
 
-@reduce_stochastic_pool.register_kernel("cpu")
+@reduce_stochastic_pool.register_kernel(("cpu", "cuda"))
 def _(X, axes, keepdims, mode, seed):
     _check_input(REDUCE_OP, X)
     _check_mode(REDUCE_OP, mode)
@@ -236,7 +236,7 @@ def reduce_stochastic_pool_backward(
     return reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed)
 
 
-@reduce_stochastic_pool_backward.register_kernel("cpu")
+@reduce_stochastic_pool_backward.register_kernel(("cpu", "cuda"))
 def _(grad, X, axes, keepdims, mode, seed):
     if _native.use_native(X):
         reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
