@@ -33,44 +33,103 @@ constexpr float kSoftShiftRange = 60.0f;
 struct BackwardScratch {
   std::vector<float> x, e, g;     // padded plane rows: input, exp, gradient accumulator
   std::vector<float> s, t;        // per output column: window sums, then c_w and y_w
-  std::vector<int64_t> rows;      // the window's valid rows (plane row indices)
+  std::vector<int64_t> rows;      // the window's taps (offsets in the phase-split plane)
 };
 
-// Output-row passes of the shift path over phase-split rows (see plane_backward): every
-// window tap reads a contiguous run, so these loops vectorize.
-PX_DISPATCH static void window_sums(const float* __restrict e, const float* __restrict x, int64_t n,
-                                    float* __restrict sa, float* __restrict sb, bool soft) {
-  if (soft) {
-    for (int64_t o = 0; o < n; ++o) {
-      sa[o] += e[o];
-      sb[o] += e[o] * x[o];
-    }
-  } else {
-    for (int64_t o = 0; o < n; ++o) {
-      float r = x[o] > 0.0f ? x[o] : 0.0f;
-      sa[o] += r;
-      sb[o] += r * r;
+// Output-row passes of the shift path over phase-split rows (see plane_backward): at[i] is
+// window tap i's offset, and every tap reads a contiguous run, so the inner loops
+// vectorize. One dispatched call per output row (not per tap): short rows.
+PX_DISPATCH static void window_sums(const float* __restrict e, const float* __restrict x, const int64_t* at,
+                                    int64_t taps, int64_t n, float* __restrict sa, float* __restrict sb, bool soft) {
+  for (int64_t i = 0; i < taps; ++i) {
+    const float* __restrict ei = e + at[i];
+    const float* __restrict xi = x + at[i];
+    if (soft) {
+      for (int64_t o = 0; o < n; ++o) {
+        sa[o] += ei[o];
+        sb[o] += ei[o] * xi[o];
+      }
+    } else {
+      for (int64_t o = 0; o < n; ++o) {
+        float r = xi[o] > 0.0f ? xi[o] : 0.0f;
+        sa[o] += r;
+        sb[o] += r * r;
+      }
     }
   }
 }
 
-PX_DISPATCH static void scatter_terms(const float* __restrict x, float* __restrict g, int64_t n,
-                                      const float* __restrict c, const float* __restrict y, float beta, bool soft) {
-  if (soft) {
-    for (int64_t o = 0; o < n; ++o) g[o] += c[o] * (1.0f + beta * (x[o] - y[o]));
-  } else {
-    for (int64_t o = 0; o < n; ++o) {
-      float r = x[o] > 0.0f ? x[o] : 0.0f;
-      g[o] += c[o] * (2.0f * r - y[o]);
+PX_DISPATCH static void scatter_terms(const float* __restrict x, float* __restrict g, const int64_t* at, int64_t taps,
+                                      int64_t n, const float* __restrict c, const float* __restrict y, float beta,
+                                      bool soft) {
+  for (int64_t i = 0; i < taps; ++i) {
+    const float* __restrict xi = x + at[i];
+    float* __restrict gi = g + at[i];
+    if (soft) {
+      for (int64_t o = 0; o < n; ++o) gi[o] += c[o] * (1.0f + beta * (xi[o] - y[o]));
+    } else {
+      for (int64_t o = 0; o < n; ++o) {
+        float r = xi[o] > 0.0f ? xi[o] : 0.0f;
+        gi[o] += c[o] * (2.0f * r - y[o]);
+      }
     }
   }
 }
+
+// Strided row copies between an input row and one stride phase (float rows; s = 2
+// spelled out so the compiler vectorizes it with shuffles).
+PX_DISPATCH static void gather_phase(const float* __restrict src, int64_t s, int64_t n, float* __restrict dst) {
+  if (s == 1) for (int64_t t = 0; t < n; ++t) dst[t] = src[t];
+  else if (s == 2) for (int64_t t = 0; t < n; ++t) dst[t] = src[2 * t];
+  else for (int64_t t = 0; t < n; ++t) dst[t] = src[s * t];
+}
+PX_DISPATCH static void scatter_phase(const float* __restrict a, const float* __restrict b, int64_t s, int64_t n,
+                                      bool soft, float* __restrict dst) {
+  // soft: dst = a * b (e * G); expectation: dst = [a > 0] * b (x, G)
+  if (soft) {
+    if (s == 2) for (int64_t t = 0; t < n; ++t) dst[2 * t] = a[t] * b[t];
+    else for (int64_t t = 0; t < n; ++t) dst[s * t] = a[t] * b[t];
+  } else {
+    if (s == 2) for (int64_t t = 0; t < n; ++t) dst[2 * t] = (float)(a[t] > 0.0f) * b[t];
+    else for (int64_t t = 0; t < n; ++t) dst[s * t] = (float)(a[t] > 0.0f) * b[t];
+  }
+}
+
+PX_DISPATCH static void exp_shift(const float* __restrict x, float* __restrict e, int64_t n, float beta, float m) {
+  for (int64_t j = 0; j < n; ++j) e[j] = fast_exp(beta * x[j] - m);
+}
+
+#ifdef PX_HAVE_AVX2_PATH
+PX_AVX2 static void range_avx2(const float* x, int64_t n, float beta, float* hi, float* lo) {
+  const __m256 vb = _mm256_set1_ps(beta);
+  __m256 h = _mm256_loadu_ps(hi), l = _mm256_loadu_ps(lo);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 z = _mm256_mul_ps(vb, _mm256_loadu_ps(x + i));
+    h = _mm256_max_ps(z, h);
+    l = _mm256_min_ps(z, l);
+  }
+  _mm256_storeu_ps(hi, h);
+  _mm256_storeu_ps(lo, l);
+  for (; i < n; ++i) {
+    const float z = beta * x[i];
+    hi[0] = z > hi[0] ? z : hi[0];
+    lo[0] = z < lo[0] ? z : lo[0];
+  }
+}
+#endif
 
 // Running max and min of beta * x in 8 lanes (vectorizes without reassociation flags).
 // NaN is skipped here; it still reaches the gradient through exp.
 PX_DISPATCH static void range_lanes(const float* __restrict x, int64_t n, float beta, float* __restrict hi,
                                     float* __restrict lo) {
   int64_t i = 0;
+#ifdef PX_HAVE_AVX2_PATH
+  if (cpu_has_avx2_fma()) {  // max_ps(a, b) is a > b ? a : b lane-wise, as below
+    range_avx2(x, n, beta, hi, lo);
+    return;
+  }
+#endif
   for (; i + 8 <= n; i += 8)
     for (int l = 0; l < 8; ++l) {
       const float z = beta * x[i + l];
@@ -84,9 +143,6 @@ PX_DISPATCH static void range_lanes(const float* __restrict x, int64_t n, float 
   }
 }
 
-PX_DISPATCH static void exp_shift(const float* __restrict x, float* __restrict e, int64_t n, float beta, float m) {
-  for (int64_t j = 0; j < n; ++j) e[j] = fast_exp(beta * x[j] - m);
-}
 
 // Per-window path (sampled picks, and SoftPool planes whose range is too large for one
 // shift): the shared per-window math, gradient summed into G (unpadded plane offsets).
@@ -148,7 +204,10 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
       const T* src = x + r * in_w + p - pw;
       for (int64_t t = 0; t < t0; ++t) X[t] = 0.0f;
-      for (int64_t t = t0; t < t1; ++t) X[t] = load(src, s * t);
+      if (std::is_same<T, float>::value)
+        gather_phase(reinterpret_cast<const float*>(src) + s * t0, s, t1 - t0, X + t0);
+      else
+        for (int64_t t = t0; t < t1; ++t) X[t] = load(src, s * t);
       for (int64_t t = t1; t < len; ++t) X[t] = 0.0f;
       if (soft) range_lanes(X + t0, t1 - t0, beta, hi, lo);
     }
@@ -182,15 +241,19 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
   sc.s.resize(2 * ow_n);
   sc.t.resize(2 * ow_n);
   float *sa = sc.s.data(), *sb = sa + ow_n, *c = sc.t.data(), *y = c + ow_n;
-  auto tap = [&](int64_t r, int64_t kw) { const int64_t q = kw * w.dil[2]; return r * rs + (q % s) * len + q / s; };
   int64_t orow = 0;
   for (int64_t od = 0; od < w.out[0]; ++od)
     for (int64_t oh = 0; oh < w.out[1]; ++oh, ++orow) {
-      sc.rows.clear();
-      for_each_window_row(w, od, oh, [&](int64_t off) { sc.rows.push_back(off / in_w); });
+      sc.rows.clear();  // the window's taps: offsets of their runs
+      for_each_window_row(w, od, oh, [&](int64_t off) {
+        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
+          const int64_t q = kw * w.dil[2];
+          sc.rows.push_back(off / in_w * rs + (q % s) * len + q / s);
+        }
+      });
+      const int64_t taps = (int64_t)sc.rows.size();
       std::fill(sa, sa + 2 * ow_n, 0.0f);
-      for (int64_t r : sc.rows)
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) window_sums(E + tap(r, kw), X + tap(r, kw), ow_n, sa, sb, soft);
+      window_sums(E, X, sc.rows.data(), taps, ow_n, sa, sb, soft);
       for (int64_t o = 0; o < ow_n; ++o) {
         const float g = load(gy, orow * ow_n + o);
         // soft: sa = sum e, sb = sum e*a; expectation: sa = sum r, sb = sum r^2
@@ -198,8 +261,7 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
         y[o] = any ? sb[o] / sa[o] : 0.0f;
         c[o] = any ? g / sa[o] : 0.0f;
       }
-      for (int64_t r : sc.rows)
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) scatter_terms(X + tap(r, kw), G + tap(r, kw), ow_n, c, y, beta, soft);
+      scatter_terms(X, G, sc.rows.data(), taps, ow_n, c, y, beta, soft);
     }
   for (int64_t r = 0; r < nrows; ++r)
     for (int64_t p = 0; p < s; ++p) {
@@ -207,7 +269,9 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
       const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
       T* dst = gx + r * in_w + p - pw;
-      if (soft)
+      if (std::is_same<T, float>::value)
+        scatter_phase((soft ? E : X) + at + t0, G + at + t0, s, t1 - t0, soft, reinterpret_cast<float*>(dst) + s * t0);
+      else if (soft)
         for (int64_t t = t0; t < t1; ++t) store(dst, s * t, E[at + t] * G[at + t]);
       else
         for (int64_t t = t0; t < t1; ++t) store(dst, s * t, (float)(X[at + t] > 0.0f) * G[at + t]);
