@@ -59,6 +59,11 @@ void parallel_for(OrtKernelContext* ctx, int64_t n, int64_t cost_per_item, F&& f
   }
 }
 
+// parallel_for on ORT's pool as the pfor of the shared whole-tensor CPU forwards
+inline auto ort_pfor(OrtKernelContext* ctx) {
+  return [ctx](int64_t n, int64_t cost, auto&& f) { parallel_for(ctx, n, cost, std::forward<decltype(f)>(f)); };
+}
+
 inline int64_t numel(const std::vector<int64_t>& s) {
   int64_t n = 1;
   for (auto v : s) n *= v;
@@ -142,7 +147,6 @@ struct WindowedOp {
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
       const float beta = pa.beta;
-      const bool sample = pa.sample;
       const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
@@ -159,7 +163,7 @@ struct WindowedOp {
         }
         p[0] = (int32_t)shape[0];
         p[1] = (int32_t)shape[1];
-        p[20] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[20] = Stochastic ? (int32_t)pa.sample : float_to_bits(beta);
         p[21] = (int32_t)lo;
         p[22] = (int32_t)hi;
         void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
@@ -171,18 +175,7 @@ struct WindowedOp {
 #endif
       }
       cpu::RowArgs args{w, beta, lo, hi};
-      const cpu::Op kind = pa.kind();
-      int64_t rows = shape[0] * shape[1] * w.out[0] * w.out[1];
-      int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
-      int64_t rows_per_plane = w.out[0] * w.out[1];
-      int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
-      parallel_for(ctx, rows, cost, [&](int64_t b, int64_t e) {
-        cpu::Scratch sc;
-        for (int64_t r = b; r < e; ++r) {
-          int64_t plane = r / rows_per_plane;
-          cpu::run_row(kind, x + plane * plane_in, y + r * w.out[2], r, args, sc);
-        }
-      });
+      cpu::window_forward(pa.kind(), x, y, shape[0], shape[1], args, ort_pfor(ctx));
       return Ort::Status{nullptr};
     } catch (const std::exception& e) {
       return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);
@@ -221,7 +214,6 @@ struct ReduceOp {
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
       const float beta = pa.beta;
-      const bool sample = pa.sample;
       const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
@@ -231,7 +223,7 @@ struct ReduceOp {
         p[0] = (int32_t)shape.size();
         for (int i = 0; i < 6; ++i) p[1 + i] = (int32_t)g.dim[i];
         p[7] = g.mask;
-        p[8] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[8] = Stochastic ? (int32_t)pa.sample : float_to_bits(beta);
         p[9] = (int32_t)lo;
         p[10] = (int32_t)hi;
         void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
@@ -242,29 +234,7 @@ struct ReduceOp {
         return invalid(op + ": built without CUDA");
 #endif
       }
-      const cpu::Op kind = pa.kind();
-      if (g.window == 0) {
-        for (int64_t e = 0; e < g.outputs; ++e) cpu::store(y, e, 0.0f);
-        return Ort::Status{nullptr};
-      }
-      const int64_t inner = g.dim[5];
-      if (kind != cpu::Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
-        parallel_for(ctx, g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
-          cpu::Scratch sc;
-          for (int64_t r = b; r < e; ++r) cpu::run_reduce_inner(kind, x, y, r, g, beta, sc);
-        });
-        return Ort::Status{nullptr};
-      }
-      if (kind != cpu::Op::kSample && (g.mask & (1 << 5)) && inner >= 16) {
-        parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
-          cpu::Scratch sc;
-          for (int64_t i = b; i < e; ++i) cpu::run_reduce_segments(kind, x, y, i, g, beta, sc);
-        });
-        return Ort::Status{nullptr};
-      }
-      parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) cpu::run_reduce(kind, x, y, i, g, beta, lo, hi);
-      });
+      cpu::reduce_forward(pa.kind(), x, y, g, beta, lo, hi, ort_pfor(ctx));
       return Ort::Status{nullptr};
     } catch (const std::exception& e) {
       return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);
