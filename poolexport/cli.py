@@ -111,8 +111,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    "(with --arch) or pickled module (with --trust-pickle)")
     p.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: MODEL with .onnx suffix)")
     p.add_argument("--target", choices=("ort", "portable", "tensorrt"), default="ort",
-                   help="ort: custom nodes + local-function fallbacks (default); portable: standard ops only; "
-                        "tensorrt: plugin nodes for TensorRT's ONNX parser")
+                   help="which file for which runtime. ort (default): custom nodes + local-function fallbacks, for "
+                        "ONNX Runtime with poolexport's library (plain ONNX Runtime runs the fallbacks); portable: "
+                        "standard ops only, for OpenVINO, plain ONNX Runtime and any other ONNX runtime; tensorrt: "
+                        "plugin nodes for TensorRT's ONNX parser")
     p.add_argument("--input-shape", metavar="NxCxHxW", help="example input shape, e.g. 1x3x224x224 (default: the "
                    "shape stored with the model, or the --arch model's default)")
     p.add_argument("--dynamic", default=None, metavar="AXES",
@@ -348,7 +350,8 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _table(report) -> list:
-    """The parity table (fits 80 columns) and, below it, one line per note (skip reasons)."""
+    """The parity table (fits 80 columns) and, below it, one line per note (skip reasons, and what
+    a runtime reports beyond pass/fail, such as OpenVINO's error at its default precision)."""
     from rich.table import Table
 
     table = Table(title=f"parity vs PyTorch float64\n{report.dtype}: rtol {report.tolerance.rtol:g}, "
@@ -360,9 +363,10 @@ def _table(report) -> list:
     notes = []
     for r in report.summary():
         status = f"[{style[r.status]}]{r.status}[/]"
-        if r.reason:
-            notes.append(f"[{len(notes) + 1}] {r.runtime}: {r.reason}")
-            status += f" [{len(notes)}]"
+        for text in (r.reason, r.note):
+            if text:
+                notes.append(f"[{len(notes) + 1}] {r.runtime}: {text}")
+                status += f" [{len(notes)}]"
         table.add_row(r.runtime, _fmt(r.max_abs), _fmt(r.max_rel), status,
                       "-" if r.seconds is None else f"{r.seconds * 1000:.1f} ms")
     from rich.markup import escape

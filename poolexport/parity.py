@@ -9,8 +9,9 @@ included, is measured against one precise answer. A runtime passes when
 i.e. a normwise relative error of rtol with a small absolute floor for outputs near zero.
 Runtimes: ``torch``, ``onnxruntime`` (with poolexport's custom-op library),
 ``onnxruntime-fallback`` (plain session: the local functions run), ``reference``
-(``onnx.reference.ReferenceEvaluator``), ``onnxruntime-cuda`` and ``tensorrt``; an absent
-one is skipped with the reason.
+(``onnx.reference.ReferenceEvaluator``), ``openvino`` (CPU plugin, f32 pinned; the file's
+local functions inlined first), ``onnxruntime-cuda`` and ``tensorrt``; an absent one is
+skipped with the reason.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
 
 
@@ -39,7 +41,7 @@ TOLERANCES = {
     "float16": Tolerance(rtol=1e-3, atol=1e-4),
 }
 
-RUNTIMES = ("torch", "onnxruntime", "onnxruntime-fallback", "reference", "onnxruntime-cuda", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-fallback", "reference", "openvino", "onnxruntime-cuda", "tensorrt")
 
 # the runtime each export target is made for: a target is verified only when it ran and passed
 TARGET_RUNTIME = {"ort": "onnxruntime", "portable": "onnxruntime-fallback", "tensorrt": "tensorrt"}
@@ -59,6 +61,7 @@ class RuntimeResult:
     max_rel: Optional[float] = None
     seconds: Optional[float] = None
     reason: str = ""
+    note: str = ""  # what the user should know beyond pass/fail (openvino: its default precision's error)
 
 
 @dataclass
@@ -171,6 +174,63 @@ def _tensorrt_runner(model: onnx.ModelProto, input_shapes) -> Callable[[np.ndarr
     return lambda x: runner.run(None, {name: x})[0]
 
 
+class _OpenVINORunner:
+    """The model on OpenVINO's CPU plugin at f32, and the same model at OpenVINO's default
+    precision for the note: on CPUs with bf16 (AVX-512 BF16, AMX) the default computes in
+    bf16, about 1e-3 relative, which misses the fp32 tolerance ~100x."""
+
+    def __init__(self, model: onnx.ModelProto):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise Skip(f"the openvino package is not installed ({exc}; pip install 'poolexport[openvino]')") from None
+        if _has_custom_nodes(model):
+            # OpenVINO's ONNX frontend ignores model-local functions of a custom domain ("No
+            # conversion rule found for operations: poolexport.SoftPool"): inline them, which
+            # is what the portable target does at export
+            _needs_functions(model, "openvino")
+            model = onnx.inliner.inline_local_functions(model)
+            kept = [i for i in model.opset_import if i.domain != "poolexport"]
+            del model.opset_import[:]
+            model.opset_import.extend(kept)
+        ml = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain == "ai.onnx.ml"})
+        if ml:
+            raise Skip(f"OpenVINO's ONNX frontend does not convert ai.onnx.ml {', '.join(ml)} (in the decomposition "
+                       "of StochasticPool mode='sample'; export in eval mode for expectation)")
+        core = ov.Core()
+        ov_model = core.read_model(model.SerializeToString())
+        self.pinned = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.default = core.compile_model(ov_model, "CPU")
+        self.default_precision = self.default.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32", "bf16"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.pinned(x)[0]
+
+    def note(self, inputs, refs, tol: Tolerance) -> str:
+        """The error at OpenVINO's default precision over ``inputs``, against the tolerance."""
+        worst_rel = worst_ratio = 0.0
+        for x, ref in zip(inputs, refs):
+            if isinstance(ref, Exception):
+                continue
+            abs_err, rel_err = errors(self.default(x)[0], ref)
+            bound = tol.atol + tol.rtol * float(np.max(np.abs(ref), initial=0.0))
+            worst_rel = max(worst_rel, rel_err)
+            worst_ratio = max(worst_ratio, abs_err / bound)
+        text = f"OpenVINO's default precision on this CPU is {self.default_precision}: max rel err {worst_rel:.2e}"
+        if worst_ratio <= 1:
+            return text + ", within the tolerance"
+        return text + f", {worst_ratio:.1f}x the tolerance; pin INFERENCE_PRECISION_HINT=f32 for these numbers"
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """The graph's nodes and those of its subgraphs (If and Loop bodies)."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(g)
+
+
 def _runner(runtime: str, model: onnx.ModelProto, torch_model, input_shapes=()) -> Callable[[np.ndarray], np.ndarray]:
     """A function input -> output for ``runtime``, or Skip with the reason."""
     input_name = model.graph.input[0].name
@@ -192,6 +252,8 @@ def _runner(runtime: str, model: onnx.ModelProto, torch_model, input_shapes=()) 
 
         evaluator = ReferenceEvaluator(model)
         return lambda x: evaluator.run(None, {input_name: x})[0]
+    if runtime == "openvino":
+        return _OpenVINORunner(model)
     if runtime == "onnxruntime-cuda":
         import onnxruntime as ort
 
@@ -310,6 +372,14 @@ def check_parity(
             ok = abs_err <= tol.atol + tol.rtol * float(np.max(np.abs(ref), initial=0.0))
             report.results.append(RuntimeResult(runtime, "pass" if ok else "fail", tuple(x.shape), abs_err, rel_err,
                                                 seconds))
+        if hasattr(run, "note"):
+            try:
+                note = run.note(inputs, refs, tol)
+            except Exception as exc:
+                note = f"not measured: {_one_line(exc)}"
+            for r in report.results:
+                if r.runtime == runtime:
+                    r.note = note
     return report
 
 
