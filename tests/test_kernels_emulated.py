@@ -3,8 +3,9 @@
 custom_ops/cuda/kernels.cu is compiled as C++ against a small shim of the CUDA headers
 (POOLEXPORT_HOST_EMULATION). The shim's launch runs every thread of the grid the
 launcher asked for (blockDim.x = 256 and grid = min(cdiv(total, 256), 65535), the rule of
-custom_ops/include/poolexport/kernel_abi.h), one thread after another in a fixed order
-that is neither block- nor thread-major; a test knob caps the grid below the work so
+custom_ops/include/poolexport/kernel_abi.h): blocks in a scrambled order, each block's
+threads as fibers resumed in a scrambled order, phase by phase between __syncthreads
+barriers (the cooperative reduce kernels use them); a test knob caps the grid below the work so
 that every thread runs its grid-stride loop several times. Outputs start as NaN, so an
 element no thread writes shows. Results are compared with the float64 loops of
 tests/_reference.py (output sizes and begin pads included), sampled picks bit for bit:
@@ -28,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIM_RUNTIME = r"""
 #pragma once
 #include <stdint.h>
+#include <ucontext.h>
+#include <functional>
+#include <vector>
 #define __CUDACC__ 1
 #define __host__
 #define __device__
@@ -48,11 +52,29 @@ PX_EXPORT void px_emu_set_grid_cap(unsigned cap) { px_grid_cap = cap; }
 PX_EXPORT void px_emu_last_launch(unsigned* out) { for (int i = 0; i < 3; ++i) out[i] = px_last[i]; }
 
 static inline uint64_t px_gcd(uint64_t a, uint64_t b) { while (b) { uint64_t t = a % b; a = b; b = t; } return a; }
+// a permutation of 0..n-1: slot i -> (i * step + n / 3) mod n, step coprime with n and
+// near 0.62 n, so neighbours in time are far apart
+struct PxOrder {
+  uint64_t n, step;
+  explicit PxOrder(uint64_t n_) : n(n_), step(n_ * 5 / 8 + 1) { while (px_gcd(step, n) != 1) ++step; }
+  uint64_t operator[](uint64_t i) const { return (i * step + n / 3) % n; }
+};
 
-// Runs each (block, thread) of the grid to completion, one after another: schedule slot i
-// runs flat thread (i * step + n / 3) mod n, step coprime with n = blocks * threads and
-// near 0.62 n, so neighbours in time are far apart in the grid. The kernels have no
-// barriers or shared memory, so this is one of the orders a GPU may run them in.
+// Each thread of a block is a fiber (ucontext) on this one OS thread: __syncthreads()
+// switches back to the scheduler, which resumes the block's threads in the scrambled
+// order until every one has reached the barrier or finished, then starts the next
+// phase. So the cooperative reduce kernels (shared memory, barriers) run as on a GPU, and
+// kernels without barriers run each thread to completion. Blocks run one after another,
+// in a scrambled order (a static array serves as the block's __shared__ memory).
+struct PxFiber { ucontext_t ctx; std::vector<char> stack; bool done; };
+static ucontext_t px_scheduler;
+static PxFiber* px_running = nullptr;
+static std::function<void()> px_body;
+static void px_trampoline() { px_body(); px_running->done = true; }
+static inline void px_barrier() { swapcontext(&px_running->ctx, &px_scheduler); }
+#define __syncthreads() px_barrier()
+#define __shared__ static
+
 template <class... P>
 struct PxLaunch {
   void (*kernel)(P...);
@@ -62,14 +84,32 @@ struct PxLaunch {
     px_last[0] = g; px_last[1] = block.x; ++px_last[2];
     gridDim = dim3(g);
     blockDim = dim3(block.x);
-    const uint64_t n = (uint64_t)g * block.x;
-    uint64_t step = n * 5 / 8 + 1;
-    while (px_gcd(step, n) != 1) ++step;
-    for (uint64_t i = 0; i < n; ++i) {
-      uint64_t t = (i * step + n / 3) % n;
-      blockIdx = dim3((unsigned)(t / block.x));
-      threadIdx = dim3((unsigned)(t % block.x));
-      kernel(args...);
+    px_body = [=] { kernel(args...); };
+    std::vector<PxFiber> fibers(block.x);
+    for (auto& f : fibers) f.stack.resize(1 << 16);
+    PxOrder blocks(g), threads(block.x);
+    for (uint64_t bi = 0; bi < g; ++bi) {
+      unsigned b = (unsigned)blocks[bi];
+      for (auto& f : fibers) {
+        f.done = false;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack.data();
+        f.ctx.uc_stack.ss_size = f.stack.size();
+        f.ctx.uc_link = &px_scheduler;
+        makecontext(&f.ctx, px_trampoline, 0);
+      }
+      for (bool live = true; live;) {  // one phase: every live thread up to its next barrier
+        live = false;
+        for (uint64_t ti = 0; ti < block.x; ++ti) {
+          unsigned t = (unsigned)threads[ti];
+          if (fibers[t].done) continue;
+          blockIdx = dim3(b);
+          threadIdx = dim3(t);
+          px_running = &fibers[t];
+          swapcontext(&px_scheduler, &fibers[t].ctx);
+          live = live || !fibers[t].done;
+        }
+      }
     }
   }
 };

@@ -124,7 +124,7 @@ def _infer_windowed(ctx) -> None:
     """ONNX AveragePool's output-size rule (poolexport._window), axis by axis: a symbolic
     spatial size stays symbolic where the window keeps the size (stride 1, SAME or a span
     covered by the pads) and becomes unknown elsewhere; N and C pass through."""
-    from .._window import axis_output, make_window_spec
+    from .._window import INT_OPS, axis_output, make_window_spec
 
     elem, dims = _input_dims(ctx)
     if elem is None:
@@ -141,7 +141,7 @@ def _infer_windowed(ctx) -> None:
     out = dims[:2]
     for i, n in enumerate(dims[2:]):
         args = (spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i], spec.dilations[i],
-                spec.ceil_mode, spec.auto_pad)
+                spec.ceil_mode, spec.auto_pad, INT_OPS)
         if isinstance(n, int):
             span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
             padded = n + (spec.pads[i] + spec.pads[k + i] if spec.auto_pad == "NOTSET" else 0)
