@@ -7,10 +7,13 @@ and (kernel 3, stride 2, pad 1), and a 3-D case, prints for SoftPool and Stochas
   * speed-up over the same file without the library, i.e. its local-function
     decomposition running in ONNX Runtime                               (target >= 4)
   * speed-up over the PyTorch formula avgpool(x*exp(x)) / avgpool(exp(x)) (target >= 3)
+--portable: the ``portable`` target's SoftPool/StochasticPool (plain ONNX Runtime, standard
+ops only) against the naive standard-op formula Exp, Mul, 2 AveragePool, Div (unstable
+above x ~ 88) and against the generic one-hot-Conv decomposition it replaces.
 --cuda: the CUDA kernels (through the library's C launchers on torch tensors): time and
 achieved bandwidth (input read + output written) against a device-to-device copy.
 
-    python benchmarks/bench_ort.py [--repeat 10] [--threads N] [--case SUBSTRING] [--cuda]
+    python benchmarks/bench_ort.py [--repeat 10] [--threads N] [--case SUBSTRING] [--portable | --cuda]
 """
 from __future__ import annotations
 
@@ -137,6 +140,60 @@ def bench_cpu(repeat, threads=None, case=None):
             print(f"| {name} | {op} | {t_lib * 1e3:.1f} | {t['avg'] * 1e3:.1f} | {t_lib / t['avg']:.2f} | {dec} | {tor} |", flush=True)
 
 
+def naive_soft_pool(a):
+    """The SoftPool paper's formula in standard ops: AvgPool(x*e^x) / AvgPool(e^x)."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    pool = {**a, "count_include_pad": 0}
+    nodes = [helper.make_node("Exp", ["X"], ["e"]), helper.make_node("Mul", ["X", "e"], ["xe"]),
+             helper.make_node("AveragePool", ["xe"], ["num"], **pool),
+             helper.make_node("AveragePool", ["e"], ["den"], **pool), helper.make_node("Div", ["num", "den"], ["Y"])]
+    return helper.make_model(helper.make_graph(nodes, "naive", [x], [y]), opset_imports=[helper.make_opsetid("", 18)],
+                             ir_version=10)
+
+
+def bench_portable(repeat, threads=None, case=None):
+    import onnxruntime as ort
+
+    from poolexport.onnx.targets import apply_target, attach_functions, normalize_nodes
+
+    threads = threads or os.cpu_count()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])  # noqa
+    print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {threads} threads, "
+          f"onnxruntime {ort.__version__}; plain ONNX Runtime (no library); best of {repeat} interleaved runs, ms")
+    print("| case | op | portable | `ort` file, plain ORT | ORT AveragePool | naive formula | portable / naive (<= 1.5) "
+          "| generic decomposition | speed-up |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, shape, a in CASES:
+        if case and case not in name:
+            continue
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feed = {"X": x}
+        avg = session(one_node("AveragePool", {**a, "count_include_pad": 0}, domain=""))
+        naive = session(naive_soft_pool(a))
+        fns = {"avg": lambda: avg.run(None, feed), "naive": lambda: naive.run(None, feed)}
+        for op, extra in (("SoftPool", {}), ("StochasticPool", {"mode": "expectation"})):
+            model = one_node(op, {**a, **extra})
+            copy = lambda: onnx.ModelProto.FromString(model.SerializeToString())  # noqa: E731
+            fast = session(apply_target(copy(), "portable"))
+            ort_file = session(apply_target(copy(), "ort"))  # its local functions, inlined by ONNX Runtime
+            bare = copy()
+            normalize_nodes(bare)
+            generic = session(attach_functions(bare, fast=False))  # the one-hot Conv body alone
+            fns[op] = lambda s=fast: s.run(None, feed)
+            fns[op + " ort"] = lambda s=ort_file: s.run(None, feed)
+            fns[op + " generic"] = lambda s=generic: s.run(None, feed)
+        t = interleaved(fns, repeat)
+        for op in ("SoftPool", "StochasticPool"):
+            ratio = f"{t[op] / t['naive']:.2f}" if op == "SoftPool" else "-"
+            print(f"| {name} | {op} | {t[op] * 1e3:.1f} | {t[op + ' ort'] * 1e3:.1f} | {t['avg'] * 1e3:.1f} | "
+                  f"{t['naive'] * 1e3:.1f} | {ratio} | {t[op + ' generic'] * 1e3:.1f} | "
+                  f"{t[op + ' generic'] / t[op]:.1f}x |", flush=True)
+
+
 def bench_cuda(repeat):
     import ctypes
 
@@ -192,8 +249,14 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every column (default: all cores)")
     ap.add_argument("--case", default=None, help="only the CPU cases whose name contains this (e.g. '3-D')")
     ap.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels (needs a GPU)")
+    ap.add_argument("--portable", action="store_true", help="benchmark the portable target's standard-op forms")
     args = ap.parse_args()
-    bench_cuda(args.repeat) if args.cuda else bench_cpu(args.repeat, args.threads, args.case)
+    if args.cuda:
+        bench_cuda(args.repeat)
+    elif args.portable:
+        bench_portable(args.repeat, args.threads, args.case)
+    else:
+        bench_cpu(args.repeat, args.threads, args.case)
 
 
 if __name__ == "__main__":

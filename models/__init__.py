@@ -13,10 +13,13 @@ from torch import nn
 from .conv_attention import ConvAttentionNet, NewCBAM, cbam_stochastic_l2, newcbam
 from .effnet_attention import EffNetAttention, MBConv, eca, se_effnet
 from .resnet_softpool import ResNetSoftPool, SoftPoolBasicBlock, resnet_softpool
+from .seed_cbam import ChannelCBAMSeed, NewCBAMSeed, SeedConvNet, cbam_seed, newcbam_seed
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "newcbam": (newcbam, (1, 3, 32, 32)),
     "cbam_stochastic_l2": (cbam_stochastic_l2, (1, 3, 32, 32)),
+    "newcbam_seed": (newcbam_seed, (1, 3, 32, 32)),
+    "cbam_seed": (cbam_seed, (1, 3, 32, 32)),
     "resnet_softpool": (resnet_softpool, (1, 3, 32, 32)),
     "se_effnet": (se_effnet, (1, 3, 32, 32)),
     "eca": (eca, (1, 3, 32, 32)),
@@ -42,4 +45,5 @@ def default_input_shape(arch: str) -> tuple[int, ...]:
 
 
 __all__ = ["list_models", "create_model", "default_input_shape", "ConvAttentionNet", "NewCBAM",
-           "ResNetSoftPool", "SoftPoolBasicBlock", "EffNetAttention", "MBConv"]
+           "ResNetSoftPool", "SoftPoolBasicBlock", "EffNetAttention", "MBConv", "NewCBAMSeed", "ChannelCBAMSeed",
+           "SeedConvNet"]

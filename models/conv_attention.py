@@ -16,6 +16,12 @@ nothing downsamples).
   ending in a 10-way softmax (``softmax=True`` returns probabilities, as the users' model
   does; set it False to get logits for nn.CrossEntropyLoss).
 
+``l2="l2"`` (default) is the norm sqrt(sum(x^2)); ``l2="rms"`` is sqrt(mean(x^2)), what
+every seed calls L2 pooling (the two differ by sqrt(window size): 32 on a 32x32 map).
+These are the CBAM-layout variants (a shared MLP per descriptor, a 7x7 conv over maps
+pooled across channels); "newcbam_seed" and "cbam_seed" (``seed_cbam.py``) are the seed's
+blocks as written.
+
 Stochastic pooling assumes non-negative activations, which the ReLU before each block
 guarantees; in eval it is the deterministic probabilistic weighting.
 """
@@ -37,11 +43,22 @@ def scaled(channels: Sequence[int], width: float) -> list[int]:
     return [max(1, int(round(c * width))) for c in channels]
 
 
+L2_FORMS = ("l2", "rms")
+
+
+def _l2_form(l2: str, owner: str) -> str:
+    if l2 not in L2_FORMS:
+        raise ValueError(f"{owner}: l2 must be one of {L2_FORMS} (the norm sqrt(sum(x^2)) or the seeds' RMS "
+                         f"sqrt(mean(x^2))), got {l2!r}")
+    return l2
+
+
 class NewCBAM(nn.Module):
-    def __init__(self, channels: int, reduction: float = 16, kernel_size: int = 7):
+    def __init__(self, channels: int, reduction: float = 16, kernel_size: int = 7, l2: str = "l2"):
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction, pools=("l2", "avg", "max"), owner="NewCBAM")
-        self.spatial = SpatialAttention(pools=("stochastic", "l2"), kernel_size=kernel_size, owner="NewCBAM")
+        l2 = _l2_form(l2, "NewCBAM")
+        self.channel = ChannelAttention(channels, reduction, pools=(l2, "avg", "max"), owner="NewCBAM")
+        self.spatial = SpatialAttention(pools=("stochastic", l2), kernel_size=kernel_size, owner="NewCBAM")
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +83,16 @@ class ConvAttentionNet(nn.Module):
 
 
 def newcbam(num_classes: int = 10, in_chans: int = 3, width: float = 1 / 16, reduction: float = 16,
-            kernel_size: int = 7) -> ConvAttentionNet:
-    return ConvAttentionNet(lambda c: NewCBAM(c, reduction, kernel_size), num_classes, in_chans, width)
+            kernel_size: int = 7, l2: str = "l2") -> ConvAttentionNet:
+    l2 = _l2_form(l2, "newcbam")
+    return ConvAttentionNet(lambda c: NewCBAM(c, reduction, kernel_size, l2), num_classes, in_chans, width)
 
 
 def cbam_stochastic_l2(num_classes: int = 10, in_chans: int = 3, width: float = 1 / 16, reduction: float = 16,
-                       kernel_size: int = 7, softmax: bool = True) -> ConvAttentionNet:
+                       kernel_size: int = 7, softmax: bool = True, l2: str = "l2") -> ConvAttentionNet:
+    l2 = _l2_form(l2, "cbam_stochastic_l2")
+
     def block(c: int) -> nn.Module:
-        return CBAM(c, reduction, channel_pools=("stochastic", "l2"), kernel_size=kernel_size)
+        return CBAM(c, reduction, channel_pools=("stochastic", l2), kernel_size=kernel_size)
 
     return ConvAttentionNet(block, num_classes, in_chans, width, softmax=softmax)

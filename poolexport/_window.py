@@ -17,8 +17,11 @@ implements them:
 """
 from __future__ import annotations
 
+import builtins
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -47,8 +50,8 @@ class WindowSpec:
 
 
 def _tuple(value, k: int, name: str, op: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * k
+    if isinstance(value, numbers.Integral):
+        return (int(value),) * k
     value = tuple(int(v) for v in value)
     if len(value) == 1:
         return value * k
@@ -74,9 +77,10 @@ def make_window_spec(
     if k not in (1, 2, 3):
         raise ValueError(f"{op}: only 1-D, 2-D and 3-D pooling is supported, got {k}-D")
     kernel = _tuple(kernel_shape, k, "kernel_size", op)
-    stride = kernel if strides is None or (not isinstance(strides, int) and len(strides) == 0) else _tuple(strides, k, "stride", op)
-    if isinstance(pads, int):
-        pad = (pads,) * (2 * k)
+    no_stride = strides is None or (not isinstance(strides, numbers.Integral) and len(strides) == 0)
+    stride = kernel if no_stride else _tuple(strides, k, "stride", op)
+    if isinstance(pads, numbers.Integral):
+        pad = (int(pads),) * (2 * k)
     else:
         pads = tuple(int(p) for p in pads)
         if len(pads) == 2 * k:
@@ -98,26 +102,120 @@ def make_window_spec(
     return WindowSpec(kernel, stride, pad, dil, bool(ceil_mode), auto_pad)
 
 
-def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int, ceil_mode: bool, auto_pad: str):
-    """Output size and effective begin pad of one spatial axis.
+# Integer arithmetic behind ``axis_output``: plain ints (``INT_OPS``), torch SymInts from
+# torch.export and traced sizes from torch.jit.trace (``TORCH_OPS``), and TensorRT's
+# ``tensorrt.plugin.ShapeExpr`` (``poolexport.tensorrt.shapes.trt_ops``). ShapeExpr allows only ``+ - * //`` and ``<``
+# with the expression on the LEFT and has no conditional (no sym_ite), so the rule below
+# keeps every size operand on the left and turns the ceil_mode comparison into a 0/1
+# value through ``ops.lt``.
+INT_OPS = SimpleNamespace(
+    cdiv=lambda a, b: -(-a // b),
+    max=builtins.max,
+    min=builtins.min,
+    lt=lambda a, b: int(a < b),
+    symbolic=False,
+)
+
+
+def _traced(a, b) -> bool:
+    # under torch.jit.trace, input sizes are 0-d tensors: keep them traced, not constants
+    return isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+
+
+def _torch_max(a, b):
+    if _traced(a, b):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_max(a, b)
+
+
+def _torch_min(a, b):
+    if _traced(a, b):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return torch.sym_min(a, b)
+
+
+def _torch_lt(a, b):
+    if _traced(a, b):
+        return (torch.as_tensor(a) < torch.as_tensor(b)).long()
+    return torch.sym_ite(a < b, 1, 0)
+
+
+TORCH_OPS = SimpleNamespace(
+    cdiv=lambda a, b: -(-a // b),
+    max=_torch_max,
+    min=_torch_min,
+    lt=_torch_lt,
+    symbolic=True,
+)
+
+
+def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int, ceil_mode: bool,
+                auto_pad: str, ops=TORCH_OPS):
+    """Output size and effective begin pad of one spatial axis: the one coding of the ONNX
+    output-size rule, shared by the torch ops and the TensorRT shape expressions.
 
     Written without Python branches on ``n`` so that it also works on symbolic sizes
-    (torch.export with dynamic spatial dims); validation happens in ``_resolve``.
+    (torch.export with dynamic spatial dims, TensorRT ShapeExprs); validation happens in
+    ``_resolve``.
     """
     span = (kernel - 1) * dilation + 1
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = (n + stride - 1) // stride
-        total = torch.sym_max(0, (out - 1) * stride + span - n)
-        begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-        return out, begin
+        out = (n + (stride - 1)) // stride
+        total = ops.max((out - 1) * stride + span - n, 0)
+        half = total // 2
+        return out, (half if auto_pad == "SAME_UPPER" else total - half)
     if auto_pad == "VALID":
         return (n - span) // stride + 1, 0
-    room = n + pad_begin + pad_end - span
+    room = n + (pad_begin + pad_end - span)
     if not ceil_mode:
         return room // stride + 1, pad_begin
-    out = (room + stride - 1) // stride + 1
-    # a last window starting in the end padding is dropped (PyTorch / ONNX Runtime rule)
-    return torch.sym_ite((out - 1) * stride >= n + pad_begin, out - 1, out), pad_begin
+    out = (room + (stride - 1)) // stride + 1
+    # a last window starting in the end padding, (out-1)*s >= n + pad_begin, is dropped
+    # (PyTorch / ONNX Runtime rule)
+    return out - ops.lt(n + (pad_begin - 1), (out - 1) * stride), pad_begin
+
+
+PADDING_MODES = {"same": "SAME_UPPER", "valid": "VALID"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_ints(op: str, name: str, value, allow_empty: bool = False) -> None:
+    if _is_int(value):
+        return
+    if isinstance(value, (tuple, list, torch.Size)) and (allow_empty or len(value) > 0) \
+            and all(_is_int(v) for v in value):
+        return
+    raise TypeError(f"{op}: {name} must be an int or a sequence of ints, got {value!r}")
+
+
+def parse_padding(op: str, padding):
+    """``(auto_pad, pads)`` of a PyTorch-style ``padding``: ints pass through; the ONNX /
+    Keras spellings 'same' (SAME_UPPER, as Keras and TensorFlow pad) and 'valid' are
+    accepted in any case."""
+    if not isinstance(padding, str):
+        _check_ints(op, "padding", padding)
+        return "NOTSET", padding
+    mode = PADDING_MODES.get(padding.lower())
+    if mode is None:
+        raise ValueError(f"{op}: padding must be an int, a tuple, 'same' or 'valid' (any case), got {padding!r}")
+    return mode, 0
+
+
+def check_window_args(op: str, k: int, kernel_size, stride=None, padding=0, dilation=1,
+                      ceil_mode: bool = False) -> WindowSpec:
+    """Check the type and range of each PyTorch-style window argument (errors name it) and
+    return the WindowSpec. Run by the modules at construction and by the functions."""
+    _check_ints(op, "kernel_size", kernel_size)
+    if stride is not None:
+        _check_ints(op, "stride", stride, allow_empty=True)
+    _check_ints(op, "dilation", dilation)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    auto_pad, pads = parse_padding(op, padding)
+    return make_window_spec(op, k, kernel_size, stride, pads, dilation, ceil_mode, auto_pad)
 
 
 def window_spec_for_input(name: str, x, k: int, kernel_size, stride, padding, dilation, ceil_mode) -> WindowSpec:
@@ -133,13 +231,7 @@ def window_spec_for_input(name: str, x, k: int, kernel_size, stride, padding, di
         raise ValueError(f"{name}: input must be {k + 2}-D (N, C, {k} spatial), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: input must be a floating-point tensor, got {x.dtype}")
-    auto_pad = "NOTSET"
-    if isinstance(padding, str):
-        modes = {"same": "SAME_UPPER", "valid": "VALID"}
-        if padding not in modes:
-            raise ValueError(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
-        auto_pad, padding = modes[padding], 0
-    spec = make_window_spec(name, k, kernel_size, stride, padding, dilation, ceil_mode, auto_pad)
+    spec = check_window_args(name, k, kernel_size, stride, padding, dilation, ceil_mode)
     if not any(isinstance(s, torch.SymInt) for s in x.shape[2:]):
         spec.resolve(x.shape[2:])
     return spec
@@ -159,7 +251,8 @@ def _resolve(spec: WindowSpec, spatial: tuple[int, ...]):
             raise ValueError(
                 f"kernel_size: window span {span} exceeds the padded input size {padded} on spatial axis {i}"
             )
-        o, b = axis_output(n, kk, spec.strides[i], spec.pads[i], spec.pads[k + i], d, spec.ceil_mode, spec.auto_pad)
+        o, b = axis_output(n, kk, spec.strides[i], spec.pads[i], spec.pads[k + i], d, spec.ceil_mode, spec.auto_pad,
+                           INT_OPS)
         out.append(int(o))
         begin.append(int(b))
     return tuple(out), tuple(begin)

@@ -34,6 +34,12 @@ def axis_out(n, k, s, d, b, e, ceil_mode, auto_pad):
     return o, b
 
 
+def ceil_drops(n, k, s, d, b, e):
+    """Whether ceil_mode drops this axis' last window (it would start in the end padding)."""
+    o = -(-(n + b + e - (d * (k - 1) + 1)) // s) + 1
+    return (o - 1) * s >= n + b
+
+
 def windows(shape, kernel, strides, pads, dilations, ceil_mode=False, auto_pad="NOTSET"):
     """Yield (output spatial index, [input spatial index of each valid window position])."""
     k = len(kernel)
@@ -108,6 +114,27 @@ def stochastic_sample_window(vals, seed, element):
         if cum > t:
             return float(vals[i])
     return float(vals[max(i for i, v in enumerate(r) if v > 0)])
+
+
+def tie_windows(seed, count):
+    """(x, picks): x (count, 2) float32 with row e = [u, 1 - u], u the uniform of element e.
+
+    The sums are exact (total = 1, t = u), so cum_0 == t: the first cum > t is row e's
+    second value; a pick by cum >= t would take the first.
+    """
+    u = np.array([uniform(seed, e) for e in range(count)], np.float32)
+    assert np.all((u > 0) & (u != np.float32(0.5))), "pick another seed: a row without a tie"
+    x = np.stack([u, np.float32(1) - u], axis=1)
+    picks = np.array([stochastic_sample_window(list(x[e]), seed, e) for e in range(count)], np.float32)
+    assert np.array_equal(picks, x[:, 1])
+    return x, picks
+
+
+def large_magnitude_input(shape, seed=0):
+    """float64 values with |x| in [5e3, 3e4], both signs: exp(x) overflows float32 (and
+    float16) unless a kernel subtracts the window maximum first."""
+    g = np.random.default_rng(seed)
+    return np.where(g.random(shape) < 0.5, -1.0, 1.0) * g.uniform(5e3, 3e4, shape)
 
 
 # ------------------------------------------------------------------ whole ops

@@ -135,8 +135,17 @@ def test_cbam_matches_hand_computation(channel_pools, spatial_pools):
 @pytest.mark.parametrize("pool", pnn.POOL_NAMES)
 def test_every_pool_name_works_in_every_block(pool):
     x = torch.rand(2, 8, 6, 6)
-    for block in (pnn.SE(8, pool=pool), pnn.ECA(8, pool=pool),
-                  pnn.CBAM(8, channel_pools=(pool, "avg"), spatial_pools=(pool,))):
+    if pool == "catavgmax":  # 2C-wide descriptors: only the spatial branch (2 maps) takes it
+        for make in (lambda: pnn.SE(8, pool=pool), lambda: pnn.ECA(8, pool=pool),
+                     lambda: pnn.CBAM(8, channel_pools=("avg", pool))):
+            with pytest.raises(ValueError, match="catavgmax' gives 2C channels"):
+                make()
+        blocks = (pnn.CBAM(8, spatial_pools=(pool, "max")),)
+        assert blocks[0].spatial.conv.in_channels == 3
+    else:
+        blocks = (pnn.SE(8, pool=pool), pnn.ECA(8, pool=pool),
+                  pnn.CBAM(8, channel_pools=(pool, "avg"), spatial_pools=(pool,)))
+    for block in blocks:
         for mode in (block.train, block.eval):
             mode()
             y = block(x)

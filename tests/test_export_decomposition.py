@@ -64,14 +64,24 @@ WINDOWS = [
     ([2], [2], [0, 0], [1], 0, "VALID", [7]),
     ([2, 2], [2, 2], [0, 0, 0, 0], [1, 1], 0, "NOTSET", [6, 7]),
     ([3, 2], [2, 1], [1, 0, 1, 1], [1, 2], 1, "NOTSET", [9, 8]),
-    ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1, "NOTSET", [5, 6]),  # ceil: a dropped last window
+    ([3, 3], [2, 2], [1, 1, 2, 2], [1, 1], 1, "NOTSET", [5, 7]),  # ceil: a dropped last window (both axes)
     ([3, 2], [2, 3], [0, 0, 0, 0], [2, 1], 0, "SAME_UPPER", [9, 7]),
     ([3, 4], [2, 3], [0, 0, 0, 0], [1, 2], 0, "SAME_LOWER", [8, 9]),
     ([3, 2], [1, 2], [0, 0, 0, 0], [2, 1], 0, "VALID", [8, 5]),
     ([2, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1, "SAME_UPPER", [7, 7]),  # ceil_mode ignored with SAME
     ([2, 2, 2], [2, 1, 2], [0, 1, 0, 1, 0, 1], [1, 1, 1], 1, "NOTSET", [5, 4, 5]),
     ([2, 3, 2], [1, 2, 2], [0, 0, 0, 0, 0, 0], [2, 1, 1], 0, "SAME_LOWER", [5, 6, 5]),
+    ([2], [2], [1, 1], [1], 1, "NOTSET", [5]),  # ceil: 4 windows, the last dropped
+    ([2], [3], [1, 1], [1], 1, "NOTSET", [7]),  # ceil: 4 windows, the last dropped
 ]
+CEIL_DROP = [WINDOWS[7], WINDOWS[-2], WINDOWS[-1]]
+
+
+def test_ceil_drop_cases_drop_a_window():
+    for kernel, strides, pads, dilations, ceil_mode, _, spatial in CEIL_DROP:
+        k = len(kernel)
+        assert ceil_mode and all(ref.ceil_drops(spatial[i], kernel[i], strides[i], dilations[i], pads[i], pads[k + i])
+                                 for i in range(k))
 
 
 def window_attrs(case):
@@ -85,20 +95,34 @@ def window_ref(x, fn, case):
     return ref.pool(x, fn, kernel, strides, pads, dilations, bool(ceil_mode), auto_pad)
 
 
+def shaped(model, target):
+    """apply_target, or ``generic``: the ort target's functions without their run-time
+    fast forms, so that the one-hot Conv body (and its ceil_mode rule) runs for every case."""
+    if target != "generic":
+        return apply_target(model, target)
+    from poolexport.onnx.targets import IR_VERSION, attach_functions, normalize_nodes
+
+    normalize_nodes(model)
+    model = attach_functions(model, fast=False)
+    model.ir_version = IR_VERSION
+    return model
+
+
 @pytest.mark.parametrize("case", WINDOWS, ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}-k{c[0]}s{c[1]}d{c[3]}")
-@pytest.mark.parametrize("target", ["ort", "portable"])
+@pytest.mark.parametrize("target", ["ort", "portable", "generic"])
 def test_soft_pool_windows(case, target):
     beta = 0.7
-    model = apply_target(one_node("SoftPool", {**window_attrs(case), "beta": beta}, len(case[6]) + 2), target)
+    model = shaped(one_node("SoftPool", {**window_attrs(case), "beta": beta}, len(case[6]) + 2), target)
     x = (np.random.default_rng(1).standard_normal((2, 3, *case[6])) * 2).astype(np.float32)
     expected = window_ref(x, soft_fn(beta), case)
     for y in run_all(model, x):
         assert_close(y, expected)
 
 
-@pytest.mark.parametrize("case", WINDOWS[::2], ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}")
-def test_stochastic_pool_windows(case):
-    model = apply_target(one_node("StochasticPool", window_attrs(case), len(case[6]) + 2), "ort")
+@pytest.mark.parametrize("case", WINDOWS[::2] + CEIL_DROP[1:], ids=lambda c: f"{len(c[0])}d-{c[5]}-ceil{c[4]}-k{c[0]}")
+@pytest.mark.parametrize("target", ["ort", "generic"])
+def test_stochastic_pool_windows(case, target):
+    model = shaped(one_node("StochasticPool", window_attrs(case), len(case[6]) + 2), target)
     x = np.random.default_rng(2).standard_normal((2, 2, *case[6])).astype(np.float32)
     expected = window_ref(x, stochastic_fn, case)
     for y in run_all(model, x):
@@ -184,6 +208,22 @@ def test_stochastic_sample_bit_exact(case, seed):
             np.testing.assert_array_equal(y, expected)
 
 
+@pytest.mark.parametrize("seed", [0, 31337])
+def test_stochastic_sample_ties(seed):
+    """Windows [u, 1 - u], u the uniform of their element: cum_0 == t exactly, so the
+    first cum > t is the second value (a >= would pick the first)."""
+    x, picks = ref.tie_windows(seed, 200)
+    attrs = dict(kernel_shape=[2], strides=[2], mode="sample", seed=seed)
+    for target in ("ort", "portable"):
+        model = apply_target(one_node("StochasticPool", attrs, 3), target)
+        for y in run_all(model, x[None]):
+            np.testing.assert_array_equal(y[0, :, 0], picks)
+        model = apply_target(one_node("ReduceStochasticPool", dict(axes=[1], keepdims=0, mode="sample", seed=seed), 2,
+                                      out_rank=1), target)
+        for y in run_all(model, x):
+            np.testing.assert_array_equal(y, picks)
+
+
 def test_sample_and_expectation_in_one_model():
     """Both modes in one model share the sample-capable function; each node gets its own mode."""
     a = helper.make_node("StochasticPool", ["X"], ["A"], domain="poolexport", kernel_shape=[2, 2], mode="sample",
@@ -224,10 +264,20 @@ def test_unknown_mode_is_rejected():
 
 
 def test_inference_models_get_the_lean_function():
-    """Expectation-only models need no ONNX-ML import and no If."""
+    """Expectation-only models need no ONNX-ML import and none of the sampling machinery
+    (their only If chooses the fast AveragePool form or the per-window one)."""
     model = apply_target(one_node("StochasticPool", dict(kernel_shape=[2, 2]), 4), "ort")
     assert "ai.onnx.ml" not in {i.domain for i in model.opset_import}
-    assert not any(n.op_type in ("If", "LabelEncoder") for n in model.functions[0].node)
+
+    def ops(nodes):
+        for n in nodes:
+            yield n.op_type
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from ops(a.g.node)
+
+    used = set(ops(model.functions[0].node))
+    assert not used & {"LabelEncoder", "CumSum", "BitwiseXor"} and "AveragePool" in used
 
 
 def test_unknown_target():

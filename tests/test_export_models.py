@@ -25,6 +25,9 @@ RUNTIMES = ("torch", "onnxruntime", "onnxruntime-fallback", "reference")
 def _export(name: str, fp16: bool, exporter: str):
     torch.manual_seed(0)
     model = models.create_model(name).eval()
+    for mod in model.modules():  # NewCBAM blocks start as the identity (gamma = 0): make them count
+        if isinstance(mod, (models.NewCBAM, models.NewCBAMSeed)):
+            torch.nn.init.constant_(mod.gamma, 0.5)
     shape = (2,) + tuple(models.default_input_shape(name)[1:])
     if exporter == "torchscript":  # the CLI's path for TorchScript archives; fast
         module = torch.jit.trace(model, torch.randn(*shape), check_trace=False)

@@ -108,10 +108,12 @@ def test_tensorrt_target(layer):
     assert attrs["plugin_namespace"] == b"poolexport" and attrs["plugin_version"] == b"1"
     assert attrs["aot"] == 1
     # tensorrt.plugin hands attributes to the plugin by position: all of them, in the
-    # torch op's argument order (the one op signature every backend shares)
+    # torch op's argument order (the one op signature every backend shares), the int64
+    # seed as two int32 words (TensorRT's parser narrows INT attributes to int32)
     torch_op = {"SoftPool": "soft_pool", "StochasticPool": "stochastic_pool", "ReduceSoftPool": "reduce_soft_pool",
                 "ReduceStochasticPool": "reduce_stochastic_pool"}[node.op_type]
     arguments = [a.name for a in getattr(torch.ops.poolexport, torch_op).default._schema.arguments[1:]]
+    arguments = [w for a in arguments for w in (("seed_lo", "seed_hi") if a == "seed" else (a,))]
     fields = [a.name for a in node.attribute if a.name not in ("plugin_namespace", "plugin_version", "aot")]
     assert fields == arguments
 

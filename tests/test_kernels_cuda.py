@@ -16,7 +16,7 @@ import poolexport
 import poolexport.ops  # noqa: F401
 from poolexport._window import make_window_spec, reduce_layout
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 DT = {torch.float32: 0, torch.float16: 1}
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float16: dict(rtol=2e-3, atol=2e-3)}
@@ -127,27 +127,3 @@ def test_cuda_large_inputs_finite(lib):
     a = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     y = launch_window(lib, 0, x, a, _i32(torch.tensor([1.0]).view(torch.int32).item()))
     assert torch.isfinite(y).all()
-
-
-def test_ort_cuda_provider_runs_the_cuda_kernels(lib):
-    ort = pytest.importorskip("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime without the CUDA execution provider (onnxruntime-gpu missing)")
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    from poolexport import ort as pxort
-
-    for op, attrs in (("SoftPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
-                      ("StochasticPool", dict(kernel_shape=[2, 2], strides=[2, 2], mode="sample", seed=3)),
-                      ("ReduceSoftPool", dict(axes=[1], keepdims=1))):
-        node = helper.make_node(op, ["X"], ["Y"], domain="poolexport", **attrs)
-        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)], ir_version=10)
-        x = np.random.default_rng(0).standard_normal((2, 3, 9, 10)).astype(np.float32)
-        gpu = pxort.session(m.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        assert gpu.get_providers()[0] == "CUDAExecutionProvider"
-        y_gpu = gpu.run(None, {"X": x})[0]
-        y_cpu = pxort.session(m.SerializeToString()).run(None, {"X": x})[0]
-        np.testing.assert_allclose(y_gpu, y_cpu, rtol=2e-5, atol=2e-6)

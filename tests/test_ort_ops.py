@@ -19,6 +19,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+import _reference as ref
 import poolexport
 import poolexport.ops  # noqa: F401  (registers torch.ops.poolexport)
 from poolexport import ort as pxort
@@ -135,6 +136,11 @@ WINDOW_CASES = {
     "k2s2_wide": ((1, 2, 6, 45), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 1, 0, 0])),
     "k3s2p1_wide": ((1, 2, 7, 67), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
     "3d_k2s2_wide": ((1, 2, 4, 4, 40), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2])),
+    # ceil_mode windows that would start in the end padding are dropped (h 7 -> 4, w 35 -> 18;
+    # d 5 -> 3; h 9 -> 5, w 7 -> 3): the 2-D split path, the fused 3-D k2 s2 kernel, stride 3
+    "ceil_drop": ((1, 2, 7, 35), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)),
+    "ceil_drop_3d": ((1, 1, 5, 5, 35), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2], pads=[1] * 6, ceil_mode=1)),
+    "ceil_drop_s3": ((2, 2, 9, 7), dict(kernel_shape=[3, 2], strides=[2, 3], pads=[1, 1, 2, 1], ceil_mode=1)),
 }
 
 
@@ -216,6 +222,67 @@ def test_stochastic_sample_picks_equal_torch(case, dtype, seed):
     member = (w == y.astype(np.float64)[..., None]) & (w > 0)
     empty = ~(np.nan_to_num(w) > 0).any(-1)
     assert np.all(member.any(-1) | (empty & (y == 0)))
+
+
+def test_ceil_drop_cases_drop_a_window():
+    for name in ("ceil_drop", "ceil_drop_3d", "ceil_drop_s3"):
+        shape, a = WINDOW_CASES[name]
+        k, p = len(shape) - 2, a["pads"]
+        assert all(ref.ceil_drops(shape[2 + i], a["kernel_shape"][i], a["strides"][i], 1, p[i], p[k + i]) for i in range(k))
+
+
+@pytest.mark.parametrize("seed", [0, 31337, -(2**40) - 7])
+def test_stochastic_sample_ties(seed):
+    """Windows [u, 1 - u], u the uniform of their element: cum_0 == t exactly, so the
+    first cum > t is the second value (a >= would pick the first)."""
+    x, picks = ref.tie_windows(seed, 300)
+    y = run_lib(one_node("StochasticPool", TensorProto.FLOAT, dict(kernel_shape=[2], strides=[2], mode="sample", seed=seed)),
+                x[None])
+    np.testing.assert_array_equal(y[0, :, 0], picks)
+    y = run_lib(one_node("ReduceStochasticPool", TensorProto.FLOAT, dict(axes=[1], keepdims=0, mode="sample", seed=seed)), x)
+    np.testing.assert_array_equal(y, picks)
+
+
+# every CPU reduce path (chosen after neighbouring axes of the same kind are merged): one
+# window per output through the shared header (merged inner axis kept but < 8, or reduced
+# but < 16), a kept inner axis >= 8, contiguous reduced segments >= 16
+LARGE_REDUCE = [((4, 6, 3), [1], 1), ((3, 4, 2, 3), [2, 3], 0), ((2, 16, 3, 9), [1], 1), ((2, 3, 4, 17), [3], 0)]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape,axes,keepdims", LARGE_REDUCE)
+def test_reduce_large_magnitudes(shape, axes, keepdims, dtype):
+    """|x| in [5e3, 3e4]: exp overflows unless the window maximum is subtracted first."""
+    elem, npdt, _ = DTYPES[dtype]
+    x = ref.large_magnitude_input(shape, seed=3).astype(npdt)
+    attrs = {"axes": axes, "keepdims": keepdims}
+    for beta in (1.0, 0.01, -0.5):
+        y = run_lib(one_node("ReduceSoftPool", elem, {**attrs, "beta": beta}), x)
+        beta32 = float(np.float32(beta))
+        np.testing.assert_allclose(y.astype(np.float64), reduce64(x, axes, keepdims, lambda w: soft64(w, beta32)), **TOL[dtype])
+    y = run_lib(one_node("ReduceStochasticPool", elem, {**attrs, "mode": "expectation"}), x)
+    np.testing.assert_allclose(y.astype(np.float64), reduce64(x, axes, keepdims, expectation64), **TOL[dtype])
+    y = run_lib(one_node("ReduceStochasticPool", elem, {**attrs, "mode": "sample", "seed": 5}), x)
+    expected = ref.reduce(x.astype(np.float64), lambda v, e: ref.stochastic_sample_window(v, 5, e), axes, bool(keepdims))
+    np.testing.assert_array_equal(y.astype(np.float64), expected)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", ["k3s2p1", "ceil_drop_s3", "3d"])
+def test_stochastic_large_magnitudes(case, dtype):
+    """|x| in [5e3, 3e4]: r^2 sums stay finite in float32, picks stay exact."""
+    shape, a = WINDOW_CASES[case]
+    elem, npdt, _ = DTYPES[dtype]
+    x = ref.large_magnitude_input(shape, seed=4).astype(npdt)
+    out, begins, strides, dil = window_geometry(shape, a)
+    w = windows64(x, out, begins, strides, dil, a["kernel_shape"])
+    y = run_lib(one_node("StochasticPool", elem, {**a, "mode": "expectation"}), x)
+    np.testing.assert_allclose(y.astype(np.float64), expectation64(w), **TOL[dtype])
+    y = run_lib(one_node("StochasticPool", elem, {**a, "mode": "sample", "seed": 8}), x)
+    expected = ref.pool(x.astype(np.float64), lambda v, e: ref.stochastic_sample_window(v, 8, e), a["kernel_shape"],
+                        a.get("strides"), a.get("pads"), a.get("dilations"), bool(a.get("ceil_mode")))
+    assert expected.shape == y.shape
+    np.testing.assert_array_equal(y.astype(np.float64), expected)
 
 
 REDUCE_CASES = {

@@ -85,3 +85,50 @@ def test_unknown_runtime(exported):
     net, model = exported
     report = check_parity(model, net, [(2, 3, 8, 8)], runtimes=("bogus",))
     assert report.results[0].status == "error" and "bogus" in report.results[0].reason
+
+
+class _Constant(torch.nn.Module):
+    """y = x * 0 + c: PyTorch's answer is exactly c (in the dtype check_parity casts to)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("c", torch.tensor(c, dtype=torch.float32))
+
+    def forward(self, x):
+        return x * 0 + self.c
+
+
+def _constant_model(d: np.ndarray) -> onnx.ModelProto:
+    """The ONNX side: y = x * 0 + d, so the runtime's error is exactly |d - c| per element."""
+    elem = onnx.helper.np_dtype_to_tensor_dtype(d.dtype)
+    nodes = [onnx.helper.make_node("Mul", ["x", "zero"], ["z"]), onnx.helper.make_node("Add", ["z", "d"], ["y"])]
+    inits = [numpy_helper.from_array(np.zeros((), d.dtype), "zero"), numpy_helper.from_array(d, "d")]
+    graph = onnx.helper.make_graph(nodes, "constant", [onnx.helper.make_tensor_value_info("x", elem, list(d.shape))],
+                                   [onnx.helper.make_tensor_value_info("y", elem, list(d.shape))], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10)
+
+
+# (dtype, PyTorch's outputs c). The error sits on element 0 (c = 0), where the dtype
+# resolves it to ~1e-3 of the boundary; max |ref| is small in one case per dtype and large
+# in the other, so a swap of atol and rtol moves the boundary one way or the other.
+BOUNDARY = [("float32", [0.0, 0.03, -0.01]), ("float32", [0.0, -100.0, 3.0]),
+            ("float16", [0.0, 2.0, -0.5]), ("float16", [0.0, 0.0625, 0.01])]
+
+
+@pytest.mark.parametrize("dtype,c", BOUNDARY, ids=[f"{d}-max{max(abs(v) for v in c)}" for d, c in BOUNDARY])
+def test_verdict_at_the_tolerance_boundary(dtype, c):
+    """An error just inside atol + rtol * max|ref| passes, just outside fails."""
+    npdt = np.dtype(dtype)
+    fp16 = dtype == "float16"
+    ref = np.array(c, npdt)
+    tol = TOLERANCES[dtype]
+    bound = tol.atol + tol.rtol * float(np.max(np.abs(ref.astype(np.float64))))
+    for factor, verdict in ((1 - 4e-3, "pass"), (1 + 4e-3, "fail")):
+        d = ref.copy()
+        d[0] = npdt.type(bound * factor)
+        err = abs(float(d[0]) - float(ref[0]))
+        assert (err <= bound) == (verdict == "pass") and abs(err / bound - 1) < 1e-2  # the construction is what it says
+        report = check_parity(_constant_model(d), _Constant(c), [(3,)], fp16=fp16, runtimes=("reference",))
+        (result,) = report.results
+        assert result.status == verdict, (dtype, c, factor, result)
+        assert result.max_abs == pytest.approx(err, rel=1e-12)

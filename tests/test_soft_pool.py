@@ -22,13 +22,25 @@ WINDOW_CASES = [
     ((8, 9), [3, 2], [2, 2], [0, 0, 0, 0], [1, 1], False, "VALID"),
     ((5, 6, 7), [2, 2, 2], [2, 2, 2], [0, 0, 0, 0, 0, 0], [1, 1, 1], False, "NOTSET"),
     ((5, 6, 7), [3, 2, 3], [2, 1, 2], [1, 0, 1, 1, 1, 0], [1, 2, 1], True, "NOTSET"),
+    # ceil_mode windows that would start in the end padding are dropped: 5 -> 3 (not 4),
+    # 9 -> 4 (not 5), 7 -> 3 (not 4) (tests/_reference.ceil_drops)
+    ((5, 9), [2, 2], [2, 2], [1, 1, 1, 1], [1, 1], True, "NOTSET"),
+    ((9,), [3], [2], [1, 2], [1], True, "NOTSET"),
+    ((7,), [2], [3], [1, 1], [1], True, "NOTSET"),
 ]
+CEIL_DROP_CASES = WINDOW_CASES[-3:]
 IDS = [f"{len(c[0])}d-{c[6]}-ceil{int(c[5])}-{i}" for i, c in enumerate(WINDOW_CASES)]
 
 
 def _input(spatial, dtype=torch.float64, scale=2.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(2, 3, *spatial, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def test_ceil_drop_cases_drop_a_window():
+    for spatial, kernel, strides, pads, dil, _, _ in CEIL_DROP_CASES:
+        k = len(spatial)
+        assert all(ref.ceil_drops(spatial[i], kernel[i], strides[i], dil[i], pads[i], pads[k + i]) for i in range(k))
 
 
 @pytest.mark.parametrize("case", WINDOW_CASES, ids=IDS)

@@ -109,6 +109,20 @@ def test_reduce_sample_matches_reference():
     np.testing.assert_array_equal(y.double().numpy(), expected.astype(np.float32).astype(np.float64))
 
 
+@pytest.mark.parametrize("seed", [0, 31337, -(2**40) - 7])
+def test_sample_ties_pick_the_first_cum_above_t(seed):
+    """Windows [u, 1 - u], u the uniform of their element: cum_0 == t exactly, so the
+    pick is 1 - u; a pick by cum >= t would return u."""
+    x, picks = ref.tie_windows(seed, 300)
+    y = stochastic_pool(torch.from_numpy(x)[None], [2], [2], [], [], False, "NOTSET", "sample", seed)
+    np.testing.assert_array_equal(y[0, :, 0].numpy(), picks)
+    y = reduce_stochastic_pool(torch.from_numpy(x), [1], False, "sample", seed)
+    np.testing.assert_array_equal(y.numpy(), picks)
+    # float64 input: the pick is made on float32 r, the picked value returned in float64
+    y = reduce_stochastic_pool(torch.from_numpy(x).double(), [1], False, "sample", seed)
+    np.testing.assert_array_equal(y.numpy(), picks.astype(np.float64))
+
+
 def test_reduce_expectation_matches_reference():
     x = _input((3, 4))
     y = reduce_stochastic_pool(x, [2, 3], False, "expectation", 0)

@@ -40,7 +40,8 @@ def _attrs(node):
 
 
 def test_prepare_onnx_orders_fills_and_tags_attributes():
-    model = one_node_model("StochasticPool", [1, 2, 6, 6], dict(seed=9, mode="sample", kernel_shape=[2, 2]),
+    seed = -(2**40) - 7  # 0xFFFFFEFF_FFFFFFF9: both words matter
+    model = one_node_model("StochasticPool", [1, 2, 6, 6], dict(seed=seed, mode="sample", kernel_shape=[2, 2]),
                            with_function=True)
     before = model.SerializeToString()
     out = prepare_onnx(model)
@@ -48,10 +49,17 @@ def test_prepare_onnx_orders_fills_and_tags_attributes():
     assert list(out.functions) == []
     assert _attrs(out.graph.node[0]) == [
         ("kernel_shape", [2, 2]), ("strides", [1, 1]), ("pads", [0, 0, 0, 0]), ("dilations", [1, 1]),
-        ("ceil_mode", 0), ("auto_pad", b"NOTSET"), ("mode", b"sample"), ("seed", 9),
+        ("ceil_mode", 0), ("auto_pad", b"NOTSET"), ("mode", b"sample"), ("seed_lo", -7), ("seed_hi", -257),
         ("plugin_namespace", b"poolexport"), ("plugin_version", b"1"), ("aot", 1),
     ]
     assert [a[0] for a in _attrs(out.graph.node[0])][:-3] == list(plugins.ATTRS["StochasticPool"])
+    assert plugins.join_seed(-7, -257) == seed
+
+
+def test_prepare_onnx_rejects_seed_and_its_words():
+    model = one_node_model("ReduceStochasticPool", [2, 3], dict(seed=1, seed_lo=1, seed_hi=0))
+    with pytest.raises(ValueError, match="ReduceStochasticPool: node .* has both seed and seed_lo/seed_hi"):
+        prepare_onnx(model)
 
 
 def test_prepare_onnx_fills_reduce_axes_from_input_rank():
@@ -77,6 +85,34 @@ def test_prepare_onnx_is_idempotent_and_keeps_other_nodes():
 def test_prepare_onnx_rejects_bad_nodes(op, attrs, match):
     with pytest.raises(ValueError, match=match):
         prepare_onnx(one_node_model(op, [1, 1, 5], attrs))
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("StochasticPool", dict(kernel_shape=[2, 2], strides=[1, 2])),
+    ("ReduceStochasticPool", dict(axes=[2, 3], keepdims=1)),
+])
+def test_prepared_file_gives_the_same_picks_in_onnxruntime(op, attrs):
+    """A prepared (tensorrt-target) file carries seed_lo/seed_hi; our ONNX Runtime kernels
+    read them, so that file samples exactly like the documented int64 seed."""
+    import onnxruntime as ort
+
+    from _reference import pool, reduce, stochastic_sample_window
+    from poolexport.parity import Skip, custom_op_library
+
+    try:
+        library = custom_op_library()
+    except Skip as e:
+        pytest.skip(str(e))
+    seed = 2**40 + 5
+    model = prepare_onnx(one_node_model(op, [2, 3, 6, 6], dict(attrs, mode="sample", seed=seed)))
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(library)
+    x = np.random.default_rng(3).random((2, 3, 6, 6), dtype=np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    pick = lambda vals, e: stochastic_sample_window(vals, seed, e)  # noqa: E731
+    expected = (pool(x, pick, attrs["kernel_shape"], attrs["strides"]) if op == "StochasticPool"
+                else reduce(x, pick, attrs["axes"], True))
+    np.testing.assert_array_equal(y, expected.astype(np.float32))
 
 
 def test_parse_shapes_and_sizes():
@@ -118,7 +154,11 @@ def test_register_plugins_without_tensorrt_names_what_is_missing():
 
 # ------------------------------------------------------------------ needs TensorRT + GPU
 REASON = tensorrt_available()
-needs_trt = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+def needs_trt(test):
+    return pytest.mark.gpu(pytest.mark.skipif(REASON is not None, reason=REASON or "")(test))
+
 
 CASES = [
     ("SoftPool", [2, 3, 9, 8], dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], ceil_mode=1, beta=0.7),

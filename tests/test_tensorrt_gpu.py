@@ -1,7 +1,7 @@
 """The kernels the TensorRT plugins launch, launched the way the plugins launch them.
 
 Same PTX (``poolexport.tensorrt.ptx``), same entry points, same int32 arguments
-(``shapes.kernel_args``) and the same grid rule (``abi.launch_grid``), loaded with CuPy's
+(``shapes.kernel_args``) and the same grid rule (``abi.launch_grid`` of ``shapes.launch_total``), loaded with CuPy's
 ``RawModule`` instead of TensorRT, and compared with the PyTorch ops for every op in
 float32 and float16. Needs a CUDA GPU, CuPy and nvcc (a lent GPU machine has them).
 """
@@ -29,7 +29,7 @@ def _gpu_reason():
 
 
 REASON = _gpu_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def _launch(module, op, x_cpu, attrs, grid=None):
     x = cupy.asarray(x_cpu.numpy())
     y = cupy.full(out_shape, np.nan, dtype=x.dtype)  # NaN: an element left unwritten shows
     kernel = module.get_function(abi.kernel_name(op, dtype))
-    g = abi.launch_grid(shapes.numel(out_shape)) if grid is None else grid
+    g = abi.launch_grid(shapes.launch_total(op, list(x_cpu.shape), attrs)) if grid is None else grid
     kernel((g, 1, 1), (abi.BLOCK, 1, 1), (x, *[np.int32(a) for a in args], y))
     cupy.cuda.runtime.deviceSynchronize()
     return cupy.asnumpy(y)

@@ -5,13 +5,17 @@ Python package ``tensorrt_bindings/plugin`` (decorators, signature validation, t
 plugin-creator and AOT-plugin classes TensorRT calls back). This test loads that code
 from the published wheels (10.9 and 11.4) over a small stand-in for the compiled
 ``tensorrt`` module, registers our plugins with it, and plays the calls the ONNX parser
-and the builder make: create the plugin from parser-style fields with a STRICT_AOT
-request, output types and shapes (integer-valued dimension expressions), format
-combinations, launch parameters and the kernel. The results must equal the plain
-shape/argument functions and kernel_abi.h's grid rule.
+and the builder make: create the plugin with a STRICT_AOT request from the fields the
+parser builds (``_load_fields``, a line-by-line copy of onnx-tensorrt's conversion) out of
+the node ``build-engine`` prepares, then output types and shapes (integer-valued
+dimension expressions), format combinations, launch parameters and the kernel. The
+results must equal the plain shape/argument functions and kernel_abi.h's grid rule.
 
-What this cannot check: the compiled C++ side of TensorRT and the ONNX parser's exact
-field conversion. The wheels are looked up in $POOLEXPORT_TRT_BINDINGS_WHEELS
+Run under numpy 1.x and >= 2.4 (TensorRT 10.x's ``int(ndarray)`` breaks on 2.4; here
+numpy 1.x's DeprecationWarning for it is an error, so 1.x catches it too).
+
+What this cannot check: the compiled C++ side of TensorRT and of the parser (the real
+``PluginField`` data conversion in the bindings). The wheels are looked up in $POOLEXPORT_TRT_BINDINGS_WHEELS
 (os.pathsep-separated files or folders) or ~/.cache/poolexport/wheels; CI downloads them
 with ``pip download --no-deps``.
 """
@@ -44,8 +48,10 @@ pytestmark = [
     pytest.mark.skipif(
         not WHEELS, reason="tensorrt bindings wheel not available (pip download --no-deps tensorrt-cu13-bindings "
         "tensorrt-cu12-bindings==10.9.0.34 -d ~/.cache/poolexport/wheels)"),
-    # TensorRT's own code: int(ndarray of size 1) in 10.9's create_plugin, regex docstrings
+    # TensorRT's own code: regex docstrings. But int(ndarray) is what numpy 2.4 rejects
+    # (10.9's create_plugin does it for scalar annotations): an error under 1.x as well.
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("error:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning"),
 ]
 
 
@@ -186,20 +192,61 @@ def trt_env(request, tmp_path_factory, monkeypatch):
             del sys.modules[name]
 
 
-def _parser_fields(trt, op, attrs):
-    """Fields as TensorRT's ONNX parser hands them over (INTS as int32 arrays, strings as bytes)."""
+def _load_fields(trt, creator, node):
+    """The plugin fields TensorRT's ONNX parser hands to ``creator`` for ``node``.
+
+    Follows onnx-tensorrt's ``onnxOpImporters.cpp`` (github.com/onnx/onnx-tensorrt, commit
+    0137504e2b25; unchanged since 10.1 GA), ``loadFields`` and ``copyField``: walk the
+    creator's field names (not the node's attributes), skip a field the node lacks, and
+    convert by the attribute's type: FLOAT -> one float32; INT -> ``get<int32_t>``, one
+    int32 (narrowed); STRING -> the bytes plus a NUL, counted in the length, kCHAR; INTS ->
+    ``get<std::vector<int>>``, int32 each; FLOATS -> float32. The numpy arrays are what
+    TensorRT's Python bindings expose as ``PluginField.data`` for those types.
+    """
+    from onnx import AttributeProto
+
+    attrs = {a.name: a for a in node.attribute}
     fields = []
-    for name in plugins.ATTRS[op]:
-        v = attrs[name]
-        if isinstance(v, str):
-            fields.append(PluginField(name, np.frombuffer(v.encode(), dtype=np.int8), trt.PluginFieldType.CHAR))
-        elif isinstance(v, list):
-            fields.append(PluginField(name, np.array(v, dtype=np.int32), trt.PluginFieldType.INT32))
-        elif isinstance(v, float):
-            fields.append(PluginField(name, np.array([v], dtype=np.float32), trt.PluginFieldType.FLOAT32))
+    for wanted in creator.field_names:
+        a = attrs.get(wanted.name)
+        if a is None:
+            continue
+        if a.type == AttributeProto.FLOAT:
+            data, kind = np.array([a.f], dtype=np.float32), trt.PluginFieldType.FLOAT32
+        elif a.type == AttributeProto.INT:
+            data, kind = np.array([a.i], dtype=np.int64).astype(np.int32), trt.PluginFieldType.INT32
+        elif a.type == AttributeProto.STRING:
+            data, kind = np.frombuffer(a.s + b"\0", dtype=np.int8), trt.PluginFieldType.CHAR
+        elif a.type == AttributeProto.INTS:
+            data, kind = np.array(list(a.ints), dtype=np.int64).astype(np.int32), trt.PluginFieldType.INT32
+        elif a.type == AttributeProto.FLOATS:
+            data, kind = np.array(list(a.floats), dtype=np.float32), trt.PluginFieldType.FLOAT32
         else:
-            fields.append(PluginField(name, np.array([v], dtype=np.int64), trt.PluginFieldType.INT64))
+            raise AssertionError(f"attribute type {a.type} is not a plugin field type the parser accepts")
+        fields.append(PluginField(a.name, data, kind))
     return fields
+
+
+def _prepared_node(op, shape, attrs):
+    """The node ``build-engine`` hands to the parser: a one-node ``ort``-style model (int64
+    ``seed``) through ``prepare_onnx``."""
+    import onnx
+    from onnx import helper
+
+    from poolexport.tensorrt.onnx_prep import prepare_onnx
+
+    node = helper.make_node(op, ["X"], ["Y"], domain="poolexport", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)])
+    (prepared,) = prepare_onnx(model).graph.node
+    return prepared
+
+
+def _create(trt, registry, node):
+    creator = registry.get_creator(node.op_type, plugins.VERSION, plugins.NAMESPACE)
+    return creator.create_plugin(node.op_type, plugins.NAMESPACE, _load_fields(trt, creator, node),
+                                 trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.STRICT_AOT)
 
 
 class Setter:
@@ -222,19 +269,21 @@ CASES = [
                                           ceil_mode=0, auto_pad="SAME_UPPER", mode="expectation", seed=0)),
     ("ReduceSoftPool", [2, 3, 4, 5], dict(axes=[1, 3], keepdims=1, beta=2.0)),
     ("ReduceSoftPool", [2, 1, 3, 2, 2, 3, 2, 2], dict(axes=[0, 1, 4, 5, 6], keepdims=0, beta=1.0)),
-    ("ReduceStochasticPool", [4, 6], dict(axes=[-1], keepdims=0, mode="sample", seed=12345)),
+    ("StochasticPool", [1, 2, 9], dict(kernel_shape=[3], mode="sample", seed=2**40 + 5)),  # defaults filled in
+    ("ReduceStochasticPool", [4, 6], dict(axes=[-1], keepdims=0, mode="sample", seed=2**63 - 1)),
     ("ReduceStochasticPool", [3, 2, 2], dict(axes=[0, 1, 2], keepdims=0, mode="expectation", seed=7)),
+    ("ReduceStochasticPool", [3, 5, 2], dict(mode="sample", seed=-1)),  # axes from the input rank
 ]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("op,shape,attrs", CASES)
 def test_plugin_through_tensorrt_plugin_package(trt_env, op, shape, attrs, dtype):
+    """Created from the parser's fields of the prepared node, the plugin declares what the
+    plain shape/argument functions compute from the original (int64 seed) attributes."""
     trt, trtp, registry = trt_env
     dt = trt.DataType.HALF if dtype == "float16" else trt.DataType.FLOAT
-    creator = registry.get_creator(op, plugins.VERSION, plugins.NAMESPACE)
-    plg = creator.create_plugin(op, plugins.NAMESPACE, _parser_fields(trt, op, attrs), trt.TensorRTPhase.BUILD,
-                                trt.QuickPluginCreationRequest.STRICT_AOT)
+    plg = _create(trt, registry, _prepared_node(op, shape, attrs))
     assert type(plg).__name__ == "_TemplateAOTPlugin"
     assert plg.get_output_data_types([dt], [len(shape)]) == [dt]
 
@@ -258,7 +307,7 @@ def test_plugin_through_tensorrt_plugin_package(trt_env, op, shape, attrs, dtype
     got = [setter.items[i] for i in range(setter.nbSymExprs)]
     assert all(a.dtype == trt.PluginArgDataType.INT32 for a in got)
     assert [a.expr.v for a in got] == expected_args
-    assert launch.grid_x.expr.v == abi.launch_grid(int(np.prod(expected_shape)))
+    assert launch.grid_x.expr.v == abi.launch_grid(shapes.launch_total(op, shape, attrs))
     assert (launch.grid_y.expr.v, launch.grid_z.expr.v) == (1, 1)
     assert (launch.block_x.expr.v, launch.block_y.expr.v, launch.block_z.expr.v) == (abi.BLOCK, 1, 1)
     assert launch.shared_mem.expr.v == 0
@@ -267,10 +316,48 @@ def test_plugin_through_tensorrt_plugin_package(trt_env, op, shape, attrs, dtype
     assert code == b"// stand-in PTX\n"
 
 
+def _launch_args(trt, plg, shape, out_shape, dt=None):
+    dt = dt or trt.DataType.FLOAT
+    plg.get_output_data_types([dt], [len(shape)])
+    plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())
+    in_out = [DynamicPluginTensorDesc(shape, dt, trt.TensorFormat.LINEAR),
+              DynamicPluginTensorDesc(out_shape, dt, trt.TensorFormat.LINEAR)]
+    plg.set_tactic(0)
+    setter = Setter()
+    plg.get_launch_params(None, in_out, 1, types.SimpleNamespace(), setter, ExprBuilder())
+    return [setter.items[i].expr.v for i in range(setter.nbSymExprs)]
+
+
+SEED = 2**40 + 5  # words (5, 256): the high word is what an int32 INT field would lose
+
+
+@pytest.mark.parametrize("op,shape,attrs,out_shape", [
+    ("SoftPool", [1, 2, 6, 6], dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="VALID"), [1, 2, 3, 3]),
+    ("StochasticPool", [1, 2, 6, 6], dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="VALID", mode="sample",
+                                          seed=SEED), [1, 2, 3, 3]),
+    ("ReduceSoftPool", [2, 3, 4], dict(axes=[1], keepdims=0, beta=3.0), [2, 4]),
+    ("ReduceStochasticPool", [2, 3, 4], dict(axes=[1], keepdims=0, mode="sample", seed=SEED), [2, 4]),
+])
+def test_each_plugin_from_parser_fields_carries_the_whole_seed(trt_env, op, shape, attrs, out_shape):
+    trt, trtp, registry = trt_env
+    node = _prepared_node(op, shape, attrs)
+    args = _launch_args(trt, _create(trt, registry, node), shape, out_shape)
+    params = abi.kernel_params(op)[1:-1]
+    named = dict(zip(params, args))
+    if "seed" in attrs:
+        assert (named["sample"], named["seed_lo"], named["seed_hi"]) == (1, 5, 256)
+    else:
+        assert named["beta_bits"] == int(np.array(attrs.get("beta", 1.0), np.float32).view(np.int32))
+    # the parser's STRING field ends in NUL; the plugin must not see it
+    fields = {f.name: f for f in _load_fields(trt, registry.get_creator(op, "1", "poolexport"), node)}
+    assert all(bytes(f.data.tobytes()).endswith(b"\0") for f in fields.values() if f.type == trt.PluginFieldType.CHAR)
+
+
 def test_fields_out_of_schema_order_are_rejected(trt_env):
+    """A hand-built collection (never the parser's) in another order fails loudly."""
     trt, trtp, registry = trt_env
     op, shape, attrs = CASES[0]
-    fields = _parser_fields(trt, op, attrs)
+    fields = _load_fields(trt, registry.get_creator(op, "1", "poolexport"), _prepared_node(op, shape, attrs))
     fields[0], fields[5] = fields[5], fields[0]  # auto_pad first, kernel_shape sixth
     plg = registry.get_creator(op, "1", "poolexport").create_plugin(
         op, "poolexport", fields, trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.STRICT_AOT)
@@ -278,16 +365,14 @@ def test_fields_out_of_schema_order_are_rejected(trt_env):
     plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())  # by keyword: fine
     in_out = [DynamicPluginTensorDesc(shape, trt.DataType.FLOAT, trt.TensorFormat.LINEAR)] * 2
     plg.set_tactic(0)
-    with pytest.raises(ValueError, match="SoftPool: attribute .* schema's order"):
+    with pytest.raises(ValueError, match="SoftPool: field kernel_shape received str .* must follow the order"):
         plg.get_launch_params(None, in_out, 1, types.SimpleNamespace(), Setter(), ExprBuilder())
 
 
 def test_window_larger_than_static_input_fails_at_network_build(trt_env):
     trt, trtp, registry = trt_env
     op, shape, attrs = CASES[0]
-    plg = registry.get_creator(op, "1", "poolexport").create_plugin(
-        op, "poolexport", _parser_fields(trt, op, dict(attrs, kernel_shape=[20, 2])), trt.TensorRTPhase.BUILD,
-        trt.QuickPluginCreationRequest.STRICT_AOT)
+    plg = _create(trt, registry, _prepared_node(op, shape, dict(attrs, kernel_shape=[20, 2])))
     plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])  # no shapes yet: nothing to check
     with pytest.raises(ValueError, match="SoftPool: kernel_shape: window span 20 exceeds"):
         plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())
@@ -296,31 +381,9 @@ def test_window_larger_than_static_input_fails_at_network_build(trt_env):
 def test_invalid_attribute_fails_at_network_build(trt_env):
     trt, trtp, registry = trt_env
     op, shape, attrs = CASES[0]
-    plg = registry.get_creator(op, "1", "poolexport").create_plugin(
-        op, "poolexport", _parser_fields(trt, op, dict(attrs, auto_pad="SAME")), trt.TensorRTPhase.BUILD,
-        trt.QuickPluginCreationRequest.STRICT_AOT)
+    plg = _create(trt, registry, _prepared_node(op, shape, dict(attrs, auto_pad="SAME")))
     with pytest.raises(ValueError, match="SoftPool: auto_pad"):
         plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])
-
-
-def _fields_from_node(trt, node):
-    """Parser-style plugin fields from an ONNX node's attributes (node order)."""
-    from onnx import helper
-
-    fields = []
-    for a in node.attribute:
-        if a.name in ("plugin_namespace", "plugin_version", "aot"):
-            continue  # consumed by the parser
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            fields.append(PluginField(a.name, np.frombuffer(v, dtype=np.int8), trt.PluginFieldType.CHAR))
-        elif isinstance(v, list):
-            fields.append(PluginField(a.name, np.array(v, dtype=np.int64), trt.PluginFieldType.INT64))
-        elif isinstance(v, float):
-            fields.append(PluginField(a.name, np.array([v], dtype=np.float32), trt.PluginFieldType.FLOAT32))
-        else:
-            fields.append(PluginField(a.name, np.array([v], dtype=np.int64), trt.PluginFieldType.INT64))
-    return fields
 
 
 @pytest.fixture(scope="module")
@@ -352,9 +415,7 @@ def test_exported_model_nodes_create_plugins_with_torch_shapes(exported, trt_env
     nodes = [n for n in proto.graph.node if n.domain == "poolexport"]
     assert [n.op_type for n in nodes] == ["SoftPool", "StochasticPool", "ReduceSoftPool", "ReduceStochasticPool"]
     for node, expected in zip(nodes, shapes_torch):
-        plg = registry.get_creator(node.op_type, "1", "poolexport").create_plugin(
-            node.op_type, "poolexport", _fields_from_node(trt, node), trt.TensorRTPhase.BUILD,
-            trt.QuickPluginCreationRequest.STRICT_AOT)
+        plg = _create(trt, registry, node)
         plg.get_output_data_types([trt.DataType.FLOAT], [len(shape)])
         (out,) = plg.get_output_shapes([[IDimensionExpr(s) for s in shape]], [], ExprBuilder())
         assert [e.v for e in out] == expected, node.op_type

@@ -70,7 +70,7 @@ def test_shipped_ptx_used_only_when_built_from_same_sources(tmp_path, monkeypatc
     assert ptx.ptx_path() == f
     f.with_suffix(".json").write_text('{"source_hash": "stale"}')
 
-    def fresh(out, arch, root=None):
+    def fresh(out, arch, root=None, isa=None):
         Path(out).write_text("// fresh\n")
         return Path(out)
 
@@ -82,3 +82,28 @@ def test_missing_nvcc_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(ptx, "find_nvcc", lambda: None)
     with pytest.raises(ptx.PTXUnavailable, match="nvcc not found"):
         ptx.compile_ptx(tmp_path / "k.ptx")
+
+
+def test_ptx_is_declared_at_a_cuda12_isa_and_ptxas_accepts_it(ptx_file):
+    """nvcc 13 writes ISA 9.0, which CUDA 12 drivers reject; the PTX we ship says 8.0, and
+    compile_ptx had ptxas (which refuses instructions newer than the declared ISA) check it."""
+    assert ptx.ptx_isa(ptx_file.read_text()) == ptx.DEFAULT_ISA == "8.0"
+    assert ptx.ISA_CUDA[ptx.DEFAULT_ISA] == (12, 0)
+
+
+def test_an_isa_too_old_for_the_kernels_is_refused(tmp_path):
+    """ptxas is the judge: ISA 7.8 (CUDA 11.8) still has all the kernels use; 6.0 has no
+    sm_75 target, and compile_ptx says so instead of shipping it."""
+    assert ptx.ptx_isa(ptx.compile_ptx(tmp_path / "k78.ptx", isa="7.8").read_text()) == "7.8"
+    with pytest.raises(ptx.PTXUnavailable, match="newer PTX ISA than 6.0"):
+        ptx.compile_ptx(tmp_path / "k60.ptx", isa="6.0")
+
+
+def test_driver_check_names_both_versions():
+    text = ".version 9.0\n.target sm_75\n"
+    with pytest.raises(ptx.PTXUnavailable) as e:
+        ptx.check_driver(text, driver=(12, 4))
+    msg = str(e.value)
+    assert "\n" not in msg and "CUDA 12.4" in msg and "CUDA 13.0" in msg and "ISA 9.0" in msg
+    ptx.check_driver(text, driver=(13, 0))
+    ptx.check_driver(".version 8.0\n", driver=(12, 0))

@@ -239,3 +239,19 @@ def test_numel_keeps_symbolic_factor_on_the_left():
     assert _val(shapes.numel([1, Sym(3), 2, Sym(5)])) == 30
     assert shapes.numel([]) == 1
     assert shapes.numel([2, 3]) == 6
+
+
+@pytest.mark.parametrize("op,shape,attrs,total", [
+    ("SoftPool", [2, 3, 8, 8], dict(kernel_shape=[2, 2], strides=[2, 2]), 2 * 3 * 4 * 4),  # a thread per output
+    ("ReduceSoftPool", [2, 3, 5, 6], dict(axes=[1]), 2 * 5 * 6),  # innermost axis kept: a thread per output
+    ("ReduceSoftPool", [2, 3, 4, 6], dict(axes=[2, 3]), 2 * 3 * 1),  # window 24 < 32
+    ("ReduceSoftPool", [2, 3, 8, 6], dict(axes=[2, 3], keepdims=0), 2 * 3 * 32),  # window 48: a warp each
+    ("ReduceStochasticPool", [2, 64, 112, 112], dict(axes=[2, 3]), 2 * 64 * 256),  # global pool: a block each
+    ("ReduceStochasticPool", [2, 64, 112, 112], dict(axes=[2, 3], mode="sample"), 2 * 64),  # sequential picks
+    ("ReduceStochasticPool", [4, 2000], dict(axes=[0, 1], keepdims=0), 256),  # one output
+])
+def test_launch_total_lanes_per_output(op, shape, attrs, total):
+    """kernel_abi.h's rule: 32 lanes per output for windows of 32..1023 over the innermost
+    axis, 256 from 1024, else (or in sample mode) one thread per output."""
+    assert shapes.launch_total(op, shape, attrs) == total
+    assert _val(shapes.launch_total(op, [Sym(s) for s in shape], attrs, SYM_OPS)) == total

@@ -17,6 +17,9 @@ extern "C" {
 int poolexport_cuda_launch_window(int op, int dtype, const void* X, void* Y, const int32_t* p, void* stream);
 int poolexport_cuda_launch_reduce(int op, int dtype, const void* X, void* Y, const int32_t* p, void* stream);
 const char* poolexport_cuda_error_string(int rc);
+// NULL when the installed driver can run this library's CUDA runtime; else one line that
+// names the driver's CUDA version and the runtime's (checked once, before any launch)
+const char* poolexport_cuda_version_error(void);
 
 #ifdef __cplusplus
 }

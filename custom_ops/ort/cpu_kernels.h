@@ -155,6 +155,11 @@ PX_DISPATCH static void seg_moments(const float* __restrict x, int64_t n, float*
   }
 }
 
+// Philox uniforms of n consecutive output elements from e0.
+PX_DISPATCH static void philox_row(uint64_t e0, int64_t n, uint32_t seed_lo, uint32_t seed_hi, float* __restrict u) {
+  for (int64_t i = 0; i < n; ++i) u[i] = philox_uniform(e0 + (uint64_t)i, seed_lo, seed_hi);
+}
+
 // Passes over padded rows (every column interior, whole vectors): Z holds beta * x with
 // -FLT_MAX-like -inf padding, X holds x with 0 padding.
 template <int S>
@@ -362,6 +367,62 @@ void run_row_moments_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scrat
 }
 #endif
 
+// The sampled pick of stochastic_pool.h (stochastic_sample_pick_u) for a whole output
+// row at once: the loops run over taps outside and output columns inside, so they
+// vectorize while each column still sums in window order (bit for bit the same floats).
+// Padding columns hold 0: adding 0 leaves a sum's bits alone and a 0 is never picked.
+template <int S>
+static inline void sample_total_t(const float* __restrict x, int64_t n, int64_t s, float* __restrict total) {
+  const int64_t st = S ? S : s;
+  for (int64_t o = 0; o < n; ++o) {
+    const float a = x[o * st];
+    total[o] = add_rn(total[o], a > 0.0f ? a : 0.0f);
+  }
+}
+template <int S>
+static inline void sample_pick_t(const float* __restrict x, int64_t n, int64_t s, const float* __restrict t,
+                                 float* __restrict cum, float* __restrict picked, float* __restrict last) {
+  const int64_t st = S ? S : s;
+  for (int64_t o = 0; o < n; ++o) {
+    const float a = x[o * st];
+    const float r = a > 0.0f ? a : 0.0f;
+    const bool was_below = cum[o] <= t[o];
+    cum[o] = add_rn(cum[o], r);
+    picked[o] = was_below && cum[o] > t[o] ? a : picked[o];
+    last[o] = r > 0.0f ? a : last[o];
+  }
+}
+PX_DISPATCH static void sample_total_pass(const float* x, int64_t n, int64_t s, float* total) {
+  if (s == 1) sample_total_t<1>(x, n, s, total);
+  else if (s == 2) sample_total_t<2>(x, n, s, total);
+  else sample_total_t<0>(x, n, s, total);
+}
+PX_DISPATCH static void sample_pick_pass(const float* x, int64_t n, int64_t s, const float* t, float* cum,
+                                         float* picked, float* last) {
+  if (s == 1) sample_pick_t<1>(x, n, s, t, cum, picked, last);
+  else if (s == 2) sample_pick_t<2>(x, n, s, t, cum, picked, last);
+  else sample_pick_t<0>(x, n, s, t, cum, picked, last);
+}
+
+// xp: the window's nrows padded rows of width wp (0 padding); outputs to sc.c[0, ow_n).
+inline void sample_row(const float* xp, size_t nrows, int64_t wp, const Window3& w, uint64_t e0, const RowArgs& args,
+                       Scratch& sc) {
+  const int64_t n = w.out[2], s = w.s[2];
+  sc.a.resize(n);
+  philox_row(e0, n, args.seed_lo, args.seed_hi, sc.a.data());
+  sc.b.assign(n, 0.0f);
+  float* total = sc.b.data();
+  for (size_t r = 0; r < nrows; ++r)
+    for (int64_t kw = 0; kw < w.k[2]; ++kw) sample_total_pass(xp + r * wp + kw * w.dil[2], n, s, total);
+  sc.zp.assign(4 * n, 0.0f);
+  float *t = sc.zp.data(), *cum = t + n, *picked = cum + n, *last = picked + n;
+  for (int64_t o = 0; o < n; ++o) t[o] = mul_rn(sc.a[o], total[o]);
+  for (size_t r = 0; r < nrows; ++r)
+    for (int64_t kw = 0; kw < w.k[2]; ++kw) sample_pick_pass(xp + r * wp + kw * w.dil[2], n, s, t, cum, picked, last);
+  sc.c.resize(n);
+  for (int64_t o = 0; o < n; ++o) sc.c[o] = !(total[o] > 0.0f) ? 0.0f : cum[o] > t[o] ? picked[o] : last[o];
+}
+
 template <class T>
 void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,od,oh) */, const RowArgs& args,
              Scratch& sc) {
@@ -369,15 +430,6 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
   int64_t oh = row_index % w.out[1];
   int64_t od = (row_index / w.out[1]) % w.out[0];
   int64_t ow_n = w.out[2];
-  if (op == Op::kSample) {
-    // bit-exact pick: per output element through the shared math
-    for (int64_t ow = 0; ow < ow_n; ++ow) {
-      auto visit = [&](auto&& g) { for_each_in_window(w, od, oh, ow, [&](int64_t i) { g(load(x_plane, i)); }); };
-      uint64_t e = (uint64_t)(row_index * ow_n + ow);
-      store(y_row, ow, stochastic_sample_value(visit, e, args.seed_lo, args.seed_hi));
-    }
-    return;
-  }
   // the valid input rows of this output row, in (kd, kh) order
   sc.row_offs.clear();
   for_each_window_row(w, od, oh, [&](int64_t row) { sc.row_offs.push_back(row); });
@@ -387,7 +439,7 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     return;
   }
 #ifdef PX_HAVE_AVX2_PATH
-  if (cpu_has_avx2_fma()) {
+  if (op != Op::kSample && cpu_has_avx2_fma()) {
     // the fused k2 s2 kernel measured 13% faster than the split path with 4 window rows
     // (3-D k2 s2) but 10% slower with 2 (2-D k2 s2): it loads each row twice
     if (op == Op::kSoft && w.s[2] == 2 && w.k[2] == 2 && w.dil[2] == 1 && w.k[0] * w.k[1] >= 4 &&
@@ -424,6 +476,11 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
       for (int64_t j = c0; j < c1; ++j) Z[j] = beta * X[j];
       for (int64_t j = c1; j < wp; ++j) Z[j] = ninf;
     }
+  }
+  if (op == Op::kSample) {
+    sample_row(sc.xp.data(), nrows, wp, w, (uint64_t)(row_index * ow_n), args, sc);
+    for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.c[ow]);
+    return;
   }
   sc.a.assign(owp, soft ? -3.402823466e38f : 0.0f);
   sc.b.assign(owp, 0.0f);
@@ -527,6 +584,46 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
   else if (op == Op::kExpectation) v = stochastic_expectation_value(visit);
   else v = stochastic_sample_value(visit, (uint64_t)e, lo, hi);
   store(y, e, v);
+}
+
+// Whole-tensor forwards, shared by the ONNX Runtime kernels and the torch ops' C ABI
+// (custom_ops/torch), so both give the same bits. pfor(n, cost_per_item, f) runs
+// f(begin, end) over [0, n) on the caller's threads. The output is not empty.
+template <class T, class PFor>
+void window_forward(Op kind, const T* x, T* y, int64_t N, int64_t C, const RowArgs& args, PFor&& pfor) {
+  const Window3& w = args.w;
+  const int64_t rows = N * C * w.out[0] * w.out[1];
+  const int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
+  const int64_t rows_per_plane = w.out[0] * w.out[1];
+  const int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
+  pfor(rows, cost, [&](int64_t b, int64_t e) {
+    Scratch sc;
+    for (int64_t r = b; r < e; ++r) run_row(kind, x + r / rows_per_plane * plane_in, y + r * w.out[2], r, args, sc);
+  });
+}
+
+template <class T, class PFor>
+void reduce_forward(Op kind, const T* x, T* y, const Reduce6& g, float beta, uint32_t lo, uint32_t hi, PFor&& pfor) {
+  if (g.window == 0) {
+    for (int64_t e = 0; e < g.outputs; ++e) store(y, e, 0.0f);
+    return;
+  }
+  const int64_t inner = g.dim[5];
+  if (kind != Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
+    pfor(g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
+      Scratch sc;
+      for (int64_t r = b; r < e; ++r) run_reduce_inner(kind, x, y, r, g, beta, sc);
+    });
+  } else if (kind != Op::kSample && (g.mask & (1 << 5)) && inner >= 16) {
+    pfor(g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+      Scratch sc;
+      for (int64_t i = b; i < e; ++i) run_reduce_segments(kind, x, y, i, g, beta, sc);
+    });
+  } else {
+    pfor(g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) run_reduce(kind, x, y, i, g, beta, lo, hi);
+    });
+  }
 }
 
 }  // namespace cpu

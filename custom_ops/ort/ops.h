@@ -59,6 +59,11 @@ void parallel_for(OrtKernelContext* ctx, int64_t n, int64_t cost_per_item, F&& f
   }
 }
 
+// parallel_for on ORT's pool as the pfor of the shared whole-tensor CPU forwards
+inline auto ort_pfor(OrtKernelContext* ctx) {
+  return [ctx](int64_t n, int64_t cost, auto&& f) { parallel_for(ctx, n, cost, std::forward<decltype(f)>(f)); };
+}
+
 inline int64_t numel(const std::vector<int64_t>& s) {
   int64_t n = 1;
   for (auto v : s) n *= v;
@@ -72,6 +77,16 @@ inline std::string fits_int32(const std::string& op, const std::vector<int64_t>&
   return "";
 }
 #endif
+
+// A CUDA kernel refuses to run, with the one-line reason, when the driver is older than
+// the library's CUDA runtime: found when the session creates the kernel, reported when it runs.
+inline void cuda_check(const std::string& op, bool cuda, std::string* error) {
+#ifdef POOLEXPORT_WITH_CUDA
+  if (const char* why = cuda && error->empty() ? poolexport_cuda_version_error() : nullptr) *error = op + ": " + why;
+#else
+  (void)op, (void)cuda, (void)error;
+#endif
+}
 
 // The pool's own attributes (not its window's): beta for SoftPool, mode and seed for
 // stochastic pooling; read once per kernel with the schema's defaults.
@@ -90,6 +105,10 @@ struct PoolAttrs {
     if (!parse_mode(mode, &sample) && error->empty())
       *error = op + ": mode must be 'expectation' or 'sample', got '" + mode + "'";
     seed = scalar_attr<int64_t>(info, "seed", 0);
+    // a tensorrt-target file carries the seed as two int32 words (TensorRT's parser
+    // narrows INT attributes); read them so that file gives the same picks here
+    const int64_t absent = INT64_MIN, hi = scalar_attr<int64_t>(info, "seed_hi", absent);
+    if (hi != absent) seed = (int64_t)((uint64_t)hi << 32 | (uint32_t)scalar_attr<int64_t>(info, "seed_lo", 0));
   }
   // the Philox key: the seed as two's-complement 64 bits, split in halves
   uint32_t seed_lo() const { return (uint32_t)(uint64_t)seed; }
@@ -113,6 +132,7 @@ struct WindowedOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
@@ -127,7 +147,6 @@ struct WindowedOp {
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
       const float beta = pa.beta;
-      const bool sample = pa.sample;
       const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
@@ -144,7 +163,7 @@ struct WindowedOp {
         }
         p[0] = (int32_t)shape[0];
         p[1] = (int32_t)shape[1];
-        p[20] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[20] = Stochastic ? (int32_t)pa.sample : float_to_bits(beta);
         p[21] = (int32_t)lo;
         p[22] = (int32_t)hi;
         void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
@@ -156,18 +175,7 @@ struct WindowedOp {
 #endif
       }
       cpu::RowArgs args{w, beta, lo, hi};
-      const cpu::Op kind = pa.kind();
-      int64_t rows = shape[0] * shape[1] * w.out[0] * w.out[1];
-      int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
-      int64_t rows_per_plane = w.out[0] * w.out[1];
-      int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
-      parallel_for(ctx, rows, cost, [&](int64_t b, int64_t e) {
-        cpu::Scratch sc;
-        for (int64_t r = b; r < e; ++r) {
-          int64_t plane = r / rows_per_plane;
-          cpu::run_row(kind, x + plane * plane_in, y + r * w.out[2], r, args, sc);
-        }
-      });
+      cpu::window_forward(pa.kind(), x, y, shape[0], shape[1], args, ort_pfor(ctx));
       return Ort::Status{nullptr};
     } catch (const std::exception& e) {
       return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);
@@ -191,6 +199,7 @@ struct ReduceOp {
     } catch (const std::exception& e) {
       error = op + ": " + e.what();
     }
+    cuda_check(op, Cuda, &error);
   }
 
   Ort::Status Compute(OrtKernelContext* ctx, const Ort::Custom::Tensor<T>& X, Ort::Custom::Tensor<T>& Y) {
@@ -205,7 +214,6 @@ struct ReduceOp {
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
       const float beta = pa.beta;
-      const bool sample = pa.sample;
       const uint32_t lo = pa.seed_lo(), hi = pa.seed_hi();
       if (Cuda) {
 #ifdef POOLEXPORT_WITH_CUDA
@@ -215,7 +223,7 @@ struct ReduceOp {
         p[0] = (int32_t)shape.size();
         for (int i = 0; i < 6; ++i) p[1 + i] = (int32_t)g.dim[i];
         p[7] = g.mask;
-        p[8] = Stochastic ? (int32_t)sample : float_to_bits(beta);
+        p[8] = Stochastic ? (int32_t)pa.sample : float_to_bits(beta);
         p[9] = (int32_t)lo;
         p[10] = (int32_t)hi;
         void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
@@ -226,29 +234,7 @@ struct ReduceOp {
         return invalid(op + ": built without CUDA");
 #endif
       }
-      const cpu::Op kind = pa.kind();
-      if (g.window == 0) {
-        for (int64_t e = 0; e < g.outputs; ++e) cpu::store(y, e, 0.0f);
-        return Ort::Status{nullptr};
-      }
-      const int64_t inner = g.dim[5];
-      if (kind != cpu::Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
-        parallel_for(ctx, g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
-          cpu::Scratch sc;
-          for (int64_t r = b; r < e; ++r) cpu::run_reduce_inner(kind, x, y, r, g, beta, sc);
-        });
-        return Ort::Status{nullptr};
-      }
-      if (kind != cpu::Op::kSample && (g.mask & (1 << 5)) && inner >= 16) {
-        parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
-          cpu::Scratch sc;
-          for (int64_t i = b; i < e; ++i) cpu::run_reduce_segments(kind, x, y, i, g, beta, sc);
-        });
-        return Ort::Status{nullptr};
-      }
-      parallel_for(ctx, g.outputs, g.window + 1, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) cpu::run_reduce(kind, x, y, i, g, beta, lo, hi);
-      });
+      cpu::reduce_forward(pa.kind(), x, y, g, beta, lo, hi, ort_pfor(ctx));
       return Ort::Status{nullptr};
     } catch (const std::exception& e) {
       return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import functional as F
+from .. import functional as F
 
 
 class BilinearPool(nn.Module):

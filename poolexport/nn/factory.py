@@ -10,9 +10,12 @@ Forms of a pool:
 * ``"window"``: a kernel sliding over ``dims`` (1, 2 or 3) spatial axes; needs
   ``kernel_size`` (and takes ``stride``, ``padding``, ``dilation``, ``ceil_mode``).
 
-Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``)
-go to the pools that have them and are ignored by the others, so one set of options can
-serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
+``avgmax`` is 0.5 * (avg + max); ``catavgmax`` concatenates avg and max on the channel
+axis, so its global form gives N x 2C and its channel form N x 2 (timm's names).
+
+Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``,
+``count_include_pad``) go to the pools that have them and are ignored by the others, so
+one set of options can serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
 for its output shape.
 """
 from __future__ import annotations
@@ -21,16 +24,19 @@ from typing import Optional, Union
 
 from torch import nn
 
-from .avg_max_pool import AvgPool1d, AvgPool2d, AvgPool3d, MaxPool1d, MaxPool2d, MaxPool3d
-from .global_pool import (GlobalAvgPool, GlobalLpPool, GlobalMaxPool, GlobalMixedPool, GlobalSoftPool,
-                          GlobalStochasticPool)
+from .avg_max_pool import (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, CatAvgMaxPool1d,
+                           CatAvgMaxPool2d, CatAvgMaxPool3d, MaxPool1d, MaxPool2d, MaxPool3d)
+from .global_pool import (GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool, GlobalLpPool, GlobalMaxPool,
+                          GlobalMixedPool, GlobalSoftPool, GlobalStochasticPool)
 from .lp_pool import LpPool1d, LpPool2d, LpPool3d, LpPoolReduce
 from .mixed_pool import MixedPool1d, MixedPool2d, MixedPool3d, MixedPoolReduce
-from .reduce_pool import AvgPoolReduce, MaxPoolReduce
+from .reduce_pool import AvgMaxPoolReduce, AvgPoolReduce, CatAvgMaxPoolReduce, MaxPoolReduce
 from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
 from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
 
-POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed")
+POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed", "avgmax", "catavgmax")
+# pools whose output has twice the input's channels (global: N x 2C; across channels: N x 2)
+CONCAT_POOLS = ("catavgmax",)
 POOL_FORMS = ("global", "channel", "reduce", "window")
 ATTENTION_NAMES = ("se", "eca", "cbam")
 
@@ -41,7 +47,11 @@ _WINDOW = {
     "soft": (SoftPool1d, SoftPool2d, SoftPool3d),
     "stochastic": (StochasticPool1d, StochasticPool2d, StochasticPool3d),
     "mixed": (MixedPool1d, MixedPool2d, MixedPool3d),
+    "avgmax": (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d),
+    "catavgmax": (CatAvgMaxPool1d, CatAvgMaxPool2d, CatAvgMaxPool3d),
 }
+_REDUCE = {"avg": AvgPoolReduce, "max": MaxPoolReduce, "avgmax": AvgMaxPoolReduce, "catavgmax": CatAvgMaxPoolReduce}
+_GLOBAL = {"avg": GlobalAvgPool, "max": GlobalMaxPool, "avgmax": GlobalAvgMaxPool, "catavgmax": GlobalCatAvgMaxPool}
 
 
 def _lp_args(name: str, p: float, mean: bool) -> tuple[float, bool]:
@@ -53,10 +63,8 @@ def _lp_args(name: str, p: float, mean: bool) -> tuple[float, bool]:
 
 
 def _reduce(name: str, dim, keepdim: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
-    if name == "avg":
-        return AvgPoolReduce(dim, keepdim)
-    if name == "max":
-        return MaxPoolReduce(dim, keepdim)
+    if name in _REDUCE:
+        return _REDUCE[name](dim, keepdim)
     if name in ("l2", "lp", "rms"):
         pp, mm = _lp_args(name, p, mean)
         return LpPoolReduce(pp, dim, keepdim, mm)
@@ -68,10 +76,8 @@ def _reduce(name: str, dim, keepdim: bool, p, mean, beta, seed, alpha, learn_alp
 
 
 def _global(name: str, flatten: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
-    if name == "avg":
-        return GlobalAvgPool(flatten)
-    if name == "max":
-        return GlobalMaxPool(flatten)
+    if name in _GLOBAL:
+        return _GLOBAL[name](flatten)
     if name in ("l2", "lp", "rms"):
         pp, mm = _lp_args(name, p, mean)
         return GlobalLpPool(pp, mm, flatten)
@@ -92,6 +98,7 @@ def create_pool(
     padding=0,
     dilation=1,
     ceil_mode: bool = False,
+    count_include_pad: bool = False,
     dim=None,
     keepdim: bool = True,
     flatten: bool = False,
@@ -136,6 +143,8 @@ def create_pool(
         return cls(kernel_size, **window, seed=seed)
     if name == "mixed":
         return cls(kernel_size, **window, alpha=alpha, learn_alpha=learn_alpha)
+    if name == "avg":
+        return cls(kernel_size, **window, count_include_pad=count_include_pad)
     return cls(kernel_size, **window)
 
 

@@ -3,7 +3,7 @@
 
 ONNX forms: GlobalAveragePool / GlobalMaxPool (ReduceMean / ReduceMax), ReduceL2 (L2),
 the ``poolexport`` custom ops ReduceSoftPool / ReduceStochasticPool, standard ops for
-mixed pooling.
+mixed pooling, avgmax (0.5 * (avg + max)) and catavgmax (concat(avg, max): N x 2C).
 """
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import functional as F
+from .._args import check_bool, check_real, check_seed
 from ..ops import reduce_soft_pool, reduce_stochastic_pool
-from . import functional as F
 from .mixed_pool import _Alpha
+from .stochastic_pool import _draw_seed
 
 
 def _spatial(x: torch.Tensor, name: str) -> list[int]:
@@ -26,7 +28,7 @@ def _spatial(x: torch.Tensor, name: str) -> list[int]:
 class _GlobalPool(nn.Module):
     def __init__(self, flatten: bool = False):
         super().__init__()
-        self.flatten = bool(flatten)
+        self.flatten = check_bool(type(self).__name__, "flatten", flatten)
 
     def _reduce(self, x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -48,13 +50,28 @@ class GlobalMaxPool(_GlobalPool):
         return x.amax(dims, keepdim=keepdim)
 
 
+class GlobalAvgMaxPool(_GlobalPool):
+    """0.5 * (global average + global max): timm's avgmax (seed 002's AvgMaxPool is twice it)."""
+
+    def _reduce(self, x, dims, keepdim):
+        return F.avg_max_pool_reduce(x, dims, keepdim)
+
+
+class GlobalCatAvgMaxPool(_GlobalPool):
+    """concat(global average, global max) on the channel axis: N x 2C (timm's catavgmax)."""
+
+    def _reduce(self, x, dims, keepdim):
+        return F.cat_avg_max_pool_reduce(x, dims, keepdim)
+
+
 class GlobalLpPool(_GlobalPool):
     """(sum |a|^p)^(1/p) over the spatial axes (ONNX GlobalLpPool); ``mean=True`` divides
     by count^(1/p) (RMS for p = 2)."""
 
     def __init__(self, norm_type: float = 2.0, mean: bool = False, flatten: bool = False):
         super().__init__(flatten)
-        self.norm_type, self.mean = F._check_p("GlobalLpPool", norm_type), bool(mean)
+        self.norm_type = F._check_p(type(self).__name__, norm_type)
+        self.mean = check_bool(type(self).__name__, "mean", mean)
 
     def _reduce(self, x, dims, keepdim):
         return F.lp_pool_reduce(x, self.norm_type, dims, keepdim, self.mean)
@@ -73,7 +90,7 @@ class GlobalSoftPool(_GlobalPool):
 
     def __init__(self, beta: float = 1.0, flatten: bool = False):
         super().__init__(flatten)
-        self.beta = float(beta)
+        self.beta = check_real(type(self).__name__, "beta", beta)
 
     def _reduce(self, x, dims, keepdim):
         return reduce_soft_pool(x, dims, keepdim, self.beta)
@@ -82,25 +99,17 @@ class GlobalSoftPool(_GlobalPool):
         return f"beta={self.beta}, flatten={self.flatten}"
 
 
-def draw_seed(seed: Optional[int]) -> int:
-    """A fixed seed, or a fresh one from torch's global generator (reproducible under
-    torch.manual_seed)."""
-    if seed is not None:
-        return int(seed)
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-
-
 class GlobalStochasticPool(_GlobalPool):
     """Stochastic pooling over the spatial axes: a Philox sample in training, the
     probabilistic weighting sum(a^2)/sum(a) in eval (poolexport ReduceStochasticPool)."""
 
     def __init__(self, seed: Optional[int] = None, flatten: bool = False):
         super().__init__(flatten)
-        self.seed = seed
+        self.seed = check_seed(type(self).__name__, "seed", seed)
 
     def _reduce(self, x, dims, keepdim):
         if self.training:
-            return reduce_stochastic_pool(x, dims, keepdim, "sample", draw_seed(self.seed))
+            return reduce_stochastic_pool(x, dims, keepdim, "sample", _draw_seed(self.seed))
         return reduce_stochastic_pool(x, dims, keepdim, "expectation", 0)
 
     def extra_repr(self) -> str:

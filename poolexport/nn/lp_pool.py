@@ -2,9 +2,10 @@
 (p = 2: RMS pooling, sqrt(mean(a^2))). Sermanet, Chintala, LeCun, ICPR 2012 ("Convolutional
 neural networks applied to house numbers digit classification") use L2 pooling.
 
-Arguments follow ``torch.nn.LPPool2d`` (norm_type, kernel_size, stride, ceil_mode), with
-``padding`` (int, tuple, ONNX begin/end pads, 'same' or 'valid') and ``dilation`` as
-extensions. Padding is zero, which adds nothing to sum |a|^p: the norm form matches ONNX
+Arguments follow ``torch.nn.LPPool2d`` (norm_type, kernel_size, stride, ceil_mode; ``L2PoolNd``
+drops norm_type, so its third positional is ``ceil_mode``, a bool: ``L2Pool2d(3, 2, "same")``
+raises instead of binding "same" to it), with keyword-only ``padding`` (int, tuple, ONNX
+begin/end pads, 'same' or 'valid') and ``dilation`` as extensions. Padding is zero, which adds nothing to sum |a|^p: the norm form matches ONNX
 ``LpPool`` with the same pads; the mean form divides by the window's valid positions.
 Unlike torch's lp_pool (which raises a to the p-th power keeping its sign), |a| is used,
 so odd p and negative inputs give the p-norm.
@@ -16,40 +17,37 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import functional as F
+from .. import functional as F
+from .._args import check_bool, check_dim
+from ._window_pool import WindowPoolNd
 
 _Size = Union[int, Sequence[int]]
 
 
-class _LpPoolNd(nn.Module):
-    _fn = None
+class _LpPoolNd(WindowPoolNd):
+    _extra_args = ("norm_type", "mean")
 
     def __init__(self, norm_type: float, kernel_size: _Size, stride: Optional[_Size] = None, ceil_mode: bool = False,
                  *, padding: Union[_Size, str] = 0, dilation: _Size = 1, mean: bool = False):
-        super().__init__()
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
         self.norm_type = F._check_p(type(self).__name__, norm_type)
-        self.kernel_size, self.stride, self.ceil_mode = kernel_size, stride, ceil_mode
-        self.padding, self.dilation, self.mean = padding, dilation, bool(mean)
+        self.mean = check_bool(type(self).__name__, "mean", mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return type(self)._fn(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode,
                               padding=self.padding, dilation=self.dilation, mean=self.mean)
 
-    def extra_repr(self) -> str:
-        return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"ceil_mode={self.ceil_mode}, padding={self.padding}, dilation={self.dilation}, mean={self.mean}")
-
 
 class LpPool1d(_LpPoolNd):
-    _fn = staticmethod(F.lp_pool1d)
+    dims, _fn = 1, staticmethod(F.lp_pool1d)
 
 
 class LpPool2d(_LpPoolNd):
-    _fn = staticmethod(F.lp_pool2d)
+    dims, _fn = 2, staticmethod(F.lp_pool2d)
 
 
 class LpPool3d(_LpPoolNd):
-    _fn = staticmethod(F.lp_pool3d)
+    dims, _fn = 3, staticmethod(F.lp_pool3d)
 
 
 def _l2(base):
@@ -72,8 +70,10 @@ class LpPoolReduce(nn.Module):
 
     def __init__(self, norm_type: float = 2.0, dim=None, keepdim: bool = False, mean: bool = False):
         super().__init__()
-        self.norm_type = F._check_p("LpPoolReduce", norm_type)
-        self.dim, self.keepdim, self.mean = dim, keepdim, bool(mean)
+        owner = type(self).__name__
+        self.norm_type = F._check_p(owner, norm_type)
+        self.dim, self.keepdim = check_dim(owner, "dim", dim), check_bool(owner, "keepdim", keepdim)
+        self.mean = check_bool(owner, "mean", mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.lp_pool_reduce(x, self.norm_type, self.dim, self.keepdim, self.mean)

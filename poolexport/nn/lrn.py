@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import functional as F
+from .. import functional as F
 
 
 class LocalResponseNorm(nn.Module):

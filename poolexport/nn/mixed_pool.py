@@ -13,17 +13,17 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import functional as F
+from .. import functional as F
+from .._args import check_bool, check_dim, check_real
+from ._window_pool import WindowPoolNd
 
 _Size = Union[int, Sequence[int]]
 
 
 class _Alpha(nn.Module):
     def _init_alpha(self, alpha: float, learn_alpha: bool) -> None:
-        alpha = float(alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"{type(self).__name__}: alpha must be in [0, 1], got {alpha}")
-        self.learn_alpha = bool(learn_alpha)
+        alpha = check_real(type(self).__name__, "alpha", alpha, 0.0, 1.0)
+        self.learn_alpha = check_bool(type(self).__name__, "learn_alpha", learn_alpha)
         if self.learn_alpha:
             a = min(max(alpha, 1e-6), 1 - 1e-6)  # the logit of 0 or 1 is infinite
             self.alpha_logit = nn.Parameter(torch.tensor(math.log(a / (1 - a))))
@@ -35,35 +35,28 @@ class _Alpha(nn.Module):
         return torch.sigmoid(self.alpha_logit) if self.learn_alpha else self._alpha
 
 
-class _MixedPoolNd(_Alpha):
-    _fn = None
+class _MixedPoolNd(_Alpha, WindowPoolNd):
+    _extra_args = ("learn_alpha",)
 
     def __init__(self, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
                  dilation: _Size = 1, ceil_mode: bool = False, alpha: float = 0.5, learn_alpha: bool = False):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode = dilation, ceil_mode
+        WindowPoolNd.__init__(self, kernel_size, stride, padding, dilation, ceil_mode)
         self._init_alpha(alpha, learn_alpha)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              self.alpha)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, learn_alpha={self.learn_alpha}")
+    def _extra_kwargs(self) -> dict:
+        return {"alpha": self.alpha}
 
 
 class MixedPool1d(_MixedPoolNd):
-    _fn = staticmethod(F.mixed_pool1d)
+    dims, _fn = 1, staticmethod(F.mixed_pool1d)
 
 
 class MixedPool2d(_MixedPoolNd):
-    _fn = staticmethod(F.mixed_pool2d)
+    dims, _fn = 2, staticmethod(F.mixed_pool2d)
 
 
 class MixedPool3d(_MixedPoolNd):
-    _fn = staticmethod(F.mixed_pool3d)
+    dims, _fn = 3, staticmethod(F.mixed_pool3d)
 
 
 class MixedPoolReduce(_Alpha):
@@ -71,7 +64,8 @@ class MixedPoolReduce(_Alpha):
 
     def __init__(self, dim=None, keepdim: bool = False, alpha: float = 0.5, learn_alpha: bool = False):
         super().__init__()
-        self.dim, self.keepdim = dim, keepdim
+        owner = type(self).__name__
+        self.dim, self.keepdim = check_dim(owner, "dim", dim), check_bool(owner, "keepdim", keepdim)
         self._init_alpha(alpha, learn_alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,37 +13,34 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from .._args import check_bool, check_dim, check_real
+from ._window_pool import WindowPoolNd
 
 _Size = Union[int, Sequence[int]]
 
 
-class _SoftPoolNd(nn.Module):
-    _fn = None
+class _SoftPoolNd(WindowPoolNd):
+    _extra_args = ("beta",)
 
     def __init__(self, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
                  dilation: _Size = 1, ceil_mode: bool = False, beta: float = 1.0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode, self.beta = dilation, ceil_mode, float(beta)
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.beta = check_real(type(self).__name__, "beta", beta)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, self.beta)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, beta={self.beta}")
+    def _extra_kwargs(self) -> dict:
+        return {"beta": self.beta}
 
 
 class SoftPool1d(_SoftPoolNd):
-    _fn = staticmethod(F.soft_pool1d)
+    dims, _fn = 1, staticmethod(F.soft_pool1d)
 
 
 class SoftPool2d(_SoftPoolNd):
-    _fn = staticmethod(F.soft_pool2d)
+    dims, _fn = 2, staticmethod(F.soft_pool2d)
 
 
 class SoftPool3d(_SoftPoolNd):
-    _fn = staticmethod(F.soft_pool3d)
+    dims, _fn = 3, staticmethod(F.soft_pool3d)
 
 
 class SoftPoolReduce(nn.Module):
@@ -51,7 +48,9 @@ class SoftPoolReduce(nn.Module):
 
     def __init__(self, dim=None, keepdim: bool = False, beta: float = 1.0):
         super().__init__()
-        self.dim, self.keepdim, self.beta = dim, keepdim, float(beta)
+        owner = type(self).__name__
+        self.dim, self.keepdim = check_dim(owner, "dim", dim), check_bool(owner, "keepdim", keepdim)
+        self.beta = check_real(owner, "beta", beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.soft_pool_reduce(x, self.dim, self.keepdim, self.beta)

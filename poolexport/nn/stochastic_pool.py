@@ -18,47 +18,44 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from .._args import check_bool, check_dim, check_seed
+from ._window_pool import WindowPoolNd
 
 _Size = Union[int, Sequence[int]]
 
 
 def _draw_seed(seed: Optional[int]) -> int:
+    """A fixed seed, or a fresh one from torch's global generator (reproducible under
+    torch.manual_seed)."""
     if seed is not None:
         return int(seed)
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
-class _StochasticPoolNd(nn.Module):
-    _fn = None
+class _StochasticPoolNd(WindowPoolNd):
+    _extra_args = ("seed",)
 
     def __init__(self, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
                  dilation: _Size = 1, ceil_mode: bool = False, seed: Optional[int] = None):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode, self.seed = dilation, ceil_mode, seed
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.seed = check_seed(type(self).__name__, "seed", seed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _extra_kwargs(self) -> dict:
         if self.training:
-            return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                                  mode="sample", seed=_draw_seed(self.seed))
-        return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              mode="expectation")
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, seed={self.seed}")
+            return {"mode": "sample", "seed": _draw_seed(self.seed)}
+        return {"mode": "expectation"}
 
 
 class StochasticPool1d(_StochasticPoolNd):
-    _fn = staticmethod(F.stochastic_pool1d)
+    dims, _fn = 1, staticmethod(F.stochastic_pool1d)
 
 
 class StochasticPool2d(_StochasticPoolNd):
-    _fn = staticmethod(F.stochastic_pool2d)
+    dims, _fn = 2, staticmethod(F.stochastic_pool2d)
 
 
 class StochasticPool3d(_StochasticPoolNd):
-    _fn = staticmethod(F.stochastic_pool3d)
+    dims, _fn = 3, staticmethod(F.stochastic_pool3d)
 
 
 class StochasticPoolReduce(nn.Module):
@@ -66,7 +63,9 @@ class StochasticPoolReduce(nn.Module):
 
     def __init__(self, dim=None, keepdim: bool = False, seed: Optional[int] = None):
         super().__init__()
-        self.dim, self.keepdim, self.seed = dim, keepdim, seed
+        owner = type(self).__name__
+        self.dim, self.keepdim = check_dim(owner, "dim", dim), check_bool(owner, "keepdim", keepdim)
+        self.seed = check_seed(owner, "seed", seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:

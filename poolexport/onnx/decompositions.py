@@ -130,16 +130,6 @@ def _windows(b: _Body, xf: str):
     return win, valid, out, nc, k
 
 
-def _finish_windowed(b: _Body, y: str, out: str, nc: str, k: str, x: str) -> None:
-    """y (N*C, O'...) -> crop to O -> (N, C, O...) in X's type, named Y."""
-    kk = b.op("Squeeze", k)
-    axes = b.op("Range", b.const(1), b.op("Add", kk, b.const(1)), b.const(1))
-    starts = b.op("Mul", out, b.const([0]))
-    y = b.op("Slice", y, starts, out, axes)
-    y = b.op("Reshape", y, b.op("Concat", nc, out, axis=0))
-    b.nodes.append(helper.make_node("CastLike", [y, x], ["Y"]))
-
-
 def _soft_math(b: _Body, win: str, valid: str | None, axes: str, keepdims_ref: bool) -> str:
     """sum(softmax(beta * w) * w) over ``axes``, stable; padding (valid False) excluded."""
     beta = b.ref("value_float", "beta")
@@ -180,29 +170,139 @@ def _function(name: str, body: _Body, attrs: list[str], opset: int) -> onnx.Func
 _WINDOW_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"]
 
 
-def soft_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+# ------------------------------------------------------------------ fast forms, chosen at run time
+# The same forms as the portable target (portable.py, where the module doc explains them),
+# for the ``ort`` target's generic functions: the attributes are only known at run time
+# here, so an If takes them when dilation is 1, every pad is below the kernel and auto_pad
+# is not SAME, and a second If (SoftPool) keeps the shared shift only when no window lost
+# its weight.
+MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))  # ~8.8e-27, far above float32's smallest normal
+
+
+_POOL_REFS = {"kernel_shape": (_INTS, "kernel_shape"), "strides": (_INTS, "strides"), "pads": (_INTS, "pads"),
+              "ceil_mode": (_INT, "ceil_mode")}
+
+
+def _fast_or_generic(b: _Body, fast, generic) -> str:
+    """If(the fast form applies, fast, generic) -> the float32 result.
+
+    ``fast(f, xf, pool)`` builds the fast branch in body ``f`` from X in float32 and
+    ``pool(t)``, the node's AveragePool with count_include_pad=0, and returns its result;
+    ``generic()`` returns a fresh (body, [result]) of the per-window decomposition. SAME
+    auto_pad keeps the generic form here: ONNX Runtime refuses pads next to it, and a
+    second If to pick a pool variant would nest an If that ONNX Runtime cannot fold once
+    the attributes are constants (the portable target, which knows them, covers SAME).
+    """
+    ks, pd, dl = b.ref("value_ints", "kernel_shape"), b.ref("value_ints", "pads"), b.ref("value_ints", "dilations")
+    k = b.op("Shape", ks)
+    probe = b.op_ref("Conv", [b.const([[[1.0, 1.0]]], np.float32), b.const([[[1.0, 0.0]]], np.float32)],
+                     {"auto_pad": (_STRING, "auto_pad")})  # 2 outputs under SAME_* (see _windows)
+    conditions = b.op("Concat", b.op("Less", b.op("Slice", pd, b.const([0]), k), ks),
+                      b.op("Less", b.op("Slice", pd, k, b.const([2**62])), ks), b.op("Equal", dl, b.const(1)),
+                      b.op("Equal", b.op("Reshape", b.op("Size", probe), b.const([1])), b.const([1])), axis=0)
+    applicable = b.op("Equal", b.op("ReduceMin", b.op("Cast", conditions, to=TensorProto.INT64), keepdims=0),
+                      b.const(1))
+    f = _Body(f"{b.prefix}_fast")
+    xf = f.op("Cast", "X", to=TensorProto.FLOAT)  # each branch casts X itself (see _generic_windowed)
+    y = fast(f, xf, lambda t: f.op_ref("AveragePool", [t], _POOL_REFS, count_include_pad=0))
+    (out,) = _if(b, applicable, (f, [y]), generic(), [TensorProto.FLOAT])
+    return out
+
+
+def _if(b: _Body, cond: str, then, other, types) -> list[str]:
+    """outputs = If(cond, then=(body, outs), else=(body, outs)) with the given elem types."""
+    def graph(body, outs, name):
+        vis = []
+        for o, t in zip(outs, types):
+            b.n += 1
+            alias = f"{b.prefix}_{name}_out_{b.n}"
+            body.nodes.append(helper.make_node("Identity", [o], [alias]))
+            vis.append(helper.make_tensor_value_info(alias, t, None))
+        return helper.make_graph(body.nodes, name, [], vis)
+
+    b.n += 1
+    results = [f"{b.prefix}_if_{b.n}_{i}" for i in range(len(types))]
+    b.nodes.append(helper.make_node("If", [cond], results, then_branch=graph(*then, "then"),
+                                    else_branch=graph(*other, "else")))
+    return results
+
+
+def _spatial_axes(b: _Body, xf: str) -> str:
+    return b.op("Range", b.const(2), b.op("Size", b.op("Shape", xf)), b.const(1))
+
+
+def _generic_windowed(prefix: str, math) -> tuple[_Body, list[str]]:
+    # every branch casts X itself: ONNX Runtime cannot drop a float->float Cast whose output
+    # a subgraph reads (it warns once per subgraph)
+    g = _Body(prefix)
+    xf = g.op("Cast", "X", to=TensorProto.FLOAT)
+    win, valid, out, nc, k = _windows(g, xf)
+    y = math(g, win, valid)
+    kk = g.op("Squeeze", k)
+    axes = g.op("Range", g.const(1), g.op("Add", kk, g.const(1)), g.const(1))
+    y = g.op("Slice", y, g.op("Mul", out, g.const([0])), out, axes)
+    return g, [g.op("Reshape", y, g.op("Concat", nc, out, axis=0))]
+
+
+def soft_pool_function(opset: int = D.OPSET, fast: bool = True) -> onnx.FunctionProto:
+    """``fast=False``: the per-window body alone (the portable target's fallback branch)."""
     b = _Body("sp")
-    xf = b.op("Cast", "X", to=TensorProto.FLOAT)
-    win, valid, out, nc, k = _windows(b, xf)
-    y = _soft_math(b, win, valid, b.const([1]), keepdims_ref=False)
-    _finish_windowed(b, y, out, nc, k, "X")
+
+    def generic(prefix="sp_g"):
+        return _generic_windowed(prefix, lambda g, win, valid: _soft_math(g, win, valid, g.const([1]),
+                                                                         keepdims_ref=False))
+
+    if not fast:
+        body, (y,) = generic()
+        b.nodes += body.nodes
+    else:
+        # one exp per element under the plane's maximum, AveragePool(x*e)/AveragePool(e),
+        # kept only when no window lost its weight (an If on the result, at run time)
+        def shared_shift(f, xf, pool):
+            z = f.op("Mul", xf, f.ref("value_float", "beta"))
+            e = f.op("Exp", f.op("Sub", z, f.op("ReduceMax", z, _spatial_axes(f, xf), keepdims=1)))
+            den = pool(e)
+            kept = f.op("GreaterOrEqual", f.op("ReduceMin", den, keepdims=0), f.const(MIN_MEAN_WEIGHT, np.float32))
+            keep = _Body("sp_keep")
+            (y,) = _if(f, kept, (keep, [keep.op("Div", pool(f.op("Mul", xf, e)), den)]), generic("sp_g2"),
+                       [TensorProto.FLOAT])
+            return y
+
+        y = _fast_or_generic(b, shared_shift, generic)
+    b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
     return _function(D.SOFT_POOL, b, _WINDOW_ATTRS + ["beta"], opset)
 
 
-def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False) -> onnx.FunctionProto:
-    """Expectation only, or (``sample=True``) both modes, chosen at run time by ``mode``.
+def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False, fast: bool = True) -> onnx.FunctionProto:
+    """Expectation only, or (``sample=True``) both modes, chosen at run time by ``mode``;
+    ``fast=False``: the expectation body without its run-time fast form.
 
     The sample-capable body needs ONNX-ML's LabelEncoder to read the mode string (opset
     18 has no string comparison) and an If, so it is attached only to models that use
     mode="sample"; inference models get the lean expectation-only body.
     """
     b = _Body("stp")
+    if not sample:
+        # fast: AveragePool(r^2)/AveragePool(r), exact; else the one-hot Conv windows
+        def ratio(f, xf, pool):
+            r = f.op("Relu", xf)
+            s1, s2 = pool(r), pool(f.op("Mul", r, r))
+            return f.op("Where", f.op("Greater", s1, f.const(0.0, np.float32)), f.op("Div", s2, s1),
+                        f.const(0.0, np.float32))  # 0/0 in a window without a positive value
+
+        def generic():
+            return _generic_windowed("stp_g", lambda g, win, valid: _stochastic_math(
+                g, win, g.const([1]), keepdims_ref=False))  # Conv zero-pads: relu(0) = 0 never counts
+
+        if fast:
+            y = _fast_or_generic(b, ratio, generic)
+        else:
+            body, (y,) = generic()
+            b.nodes += body.nodes
+        b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+        return _function(D.STOCHASTIC_POOL, b, _WINDOW_ATTRS + ["mode", "seed"], opset)
     xf = b.op("Cast", "X", to=TensorProto.FLOAT)
     win, _, out, nc, k = _windows(b, xf)  # Conv zero-pads, and r = relu(0) = 0 never counts
-    if not sample:
-        y = _stochastic_math(b, win, b.const([1]), keepdims_ref=False)
-        _finish_windowed(b, y, out, nc, k, "X")
-        return _function(D.STOCHASTIC_POOL, b, _WINDOW_ATTRS + ["mode", "seed"], opset)
     is_sample, seed = _mode_is_sample(b)
     out_shape = b.op("Concat", nc, out, axis=0)
     # expectation branch
@@ -369,13 +469,20 @@ BUILDERS = {
 }
 
 
-def functions(op_types, opset: int = D.OPSET, sample: bool = False) -> list[onnx.FunctionProto]:
+def functions(op_types, opset: int = D.OPSET, sample: bool = False, fast: bool = True) -> list[onnx.FunctionProto]:
     """The local functions for the given op types (each once, in a stable order);
-    ``sample``: StochasticPool's body also handles mode="sample"."""
+    ``sample``: StochasticPool's body also handles mode="sample"; ``fast=False``: the
+    windowed ops without their run-time fast forms (the portable target decided already)."""
     out = []
     for name in D.OPS:
         if name in set(op_types):
             fn = BUILDERS[name]
-            stochastic = name in (D.STOCHASTIC_POOL, D.REDUCE_STOCHASTIC_POOL)
-            out.append(fn(opset, sample=True) if sample and stochastic else fn(opset))
+            if name == D.SOFT_POOL:
+                out.append(fn(opset, fast=fast))
+            elif name == D.STOCHASTIC_POOL:
+                out.append(fn(opset, sample=sample, fast=fast))
+            elif name == D.REDUCE_STOCHASTIC_POOL:
+                out.append(fn(opset, sample=sample))
+            else:
+                out.append(fn(opset))
     return out

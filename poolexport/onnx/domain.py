@@ -76,6 +76,15 @@ def _stochastic_attrs() -> list:
     ]
 
 
+def _seed_word_attrs() -> list:
+    # written only by the ``tensorrt`` target, in place of seed: TensorRT's ONNX parser
+    # narrows an INT attribute to int32, so the seed travels as its two 32-bit words
+    return [
+        _Attr("seed_lo", _A.INT, "Low 32 bits of seed, as a signed int32 (tensorrt target).", required=False),
+        _Attr("seed_hi", _A.INT, "High 32 bits of seed, as a signed int32 (tensorrt target).", required=False),
+    ]
+
+
 def _plugin_attrs() -> list:
     # written only by the ``tensorrt`` target: TensorRT's ONNX parser finds the plugin by
     # op type + the first two attributes and takes the ahead-of-time implementation when
@@ -115,7 +124,7 @@ def _infer_windowed(ctx) -> None:
     """ONNX AveragePool's output-size rule (poolexport._window), axis by axis: a symbolic
     spatial size stays symbolic where the window keeps the size (stride 1, SAME or a span
     covered by the pads) and becomes unknown elsewhere; N and C pass through."""
-    from .._window import axis_output, make_window_spec
+    from .._window import INT_OPS, axis_output, make_window_spec
 
     elem, dims = _input_dims(ctx)
     if elem is None:
@@ -132,7 +141,7 @@ def _infer_windowed(ctx) -> None:
     out = dims[:2]
     for i, n in enumerate(dims[2:]):
         args = (spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i], spec.dilations[i],
-                spec.ceil_mode, spec.auto_pad)
+                spec.ceil_mode, spec.auto_pad, INT_OPS)
         if isinstance(n, int):
             span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
             padded = n + (spec.pads[i] + spec.pads[k + i] if spec.auto_pad == "NOTSET" else 0)
@@ -177,9 +186,9 @@ def _schema(name: str, attrs: list) -> defs.OpSchema:
 def schemas() -> list[defs.OpSchema]:
     return [
         _schema(SOFT_POOL, _window_attrs() + _soft_attrs()),
-        _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs()),
+        _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs() + _seed_word_attrs()),
         _schema(REDUCE_SOFT_POOL, _reduce_attrs() + _soft_attrs()),
-        _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs()),
+        _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs() + _seed_word_attrs()),
     ]
 
 

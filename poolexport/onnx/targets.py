@@ -4,10 +4,13 @@
   each (the standard-op decomposition), so ONNX Runtime with our custom-op library runs
   the kernels and any other runtime (plain ONNX Runtime, onnx's ReferenceEvaluator) runs
   the decomposition.
-* ``portable``: the decomposition inlined; no ``poolexport`` node or domain is left.
+* ``portable``: standard ops only; no ``poolexport`` node or domain is left. Nodes with a
+  fast form (``portable.py``: AveragePool ratios, a guarded shared shift) get it, the
+  others the decomposition inlined.
 * ``tensorrt``: the custom nodes shaped for TensorRT's ONNX parser: op type = plugin
-  name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, and no local functions
-  (the parser would prefer a local function over the plugin).
+  name, ``plugin_namespace="poolexport"``, ``plugin_version="1"``, the int64 ``seed`` as
+  int32 ``seed_lo``/``seed_hi``, and no local functions (the parser would prefer a local
+  function over the plugin).
 
 Every target writes the node attributes explicitly (AveragePool's defaults filled in) and
 an IR version that onnxruntime >= 1.17 reads.
@@ -118,14 +121,15 @@ def _set_opset(model: onnx.ModelProto, domain: str, version: int | None) -> None
         model.opset_import.append(helper.make_opsetid(domain, version))
 
 
-def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add the decomposition of each poolexport op used (replacing any already there)."""
+def attach_functions(model: onnx.ModelProto, fast: bool = True) -> onnx.ModelProto:
+    """Add the decomposition of each poolexport op used (replacing any already there);
+    ``fast=False``: without the run-time choice of a fast form."""
     check_decomposable(model)
     used = {n.op_type for n in custom_nodes(model)}
     kept = [f for f in model.functions if f.domain != D.DOMAIN]
     del model.functions[:]
     sample = uses_sample(model)
-    model.functions.extend(kept + functions(used, _default_opset(model), sample=sample))
+    model.functions.extend(kept + functions(used, _default_opset(model), sample=sample, fast=fast))
     if sample:
         from .decompositions import ML_OPSET
 
@@ -146,14 +150,19 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
     normalize_nodes(model)
     has_custom = bool(custom_nodes(model))
     if target == "tensorrt":
-        # one shaping for TensorRT, shared with build-engine: every attribute written in
-        # the plugin's field order (tensorrt.plugin passes them by position), plugin
-        # namespace/version, aot=1, and no local functions (the parser prefers them)
+        # one shaping for TensorRT, shared with build-engine: every attribute written
+        # (the parser skips absent fields), seed as int32 seed_lo/seed_hi (the parser
+        # narrows INT attributes), plugin namespace/version, aot=1, and no local
+        # functions (the parser prefers them)
         from ..tensorrt.onnx_prep import prepare_onnx
 
         model.CopyFrom(prepare_onnx(model))
     else:
-        attach_functions(model)
+        if target == "portable":
+            from .portable import specialize
+
+            specialize(model, _default_opset(model))  # fast standard-op forms where they exist
+        attach_functions(model, fast=target != "portable")  # portable: what is left has no fast form
     if target == "portable":
         model = onnx.inliner.inline_local_functions(model)
         _set_opset(model, D.DOMAIN, None)

@@ -6,6 +6,7 @@ in ``soft_pool.py`` and ``stochastic_pool.py`` then never looks at shapes.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -14,6 +15,13 @@ from .._window import WindowSpec, make_window_spec, reduce_layout, window_index
 
 
 def spec_from_attrs(op, x_dim, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad) -> WindowSpec:
+    # cached: the native kernels' per-call cost is mostly this kind of Python work
+    return _spec_from_attrs(op, x_dim, tuple(kernel_shape), tuple(strides), tuple(pads), tuple(dilations),
+                            bool(ceil_mode), auto_pad)
+
+
+@lru_cache(maxsize=256)
+def _spec_from_attrs(op, x_dim, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad) -> WindowSpec:
     k = x_dim - 2
     if k not in (1, 2, 3):
         raise ValueError(f"{op}: input must be N x C x D1..Dk with k in 1..3 (rank 3-5), got rank {x_dim}")

@@ -10,6 +10,9 @@ Gradient (exact, including the weights' derivative):
 
 Schemas use the ONNX attribute names of the ``poolexport`` domain (see poolexport.onnx),
 so an exported node carries exactly the op's arguments.
+
+The functions below are the pure-torch reference (any device, any float dtype); on CPU
+float32/float16 the ops run the library's native kernels instead (``_native.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Optional
 import torch
 
 from .._window import output_spatial
+from . import _native
 from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
 
 OP = "SoftPool"
@@ -53,8 +57,7 @@ def soft_pool_windows_backward(grad, windows, valid, beta):
 
 
 # ---------------------------------------------------------------- windowed form
-@torch.library.custom_op("poolexport::soft_pool", mutates_args=())
-def soft_pool(
+def soft_pool_reference(
     X: torch.Tensor,
     kernel_shape: list[int],
     strides: list[int],
@@ -69,8 +72,30 @@ def soft_pool(
     return pool_forward(OP, X, attrs, lambda windows, valid: soft_pool_windows(windows, valid, beta))
 
 
-@torch.library.custom_op("poolexport::soft_pool_backward", mutates_args=())
-def soft_pool_backward(
+@torch.library.custom_op("poolexport::soft_pool", mutates_args=())
+def soft_pool(
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    beta: float,
+) -> torch.Tensor:
+    return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+
+
+@soft_pool.register_kernel(("cpu", "cuda"))
+def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+    if not _native.use_native(X):
+        return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+    _check_input(OP, X)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _native.SOFT, X, spec, beta)
+
+
+def soft_pool_backward_reference(
     grad: torch.Tensor,
     X: torch.Tensor,
     kernel_shape: list[int],
@@ -83,6 +108,29 @@ def soft_pool_backward(
 ) -> torch.Tensor:
     attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
     return pool_backward(OP, grad, X, attrs, lambda g, windows, valid: soft_pool_windows_backward(g, windows, valid, beta))
+
+
+@torch.library.custom_op("poolexport::soft_pool_backward", mutates_args=())
+def soft_pool_backward(
+    grad: torch.Tensor,
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    beta: float,
+) -> torch.Tensor:
+    return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+
+
+@soft_pool_backward.register_kernel(("cpu", "cuda"))
+def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+    if not _native.use_native(X):
+        return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _native.SOFT, X, spec, beta, grad=grad)
 
 
 def _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
@@ -114,18 +162,47 @@ soft_pool.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------- reduction form
-@torch.library.custom_op("poolexport::reduce_soft_pool", mutates_args=())
-def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float) -> torch.Tensor:
+def reduce_soft_pool_reference(X, axes, keepdims, beta):
     _check_input(REDUCE_OP, X)
     return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: soft_pool_windows(windows, None, beta))
+
+
+@torch.library.custom_op("poolexport::reduce_soft_pool", mutates_args=())
+def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float) -> torch.Tensor:
+    return reduce_soft_pool_reference(X, axes, keepdims, beta)
+
+
+@reduce_soft_pool.register_kernel(("cpu", "cuda"))
+def _(X, axes, keepdims, beta):
+    _check_input(REDUCE_OP, X)
+    if _native.use_native(X):
+        reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+        y = _native.reduce(REDUCE_OP, _native.SOFT, X, reduced, out_shape, beta)
+        if y is not None:
+            return y
+    return reduce_soft_pool_reference(X, axes, keepdims, beta)
+
+
+def reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta):
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: soft_pool_windows_backward(g, windows, None, beta))
 
 
 @torch.library.custom_op("poolexport::reduce_soft_pool_backward", mutates_args=())
 def reduce_soft_pool_backward(
     grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float
 ) -> torch.Tensor:
-    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
-                           lambda g, windows: soft_pool_windows_backward(g, windows, None, beta))
+    return reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta)
+
+
+@reduce_soft_pool_backward.register_kernel(("cpu", "cuda"))
+def _(grad, X, axes, keepdims, beta):
+    if _native.use_native(X):
+        reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+        dx = _native.reduce(REDUCE_OP, _native.SOFT, X, reduced, out_shape, beta, grad=grad)
+        if dx is not None:
+            return dx
+    return reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta)
 
 
 @reduce_soft_pool.register_fake

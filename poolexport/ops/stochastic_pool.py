@@ -9,6 +9,9 @@ With r = max(a, 0) over a window's valid positions and p_i = r_i / sum(r):
   gradient [a_j > 0] * (2 r_j - y) / sum(r).
 
 A window whose r sums to 0 (all zero, negative or padding) outputs 0 with zero gradient.
+
+The functions below are the pure-torch reference (any device, any float dtype); on CPU
+float32/float16 the ops run the library's native kernels instead (``_native.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from typing import Optional
 import torch
 
 from .._philox import uniform_for_elements
-from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout
+from . import _native
+from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
 from .soft_pool import _check_input, _setup, _windowed_fake
 
 OP = "StochasticPool"
@@ -28,6 +32,10 @@ MODES = ("expectation", "sample")
 def _check_mode(op: str, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+
+
+def _code(mode: str) -> int:
+    return _native.SAMPLE if mode == "sample" else _native.EXPECTATION
 
 
 def sample_positions(r: torch.Tensor, seed: int) -> torch.Tensor:
@@ -89,8 +97,7 @@ def stochastic_windows_backward(grad, windows, mode, seed):
 
 
 # ---------------------------------------------------------------- windowed form
-@torch.library.custom_op("poolexport::stochastic_pool", mutates_args=())
-def stochastic_pool(
+def stochastic_pool_reference(
     X: torch.Tensor,
     kernel_shape: list[int],
     strides: list[int],
@@ -107,8 +114,32 @@ def stochastic_pool(
     return pool_forward(OP, X, attrs, lambda windows, valid: stochastic_windows(windows, mode, seed))
 
 
-@torch.library.custom_op("poolexport::stochastic_pool_backward", mutates_args=())
-def stochastic_pool_backward(
+@torch.library.custom_op("poolexport::stochastic_pool", mutates_args=())
+def stochastic_pool(
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    mode: str,
+    seed: int,
+) -> torch.Tensor:
+    return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
+
+
+@stochastic_pool.register_kernel(("cpu", "cuda"))
+def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    if not _native.use_native(X):
+        return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
+    _check_input(OP, X)
+    _check_mode(OP, mode)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _code(mode), X, spec, seed=seed)
+
+
+def stochastic_pool_backward_reference(
     grad: torch.Tensor,
     X: torch.Tensor,
     kernel_shape: list[int],
@@ -123,6 +154,32 @@ def stochastic_pool_backward(
     attrs = (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
     return pool_backward(OP, grad, X, attrs,
                          lambda g, windows, valid: stochastic_windows_backward(g, windows, mode, seed))
+
+
+@torch.library.custom_op("poolexport::stochastic_pool_backward", mutates_args=())
+def stochastic_pool_backward(
+    grad: torch.Tensor,
+    X: torch.Tensor,
+    kernel_shape: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    ceil_mode: bool,
+    auto_pad: str,
+    mode: str,
+    seed: int,
+) -> torch.Tensor:
+    return stochastic_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad,
+                                              mode, seed)
+
+
+@stochastic_pool_backward.register_kernel(("cpu", "cuda"))
+def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    if not _native.use_native(X):
+        return stochastic_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode,
+                                                  auto_pad, mode, seed)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _code(mode), X, spec, seed=seed, grad=grad)
 
 
 @stochastic_pool.register_fake
@@ -144,19 +201,49 @@ stochastic_pool.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------- reduction form
-@torch.library.custom_op("poolexport::reduce_stochastic_pool", mutates_args=())
-def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int) -> torch.Tensor:
+def reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed):
     _check_input(REDUCE_OP, X)
     _check_mode(REDUCE_OP, mode)
     return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: stochastic_windows(windows, mode, seed))
+
+
+@torch.library.custom_op("poolexport::reduce_stochastic_pool", mutates_args=())
+def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int) -> torch.Tensor:
+    return reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed)
+
+
+@reduce_stochastic_pool.register_kernel(("cpu", "cuda"))
+def _(X, axes, keepdims, mode, seed):
+    _check_input(REDUCE_OP, X)
+    _check_mode(REDUCE_OP, mode)
+    if _native.use_native(X):
+        reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+        y = _native.reduce(REDUCE_OP, _code(mode), X, reduced, out_shape, seed=seed)
+        if y is not None:
+            return y
+    return reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed)
+
+
+def reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed):
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: stochastic_windows_backward(g, windows, mode, seed))
 
 
 @torch.library.custom_op("poolexport::reduce_stochastic_pool_backward", mutates_args=())
 def reduce_stochastic_pool_backward(
     grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int
 ) -> torch.Tensor:
-    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
-                           lambda g, windows: stochastic_windows_backward(g, windows, mode, seed))
+    return reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed)
+
+
+@reduce_stochastic_pool_backward.register_kernel(("cpu", "cuda"))
+def _(grad, X, axes, keepdims, mode, seed):
+    if _native.use_native(X):
+        reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
+        dx = _native.reduce(REDUCE_OP, _code(mode), X, reduced, out_shape, seed=seed, grad=grad)
+        if dx is not None:
+            return dx
+    return reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed)
 
 
 @reduce_stochastic_pool.register_fake

@@ -50,7 +50,8 @@ def all_kernel_names() -> list[str]:
 
 
 def launch_grid(total, cdiv=None, minimum=None, maximum=None):
-    """grid_x = min(cdiv(total, 256), 65535), at least 1.
+    """grid_x = min(cdiv(total, 256), 65535), at least 1; ``total`` counts threads wanted:
+    the outputs, times ``reduce_lanes`` for the reductions (``shapes.launch_total``).
 
     The header says "no launch when total == 0"; TensorRT always launches an AOT kernel,
     so the grid is clamped to 1 (the kernels loop grid-stride over ``total`` elements, so
@@ -60,6 +61,21 @@ def launch_grid(total, cdiv=None, minimum=None, maximum=None):
     if cdiv is None:
         return max(min((int(total) + BLOCK - 1) // BLOCK, MAX_GRID), 1)
     return maximum(minimum(cdiv(total, BLOCK), MAX_GRID), 1)
+
+
+def reduce_lanes(window, innermost_reduced: bool, sample: bool, floordiv=None, minimum=None):
+    """Threads per output of a reduction (``reduce_lanes`` in reduce.h): 1, or for the soft
+    and expectation modes over the innermost axis 32 (window >= 32) or 256 (>= 1024).
+
+    Works on ints and, given ``//`` and TensorRT's ``min``, on a symbolic window size
+    (1 + 31 * [window >= 32] + 224 * [window >= 1024], with [w >= n] = min(w // n, 1)).
+    """
+    if sample or not innermost_reduced:
+        return 1
+    if minimum is None:
+        window = int(window)
+        return 256 if window >= 1024 else (32 if window >= 32 else 1)
+    return minimum(window // 32, 1) * 31 + minimum(window // 1024, 1) * 224 + 1
 
 
 def to_int32(value: int) -> int:

@@ -5,8 +5,10 @@ any poolexport export (``ort`` or ``tensorrt`` target) builds:
 
 * ``plugin_namespace="poolexport"``, ``plugin_version="1"`` and ``aot=1`` on every node
   (the parser finds plugin ``poolexport::<OpType>``; ``aot`` asks for the AOT path);
-* every attribute written, defaults filled in, in the op schema's order: tensorrt.plugin
-  declares attributes without defaults and hands them to ``aot_impl`` positionally;
+* every attribute written, defaults filled in (tensorrt.plugin declares attributes
+  without defaults; the parser skips a field the node lacks), in the plugin's field order;
+* the int64 ``seed`` split into int32 ``seed_lo``/``seed_hi``: the parser reads an INT
+  attribute as int32 (``loadFields``), which would drop the seed's high word;
 * no model-local function for these ops (the parser prefers a local function over a
   plugin).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from . import abi
 from .plugins import ATTRS, NAMESPACE, VERSION
 
 DOMAIN = "poolexport"
@@ -41,8 +44,19 @@ def _defaults(op: str, attrs: dict, rank) -> dict:
     if "beta" in ATTRS[op]:
         d["beta"] = 1.0
     else:
-        d.update(mode="expectation", seed=0)
+        d.update(mode="expectation", seed_lo=0, seed_hi=0)
     return d
+
+
+def _split_seed(op: str, attrs: dict, node_name: str) -> dict:
+    """``seed`` -> ``seed_lo``/``seed_hi``; a node prepared before keeps its two words."""
+    if "seed" not in attrs:
+        return attrs
+    if "seed_lo" in attrs or "seed_hi" in attrs:
+        raise ValueError(f"{op}: node {node_name!r} has both seed and seed_lo/seed_hi")
+    out = {k: v for k, v in attrs.items() if k != "seed"}
+    out["seed_lo"], out["seed_hi"] = abi.seed_words(attrs["seed"])
+    return out
 
 
 def prepare_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -59,6 +73,7 @@ def prepare_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name not in _PLUGIN_ATTRS}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         attrs = {k: v for k, v in attrs.items() if not (isinstance(v, list) and not v)}  # [] = default
+        attrs = _split_seed(op, attrs, node.name)
         unknown = set(attrs) - set(ATTRS[op])
         if unknown:
             raise ValueError(f"{op}: unknown attribute(s) {sorted(unknown)} on node {node.name!r}")

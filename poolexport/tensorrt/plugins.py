@@ -2,8 +2,8 @@
 
 Each op of the ``poolexport`` ONNX domain becomes plugin ``poolexport::<OpType>``, version
 "1": TensorRT's ONNX parser looks a node up by its op type plus the attributes
-``plugin_namespace`` ("poolexport") and ``plugin_version``, and passes the other attributes
-as plugin fields of the same names.
+``plugin_namespace`` ("poolexport") and ``plugin_version``, and passes the node's other
+attributes as plugin fields of the same names.
 
 The plugin layer only declares shapes, types and the kernel launch (``tensorrt.plugin``,
 TensorRT >= 10.9):
@@ -17,9 +17,18 @@ TensorRT >= 10.9):
 
 No ``impl`` (JIT) is defined, so plugin creation always takes the AOT path.
 
+The fields arrive as the ONNX parser makes them (onnx-tensorrt ``onnxOpImporters.cpp``,
+``loadFields``/``copyField``): STRING as CHAR bytes with a trailing NUL, INT narrowed to
+one int32, INTS as int32, FLOAT as float32. Hence:
+
+* every numeric attribute is annotated as a numpy array: tensorrt.plugin 10.x converts a
+  scalar annotation with ``int(ndarray)``, which numpy >= 2.4 rejects;
+* strings lose the NUL here;
+* the 64-bit ``seed`` of the op contract travels as two int32 fields, ``seed_lo`` and
+  ``seed_hi`` (``prepare_onnx`` splits it), since an INT attribute keeps only 32 bits.
+
 Deliberately no ``from __future__ import annotations``: tensorrt.plugin inspects the
-annotations as objects (TensorDesc subclasses, ``numpy.typing.NDArray[...]`` for list
-attributes, since lists are not a supported attribute type).
+annotations as objects (TensorDesc subclasses, ``numpy.typing.NDArray[...]``).
 """
 from typing import List, Tuple, Union
 
@@ -31,43 +40,63 @@ from ._import import import_tensorrt
 
 NAMESPACE = "poolexport"
 VERSION = "1"
-Ints = npt.NDArray[np.int32]  # one object, so annotations compare equal across decorators
+# one object each, so annotations compare equal across decorators
+Ints = npt.NDArray[np.int32]
+Floats = npt.NDArray[np.float32]
 
-# attribute names in the order every decorated function declares them (= the op schema)
+# plugin fields in the order every decorated function declares them: the op schema's,
+# with seed split into its two 32-bit words
 ATTRS = {
     "SoftPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "beta"),
-    "StochasticPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "mode", "seed"),
+    "StochasticPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad", "mode", "seed_lo",
+                       "seed_hi"),
     "ReduceSoftPool": ("axes", "keepdims", "beta"),
-    "ReduceStochasticPool": ("axes", "keepdims", "mode", "seed"),
+    "ReduceStochasticPool": ("axes", "keepdims", "mode", "seed_lo", "seed_hi"),
 }
 _KINDS = {"kernel_shape": "ints", "strides": "ints", "pads": "ints", "dilations": "ints", "axes": "ints",
-          "ceil_mode": "int", "keepdims": "int", "seed": "int", "auto_pad": "str", "mode": "str", "beta": "float"}
+          "ceil_mode": "int", "keepdims": "int", "seed_lo": "int", "seed_hi": "int", "auto_pad": "str", "mode": "str",
+          "beta": "float"}
 
 _registered = False
 
 
-def _check_order(op: str, values: dict) -> dict:
-    """Plain-Python attribute dict, verifying each value has its attribute's kind.
+def join_seed(seed_lo: int, seed_hi: int) -> int:
+    """The int64 seed from its two int32 words (the inverse of ``abi.seed_words``)."""
+    s = (int(seed_hi) & 0xFFFFFFFF) << 32 | (int(seed_lo) & 0xFFFFFFFF)
+    return s - (1 << 64) if s >= (1 << 63) else s
 
-    TensorRT passes the attributes to ``aot_impl`` positionally in the order of the node's
-    plugin fields; a node listing them in another order would shift them silently.
+
+def _plain(op: str, values: dict) -> dict:
+    """The fields as plain Python values, each checked against its attribute's kind, with
+    ``seed_lo``/``seed_hi`` joined into ``seed`` (the argument ``shapes.kernel_args`` takes).
+
+    TensorRT passes the attributes to ``aot_impl`` by position, in the order of the fields
+    it was given. The ONNX parser builds them by walking this plugin's field names (the
+    registration order), never the node's attribute order, so a parsed node always
+    matches; a field collection built by hand in another order would shift them.
     """
     out = {}
     for name, v in values.items():
         kind = _KINDS[name]
-        ok = (isinstance(v, np.ndarray) if kind == "ints" else isinstance(v, str) if kind == "str"
-              else isinstance(v, (int, float, np.number)) and not isinstance(v, (str, np.ndarray)))
+        ok = isinstance(v, str) if kind == "str" else (isinstance(v, np.ndarray) and (kind == "ints" or v.size == 1))
         if not ok:
             raise ValueError(
-                f"{op}: attribute {name} received {type(v).__name__}; the ONNX node must list its attributes in "
-                f"the op schema's order ({', '.join(ATTRS[op])}); poolexport.tensorrt.prepare_onnx does that"
+                f"{op}: field {name} received {type(v).__name__} {v!r}; the plugin fields must follow the order "
+                f"{', '.join(ATTRS[op])} (TensorRT's ONNX parser does; poolexport.tensorrt.prepare_onnx writes them)"
             )
-        out[name] = [int(x) for x in v.tolist()] if kind == "ints" else (float(v) if kind == "float" else v)
+        if kind == "str":
+            out[name] = v.rstrip("\0")  # the parser's copyField appends a NUL and counts it
+        elif kind == "ints":
+            out[name] = [int(x) for x in v.tolist()]
+        else:
+            out[name] = v.item() if kind == "float" else int(v.item())
+    if "seed_lo" in out:
+        out["seed"] = join_seed(out.pop("seed_lo"), out.pop("seed_hi"))
     return out
 
 
 def _output_desc(trtp, op: str, X, attrs: dict):
-    attrs = _check_order(op, attrs)
+    attrs = _plain(op, attrs)
     dims = list(X.shape_expr)
     if dims and not any(d.is_fake for d in dims) and all(d.is_constant for d in dims):
         # a static input shape: check window spans now, with the integer rules
@@ -83,8 +112,9 @@ def _autotune(trtp):
 
 def _aot(trt, trtp, op: str, X, attrs: dict, outputs):
     ops = shapes.trt_ops(trtp)
-    args, _ = shapes.kernel_args(op, list(X.shape_expr), _check_order(op, attrs), ops)
-    total = shapes.numel(list(outputs[0].shape_expr))
+    attrs = _plain(op, attrs)
+    args, _ = shapes.kernel_args(op, list(X.shape_expr), attrs, ops)
+    total = shapes.launch_total(op, list(X.shape_expr), attrs, ops)
     dtype = "float16" if X.dtype == trt.DataType.HALF else "float32"
     launch = trtp.KernelLaunchParams()
     # the one grid rule of kernel_abi.h (abi.launch_grid), evaluated symbolically
@@ -101,7 +131,7 @@ def register_plugins() -> None:
     if _registered:
         return
     trt, trtp = import_tensorrt(plugin=True)
-    ptx.load_ptx()  # fail now, with the reason, rather than inside an engine build
+    ptx.check_driver(ptx.load_ptx())  # fail now, with the reason, rather than inside an engine build
     _define(trt, trtp)
     _registered = True
 
@@ -118,7 +148,7 @@ def _define(trt, trtp):
     # ---------------------------------------------------------------- SoftPool
     @trtp.register("poolexport::SoftPool")
     def soft_pool(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints,
-                  ceil_mode: int, auto_pad: str, beta: float) -> trtp.TensorDesc:
+                  ceil_mode: Ints, auto_pad: str, beta: Floats) -> trtp.TensorDesc:
         return _output_desc(trtp, "SoftPool", X, dict(
             kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
             auto_pad=auto_pad, beta=beta))
@@ -129,7 +159,7 @@ def _define(trt, trtp):
 
     @trtp.aot_impl("poolexport::SoftPool")
     def soft_pool_aot(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints,
-                      ceil_mode: int, auto_pad: str, beta: float, outputs: Descs, tactic: int) -> AOTResult:
+                      ceil_mode: Ints, auto_pad: str, beta: Floats, outputs: Descs, tactic: int) -> AOTResult:
         return _aot(trt, trtp, "SoftPool", X, dict(
             kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
             auto_pad=auto_pad, beta=beta), outputs)
@@ -137,10 +167,10 @@ def _define(trt, trtp):
     # ---------------------------------------------------------------- StochasticPool
     @trtp.register("poolexport::StochasticPool")
     def stochastic_pool(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints,
-                        ceil_mode: int, auto_pad: str, mode: str, seed: int) -> trtp.TensorDesc:
+                        ceil_mode: Ints, auto_pad: str, mode: str, seed_lo: Ints, seed_hi: Ints) -> trtp.TensorDesc:
         return _output_desc(trtp, "StochasticPool", X, dict(
             kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
-            auto_pad=auto_pad, mode=mode, seed=seed))
+            auto_pad=auto_pad, mode=mode, seed_lo=seed_lo, seed_hi=seed_hi))
 
     @trtp.autotune("poolexport::StochasticPool")
     def stochastic_pool_autotune(X: trtp.TensorDesc, outputs: Descs) -> Combos:
@@ -148,15 +178,15 @@ def _define(trt, trtp):
 
     @trtp.aot_impl("poolexport::StochasticPool")
     def stochastic_pool_aot(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints,
-                            ceil_mode: int, auto_pad: str, mode: str, seed: int, outputs: Descs,
+                            ceil_mode: Ints, auto_pad: str, mode: str, seed_lo: Ints, seed_hi: Ints, outputs: Descs,
                             tactic: int) -> AOTResult:
         return _aot(trt, trtp, "StochasticPool", X, dict(
             kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
-            auto_pad=auto_pad, mode=mode, seed=seed), outputs)
+            auto_pad=auto_pad, mode=mode, seed_lo=seed_lo, seed_hi=seed_hi), outputs)
 
     # ---------------------------------------------------------------- ReduceSoftPool
     @trtp.register("poolexport::ReduceSoftPool")
-    def reduce_soft_pool(X: trtp.TensorDesc, axes: Ints, keepdims: int, beta: float) -> trtp.TensorDesc:
+    def reduce_soft_pool(X: trtp.TensorDesc, axes: Ints, keepdims: Ints, beta: Floats) -> trtp.TensorDesc:
         return _output_desc(trtp, "ReduceSoftPool", X, dict(axes=axes, keepdims=keepdims, beta=beta))
 
     @trtp.autotune("poolexport::ReduceSoftPool")
@@ -164,22 +194,23 @@ def _define(trt, trtp):
         return _autotune(trtp)
 
     @trtp.aot_impl("poolexport::ReduceSoftPool")
-    def reduce_soft_pool_aot(X: trtp.TensorDesc, axes: Ints, keepdims: int, beta: float, outputs: Descs,
+    def reduce_soft_pool_aot(X: trtp.TensorDesc, axes: Ints, keepdims: Ints, beta: Floats, outputs: Descs,
                              tactic: int) -> AOTResult:
         return _aot(trt, trtp, "ReduceSoftPool", X, dict(axes=axes, keepdims=keepdims, beta=beta), outputs)
 
     # ---------------------------------------------------------------- ReduceStochasticPool
     @trtp.register("poolexport::ReduceStochasticPool")
-    def reduce_stochastic_pool(X: trtp.TensorDesc, axes: Ints, keepdims: int, mode: str,
-                               seed: int) -> trtp.TensorDesc:
-        return _output_desc(trtp, "ReduceStochasticPool", X, dict(axes=axes, keepdims=keepdims, mode=mode, seed=seed))
+    def reduce_stochastic_pool(X: trtp.TensorDesc, axes: Ints, keepdims: Ints, mode: str, seed_lo: Ints,
+                               seed_hi: Ints) -> trtp.TensorDesc:
+        return _output_desc(trtp, "ReduceStochasticPool", X, dict(axes=axes, keepdims=keepdims, mode=mode,
+                                                                  seed_lo=seed_lo, seed_hi=seed_hi))
 
     @trtp.autotune("poolexport::ReduceStochasticPool")
     def reduce_stochastic_pool_autotune(X: trtp.TensorDesc, outputs: Descs) -> Combos:
         return _autotune(trtp)
 
     @trtp.aot_impl("poolexport::ReduceStochasticPool")
-    def reduce_stochastic_pool_aot(X: trtp.TensorDesc, axes: Ints, keepdims: int, mode: str, seed: int,
-                                   outputs: Descs, tactic: int) -> AOTResult:
-        return _aot(trt, trtp, "ReduceStochasticPool", X, dict(axes=axes, keepdims=keepdims, mode=mode, seed=seed),
-                    outputs)
+    def reduce_stochastic_pool_aot(X: trtp.TensorDesc, axes: Ints, keepdims: Ints, mode: str, seed_lo: Ints,
+                                   seed_hi: Ints, outputs: Descs, tactic: int) -> AOTResult:
+        return _aot(trt, trtp, "ReduceStochasticPool", X, dict(axes=axes, keepdims=keepdims, mode=mode,
+                                                               seed_lo=seed_lo, seed_hi=seed_hi), outputs)

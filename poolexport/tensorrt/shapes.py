@@ -9,31 +9,22 @@ Plain functions, written once for two kinds of numbers:
   formula below keeps the size operand on the left and expresses the ceil_mode rule with
   ``<`` (TensorRT's ``DimensionOperation.LESS`` yields 0 or 1).
 
-The rules are ONNX ``AveragePool``'s, as ``poolexport/_window.py`` defines them (the tests
-check agreement on many random cases); this module does not import torch.
+The output-size rule is ONNX ``AveragePool``'s, coded once in ``poolexport/_window.py``
+(``axis_output``, written in the operator subset above) and used here with ``trt_ops``.
 """
 from __future__ import annotations
 
-import builtins
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
+from .._window import INT_OPS, axis_output
 from . import abi
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 STOCHASTIC_MODES = ("expectation", "sample")
 WINDOWED_OPS = ("SoftPool", "StochasticPool")
 REDUCE_OPS = ("ReduceSoftPool", "ReduceStochasticPool")
-
-# integer arithmetic with the same interface as TensorRT's symbolic one
-INT_OPS = SimpleNamespace(
-    cdiv=lambda a, b: -(-a // b),
-    max=builtins.max,
-    min=builtins.min,
-    lt=lambda a, b: int(a < b),
-    symbolic=False,
-)
 
 
 def trt_ops(trtp) -> SimpleNamespace:
@@ -126,25 +117,6 @@ def stochastic_args(op: str, mode, seed) -> list[int]:
 
 
 # ------------------------------------------------------------------ windowed form
-def axis_output(n, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
-                ceil_mode: bool, auto_pad: str, ops=INT_OPS):
-    """(output size, effective begin pad) of one spatial axis; ``n`` int or ShapeExpr."""
-    span = (kernel - 1) * dilation + 1
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = (n + (stride - 1)) // stride
-        total = ops.max((out - 1) * stride + span - n, 0)
-        half = total // 2
-        return out, (half if auto_pad == "SAME_UPPER" else total - half)
-    if auto_pad == "VALID":
-        return (n - span) // stride + 1, 0
-    room = n + (pad_begin + pad_end - span)
-    if not ceil_mode:
-        return room // stride + 1, pad_begin
-    out = (room + (stride - 1)) // stride + 1
-    # drop a last window that starts in the end padding: (out-1)*s >= n + pad_begin
-    return out - ops.lt(n + (pad_begin - 1), (out - 1) * stride), pad_begin
-
-
 def window_output(attrs: WindowAttrs, spatial: Sequence, ops=INT_OPS, op: str = "SoftPool"):
     """Output spatial sizes and effective begin pads; validates window spans for ints."""
     k = attrs.k
@@ -245,6 +217,22 @@ def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
     else:
         args += stochastic_args(op, attrs.get("mode", "expectation"), attrs.get("seed", 0))
     return args, out_shape
+
+
+def launch_total(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
+    """Threads the launch rule asks for (kernel_abi.h): the output elements, times the
+    lanes per output of a soft or expectation reduction over the innermost axis."""
+    _, out_shape = kernel_args(op, shape, attrs, ops)
+    outputs = numel(out_shape)
+    if op not in REDUCE_OPS:
+        return outputs
+    axes = reduce_axes(op, len(shape), attrs.get("axes", ()))
+    sample = op == "ReduceStochasticPool" and attrs.get("mode", "expectation") == "sample"
+    window = numel([shape[a] for a in axes])
+    if ops.symbolic:
+        lanes = abi.reduce_lanes(window, len(shape) - 1 in axes, sample, minimum=ops.min)
+        return lanes * outputs if isinstance(outputs, int) else outputs * lanes  # ShapeExpr on the left
+    return outputs * abi.reduce_lanes(window, len(shape) - 1 in axes, sample)
 
 
 def numel(shape: Sequence):

@@ -8,7 +8,12 @@
 //   grid  = (min(cdiv(total, 256), POOLEXPORT_MAX_GRID = 65535), 1, 1), and no launch
 //           when total == 0. Kernels loop grid-stride, so any grid covers every element.
 //   total = number of OUTPUT elements (N*C*out_d*out_h*out_w, or the reduced output's
-//           element count), shared memory 0.
+//           element count), times, for the reduce ops, the lanes per output of
+//           poolexport::reduce_lanes (reduce.h): 32 or 256 when mode is soft or
+//           expectation, the innermost axis (bit 5) is reduced and the window has at least
+//           32 or 1024 elements, else 1. Dynamic shared memory 0 (the cooperative reduce
+//           kernels use a static 256-entry array). A kernel launched with another grid
+//           or a block that cannot hold whole lane groups still covers every output.
 //
 // Windowed ops: 1-D and 2-D inputs are expressed as 3-D with leading size-1 spatial axes
 // (in = 1, out = 1, k = 1, s = 1, dil = 1, pad = 0 on the missing axes). out_* and pad_*

@@ -73,4 +73,36 @@ PX_HD void for_each_in_reduce(const Reduce6& g, int64_t e, F&& f) {
   }
 }
 
+// Lanes (threads) that share one output of the soft and expectation reductions; the
+// launch rule of kernel_abi.h. 1, a thread per output, unless the innermost axis is
+// reduced: then a window is runs of contiguous elements, read coalesced by 32 lanes
+// (window >= 32) or a whole block of 256 (window >= 1024). Sample mode keeps its
+// sequential definition: 1.
+PX_HD int reduce_lanes(int64_t window, int32_t mask, int32_t sample) {
+  if (sample || !(mask & 32)) return 1;
+  return window >= 1024 ? 256 : (window >= 32 ? 32 : 1);
+}
+
+// The trailing reduced axes (kept axes of size 1 do not interrupt them) are contiguous in
+// memory: a window is window/run runs of `run` elements. *from = their first axis.
+PX_HD int64_t reduce_run(const Reduce6& g, int* from) {
+  int64_t run = 1;
+  int i = 5;
+  for (; i >= 0 && ((g.mask & (1 << i)) || g.dim[i] == 1); --i) run *= g.dim[i];
+  *from = i + 1;
+  return run;
+}
+
+// Offset, from the window's base, of run q (row-major over the reduced axes before `from`).
+PX_HD int64_t reduce_run_offset(const Reduce6& g, int from, int64_t q) {
+  int64_t off = 0;
+  for (int i = from - 1; i >= 0 && q; --i) {
+    if (!(g.mask & (1 << i))) continue;
+    int64_t r = q % g.dim[i];
+    q /= g.dim[i];
+    off += r * g.stride[i];
+  }
+  return off;
+}
+
 }  // namespace poolexport

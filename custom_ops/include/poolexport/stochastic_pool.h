@@ -9,35 +9,71 @@
 
 namespace poolexport {
 
+// One window's expectation state: s1 = sum(r), y = sum(r^2) / s1 (0 when s1 is 0).
+struct StochasticStats {
+  float s1, y;
+};
+
 template <class Visit>
-PX_HD float stochastic_expectation_value(Visit&& visit) {
+PX_HD StochasticStats stochastic_expectation_stats(Visit&& visit) {
   float s1 = 0.0f, s2 = 0.0f;
   visit([&](float a) {
     float r = a > 0.0f ? a : 0.0f;
     s1 += r;
     s2 += r * r;
   });
-  return s1 > 0.0f ? s2 / s1 : 0.0f;
+  return StochasticStats{s1, s1 > 0.0f ? s2 / s1 : 0.0f};
+}
+
+template <class Visit>
+PX_HD float stochastic_expectation_value(Visit&& visit) {
+  return stochastic_expectation_stats(visit).y;
+}
+
+// g * dy/da for one window element a, given the window's s1 = sum(r) and output y:
+// [a > 0] * (2 a - y) / s1; 0 for a window whose r sums to 0.
+PX_HD float stochastic_expectation_grad(float a, float s1, float y, float g) {
+  return a > 0.0f && s1 > 0.0f ? g * (2.0f * a - y) / s1 : 0.0f;
+}
+
+// The sampled pick for the uniform u of the window's output element: its value, and (when
+// index is given) its position in window order, -1 when the window's r sums to 0 (then
+// the value is 0 and no element gets a gradient).
+template <class Visit>
+PX_HD float stochastic_sample_pick_u(Visit&& visit, float u, int64_t* index) {
+  if (index) *index = -1;
+  float total = 0.0f;
+  visit([&](float a) { total = add_rn(total, a > 0.0f ? a : 0.0f); });
+  if (!(total > 0.0f)) return 0.0f;
+  float t = mul_rn(u, total);
+  // cum never decreases, so the first cum > t is where the prefix of cum <= t ends; the
+  // loop tracks that with selects, not branches (random picks mispredict)
+  float cum = 0.0f, picked = 0.0f, last_positive = 0.0f;
+  int64_t i = 0, below = 0, last_at = -1;
+  visit([&](float a) {
+    float r = a > 0.0f ? a : 0.0f;
+    const bool was_below = cum <= t;
+    cum = add_rn(cum, r);
+    below += cum <= t;
+    picked = was_below && cum > t ? a : picked;
+    last_positive = r > 0.0f ? a : last_positive;
+    last_at = r > 0.0f ? i : last_at;
+    ++i;
+  });
+  const bool found = below < i;  // some cum > t
+  if (index) *index = found ? below : last_at;
+  return found ? picked : last_positive;
+}
+
+// ... for flat output index e under the seed (seed_lo, seed_hi)
+template <class Visit>
+PX_HD float stochastic_sample_pick(Visit&& visit, uint64_t e, uint32_t seed_lo, uint32_t seed_hi, int64_t* index) {
+  return stochastic_sample_pick_u(visit, philox_uniform(e, seed_lo, seed_hi), index);
 }
 
 template <class Visit>
 PX_HD float stochastic_sample_value(Visit&& visit, uint64_t e, uint32_t seed_lo, uint32_t seed_hi) {
-  float total = 0.0f;
-  visit([&](float a) { total = add_rn(total, a > 0.0f ? a : 0.0f); });
-  if (!(total > 0.0f)) return 0.0f;
-  float t = mul_rn(philox_uniform(e, seed_lo, seed_hi), total);
-  float cum = 0.0f, picked = 0.0f, last_positive = 0.0f;
-  bool found = false;
-  visit([&](float a) {
-    float r = a > 0.0f ? a : 0.0f;
-    cum = add_rn(cum, r);
-    if (!found && cum > t) {
-      found = true;
-      picked = a;
-    }
-    if (r > 0.0f) last_positive = a;
-  });
-  return found ? picked : last_positive;
+  return stochastic_sample_pick(visit, e, seed_lo, seed_hi, nullptr);
 }
 
 }  // namespace poolexport

@@ -36,6 +36,17 @@ def hidden_width(channels: int, reduction: float, min_channels: int, owner: str)
     return max(min_channels, int(channels // reduction))
 
 
+def one_map_per_channel(pool, owner: str, argname: str):
+    """Reject a pool whose global form doubles the channels (catavgmax): the block's layers
+    are sized for one C-wide descriptor per pool."""
+    from ..factory import CONCAT_POOLS
+
+    if isinstance(pool, str) and pool.lower() in CONCAT_POOLS:
+        raise ValueError(f"{owner}: {argname} {pool!r} gives 2C channels, which this block's layers do not take; "
+                         "use 'avg' and 'max' as two descriptors, or 'avgmax'")
+    return pool
+
+
 def descriptor(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run a global pool and flatten its output to N x C."""
     return pool(x).reshape(x.shape[0], -1)

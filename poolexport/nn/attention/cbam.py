@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..factory import create_pool
-from ._util import check_channels, create_act, descriptor, hidden_width, per_channel
+from ..factory import CONCAT_POOLS, create_pool
+from ._util import check_channels, create_act, descriptor, hidden_width, one_map_per_channel, per_channel
 
 _PoolArg = Union[str, nn.Module]
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -30,6 +30,8 @@ def _pools(pools, form: str, owner: str, argname: str, pool_kwargs: Optional[dic
     opts = dict(pool_kwargs or {})
     if form == "global":
         opts["flatten"] = True
+        for i, p in enumerate(pools):
+            one_map_per_channel(p, owner, f"{argname}[{i}]")
     return nn.ModuleList(create_pool(p, form, argname=f"{owner}: {argname}[{i}]", **opts) for i, p in enumerate(pools))
 
 
@@ -67,7 +69,9 @@ class SpatialAttention(nn.Module):
         if dims not in _CONVS:
             raise ValueError(f"{owner}: dims must be 1, 2 or 3, got {dims!r}")
         self.pools = _pools(pools, "channel", owner, argname, pool_kwargs)
-        self.conv = _CONVS[dims](len(self.pools), 1, kernel_size, padding=kernel_size // 2)
+        pools = (pools,) if isinstance(pools, (str, nn.Module)) else pools
+        maps = sum(2 if isinstance(p, str) and p.lower() in CONCAT_POOLS else 1 for p in pools)
+        self.conv = _CONVS[dims](maps, 1, kernel_size, padding=kernel_size // 2)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         maps = torch.cat([pool(x) for pool in self.pools], dim=1)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..factory import create_pool
-from ._util import check_channels, descriptor, per_channel
+from ._util import check_channels, descriptor, one_map_per_channel, per_channel
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -32,7 +32,8 @@ class ECA(nn.Module):
         if not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"ECA: kernel_size must be a positive odd int, got {k!r}")
         self.kernel_size = k
-        self.pool = create_pool(pool, "global", flatten=True, argname="ECA: pool", **(pool_kwargs or {}))
+        self.pool = create_pool(one_map_per_channel(pool, "ECA", "pool"), "global", flatten=True, argname="ECA: pool",
+                                **(pool_kwargs or {}))
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..factory import create_pool
-from ._util import check_channels, create_act, descriptor, hidden_width, per_channel
+from ._util import check_channels, create_act, descriptor, hidden_width, one_map_per_channel, per_channel
 
 
 class SE(nn.Module):
@@ -24,7 +24,8 @@ class SE(nn.Module):
         super().__init__()
         check_channels(channels, "SE")
         hidden = hidden_channels or hidden_width(channels, reduction, min_channels, "SE")
-        self.pool = create_pool(pool, "global", flatten=True, argname="SE: pool", **(pool_kwargs or {}))
+        self.pool = create_pool(one_map_per_channel(pool, "SE", "pool"), "global", flatten=True, argname="SE: pool",
+                                **(pool_kwargs or {}))
         self.fc1 = nn.Linear(channels, hidden)
         self.act = create_act(act, "SE")
         self.fc2 = nn.Linear(hidden, channels)

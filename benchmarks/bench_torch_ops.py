@@ -1,0 +1,171 @@
+"""Benchmark of the torch ops (issue 9): native CPU kernels vs torch and the old path.
+
+For 8 x 64 x 56 x 56 float32, (kernel 2, stride 2) and (kernel 3, stride 2, pad 1), on
+--threads threads (default 2), forward + backward, as ratios to torch's avg_pool2d in the
+same run (rounds interleaved, median of --repeat):
+  * soft_pool2d and stochastic_pool2d (expectation): the native kernels  (target <= 1.5)
+  * the SoftPool paper repo's formula avg_pool(x*e^x) / avg_pool(e^x)      (soft >= 3x faster)
+  * the pure-torch reference (the implementation before issue 9)
+Also: training-mode sampling on 64 x 64 x 32 x 32 k2 s2 (forward) vs avg_pool2d's forward
+(target <= 2), the per-call overhead of the ctypes path on a tiny tensor, and the peak
+memory of one SoftPool k3 s2 p1 training step on 16 x 64 x 112 x 112 above avg_pool2d's
+(target <= 1.0x the input's size; measured in a child process per variant).
+
+    python benchmarks/bench_torch_ops.py [--repeat 15] [--threads 2] [--no-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's spinning workers would steal the cores
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from poolexport.functional import soft_pool2d, stochastic_pool2d
+from poolexport.ops import _native
+
+CASES = [("k2 s2", dict(kernel_size=2, stride=2, padding=0)), ("k3 s2 p1", dict(kernel_size=3, stride=2, padding=1))]
+
+
+def paper_formula(x, kernel_size, stride, padding):
+    # github.com/alexandrosstergiou/SoftPool, pytorch/SoftPool/idea.py (unstable: overflows above ~88)
+    e = torch.exp(x)
+    return F.avg_pool2d(x * e, kernel_size, stride, padding) / F.avg_pool2d(e, kernel_size, stride, padding)
+
+
+def fwd_bwd(fn, x, g):
+    def run():
+        x.grad = None
+        fn(x).backward(g)
+    return run
+
+
+def interleaved(fns: dict, repeat: int) -> dict:
+    for f in fns.values():  # warm-up
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def speed(repeat: int) -> None:
+    torch.manual_seed(0)
+    print("| 8x64x56x56 fp32, forward + backward | " + " | ".join(n for n, _ in CASES) + " |")
+    print("| --- |" + " ---: |" * len(CASES))
+    rows: dict = {}
+    for name, kw in CASES:
+        x = torch.randn(8, 64, 56, 56).requires_grad_()
+        with torch.no_grad():
+            g = torch.randn_like(F.avg_pool2d(x, **kw))
+
+        def reference(fn):
+            def run():
+                with _native.reference_kernels():
+                    fn()
+            return run
+
+        fns = {
+            "torch avg_pool2d": fwd_bwd(lambda t: F.avg_pool2d(t, **kw), x, g),
+            "soft_pool2d (native)": fwd_bwd(lambda t: soft_pool2d(t, **kw), x, g),
+            "stochastic_pool2d expectation (native)": fwd_bwd(lambda t: stochastic_pool2d(t, **kw), x, g),
+            "paper formula avg_pool(x*e^x)/avg_pool(e^x)": fwd_bwd(lambda t: paper_formula(t, **kw), x, g),
+            "soft_pool2d (pure torch, before)": reference(fwd_bwd(lambda t: soft_pool2d(t, **kw), x, g)),
+            "stochastic_pool2d expectation (pure torch, before)":
+                reference(fwd_bwd(lambda t: stochastic_pool2d(t, **kw), x, g)),
+        }
+        t = interleaved(fns, repeat)
+        base = t["torch avg_pool2d"]
+        for k, v in t.items():
+            rows.setdefault(k, []).append(f"{v / base:.2f}x" + (f" ({v * 1e3:.2f} ms)" if k == "torch avg_pool2d" else ""))
+        rows.setdefault("paper formula / soft_pool2d (speed-up)", []).append(
+            f"{t['paper formula avg_pool(x*e^x)/avg_pool(e^x)'] / t['soft_pool2d (native)']:.2f}x")
+    for k, v in rows.items():
+        print(f"| {k} | " + " | ".join(v) + " |")
+
+    x = torch.rand(64, 64, 32, 32)
+    t = interleaved({"avg": lambda: F.avg_pool2d(x, 2, 2), "sample": lambda: stochastic_pool2d(x, 2, mode="sample", seed=1)},
+                    repeat)
+    print(f"\nsampling 64x64x32x32 k2 s2 forward: {t['sample'] / t['avg']:.2f}x avg_pool2d's forward "
+          f"({t['avg'] * 1e3:.2f} ms)")
+
+    tiny = torch.randn(1, 1, 4, 4)
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        F.avg_pool2d(tiny, 2)
+    t1 = time.perf_counter()
+    for _ in range(n):
+        soft_pool2d(tiny, 2)
+    t2 = time.perf_counter()
+    print(f"per-call time on 1x1x4x4: avg_pool2d {(t1 - t0) / n * 1e6:.1f} us, soft_pool2d {(t2 - t1) / n * 1e6:.1f} us "
+          "(op dispatch + argument checks + ctypes)")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def memory_child(variant: str) -> None:
+    """One training step on 16x64x112x112; prints the peak RSS growth in bytes (Linux:
+    the high-water mark is reset through /proc/self/clear_refs just before the step)."""
+    x = torch.randn(16, 64, 112, 112)
+    kw = dict(kernel_size=3, stride=2, padding=1)
+    fn = {"avg": lambda t: F.avg_pool2d(t, **kw), "soft": lambda t: soft_pool2d(t, **kw)}[variant]
+    # a step on a small tensor first, so lazily loaded code and thread pools are not counted
+    small = torch.randn(1, 1, 8, 8, requires_grad=True)
+    fn(small).sum().backward()
+    x.requires_grad_()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    y = fn(x)
+    y.backward(torch.ones_like(y))
+    print((_status_kib("VmHWM") - base) * 1024)
+
+
+def memory() -> None:
+    size = 16 * 64 * 112 * 112 * 4
+    peaks = {}
+    for v in ("avg", "soft"):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", v], capture_output=True, text=True, check=True)
+        peaks[v] = int(out.stdout.split()[-1])
+    print(f"\nSoftPool k3 s2 p1 training step, 16x64x112x112 (input {size / 2**20:.0f} MiB): peak RSS growth "
+          f"avg_pool2d {peaks['avg'] / 2**20:.0f} MiB, soft_pool2d {peaks['soft'] / 2**20:.0f} MiB, "
+          f"difference {(peaks['soft'] - peaks['avg']) / size:.2f}x the input's size")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-child", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.memory_child:
+        memory_child(a.memory_child)
+        return
+    if not _native.available():
+        sys.exit("the library has no torch kernels: build it with `pip install .`")
+    print(f"{datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{a.threads} threads")
+    speed(a.repeat)
+    if not a.no_memory:
+        memory()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+// The torch ops' C ABI (torch_abi.h) over the shared CPU kernels.
+#include "torch_abi.h"
+
+#include <exception>
+
+#include "cpu_backward.h"
+#include "thread_pool.h"
+
+namespace {
+
+using namespace poolexport;
+using poolexport::cpu::half_t;
+
+struct Pool {
+  int threads;
+  bool ok = true;
+  template <class F>
+  void operator()(int64_t n, int64_t cost, F&& f) {
+    ok = torch_abi::ThreadPool::get().parallel_for(n, cost, threads, f) && ok;
+  }
+};
+
+template <class T>
+int window(cpu::Op op, const void* X, const void* dY, void* out, const int64_t* p, float beta, int64_t seed,
+           int threads) {
+  Window3 w;
+  for (int i = 0; i < 3; ++i) {
+    w.in[i] = p[2 + i];
+    w.out[i] = p[5 + i];
+    w.k[i] = p[8 + i];
+    w.s[i] = p[11 + i];
+    w.dil[i] = p[14 + i];
+    w.pad[i] = p[17 + i];
+  }
+  const int64_t N = p[0], C = p[1];
+  const int64_t in_n = N * C * w.in[0] * w.in[1] * w.in[2], out_n = N * C * w.out[0] * w.out[1] * w.out[2];
+  const cpu::RowArgs args{w, beta, (uint32_t)(uint64_t)seed, (uint32_t)((uint64_t)seed >> 32)};
+  const T* x = static_cast<const T*>(X);
+  Pool pool{threads};
+  if (!dY) {
+    if (out_n > 0) cpu::window_forward(op, x, static_cast<T*>(out), N, C, args, pool);
+  } else if (in_n > 0) {
+    cpu::window_backward(op, x, static_cast<const T*>(dY), static_cast<T*>(out), N, C, args, pool);
+  }
+  return pool.ok ? 0 : 2;
+}
+
+template <class T>
+int reduce(cpu::Op op, const void* X, const void* dY, void* out, const int64_t* dims, int32_t mask, float beta,
+           int64_t seed, int threads) {
+  const Reduce6 g = make_reduce6(dims, mask);
+  const uint32_t lo = (uint32_t)(uint64_t)seed, hi = (uint32_t)((uint64_t)seed >> 32);
+  const T* x = static_cast<const T*>(X);
+  Pool pool{threads};
+  if (!dY) {
+    if (g.outputs > 0) cpu::reduce_forward(op, x, static_cast<T*>(out), g, beta, lo, hi, pool);
+  } else if (g.outputs > 0 && g.window > 0) {
+    cpu::reduce_backward(op, x, static_cast<const T*>(dY), static_cast<T*>(out), g, beta, lo, hi, pool);
+  }
+  return pool.ok ? 0 : 2;
+}
+
+bool valid_op(int op, int dtype) { return op >= 0 && op <= 2 && (dtype == 0 || dtype == 1); }
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) int poolexport_torch_abi_version(void) { return 1; }
+
+__attribute__((visibility("default"))) int poolexport_torch_window(int op, int dtype, const void* X, const void* dY,
+                                                                   void* out, const int64_t* geom, float beta,
+                                                                   int64_t seed, int threads) {
+  if (!valid_op(op, dtype) || !geom) return 1;
+  try {
+    const cpu::Op kind = static_cast<cpu::Op>(op);
+    return dtype == 0 ? window<float>(kind, X, dY, out, geom, beta, seed, threads)
+                      : window<half_t>(kind, X, dY, out, geom, beta, seed, threads);
+  } catch (const std::exception&) {
+    return 2;
+  }
+}
+
+__attribute__((visibility("default"))) int poolexport_torch_reduce(int op, int dtype, const void* X, const void* dY,
+                                                                   void* out, const int64_t* dims, int32_t mask,
+                                                                   float beta, int64_t seed, int threads) {
+  if (!valid_op(op, dtype) || !dims) return 1;
+  try {
+    const cpu::Op kind = static_cast<cpu::Op>(op);
+    return dtype == 0 ? reduce<float>(kind, X, dY, out, dims, mask, beta, seed, threads)
+                      : reduce<half_t>(kind, X, dY, out, dims, mask, beta, seed, threads);
+  } catch (const std::exception&) {
+    return 2;
+  }
+}
+
+}  // extern "C"

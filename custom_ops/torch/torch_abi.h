@@ -1,0 +1,29 @@
+// The plain C ABI through which the torch ops (poolexport/ops/_native.py, ctypes) run the
+// library's CPU kernels: forward = the ONNX Runtime kernels' own code, backward =
+// cpu_backward.h. Nothing here depends on a torch build, so the wheel works with any torch.
+//
+// op: 0 SoftPool, 1 StochasticPool expectation, 2 StochasticPool sample.
+// dtype: 0 float32, 1 float16 (IEEE binary16 bits); all arithmetic in float32.
+// dY == NULL: forward, out = Y. dY != NULL: backward, out = dX (X's shape).
+// geom[20] (windowed): N, C, in[3], out[3], k[3], s[3], dil[3], pad[3] (d, h, w; 1-D and
+//   2-D inputs use leading size-1 axes), resolved as in kernel_abi.h.
+// dims[6], mask (reduce): the padded shape and reduced-axes mask of kernel_abi.h.
+// threads: how many threads may work (torch.get_num_threads()); the caller is one.
+// Returns 0, or 1 for bad arguments, 2 for a failure inside a kernel (out of memory).
+#pragma once
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int poolexport_torch_abi_version(void);
+int poolexport_torch_window(int op, int dtype, const void* X, const void* dY, void* out, const int64_t* geom,
+                            float beta, int64_t seed, int threads);
+int poolexport_torch_reduce(int op, int dtype, const void* X, const void* dY, void* out, const int64_t* dims,
+                            int32_t mask, float beta, int64_t seed, int threads);
+
+#ifdef __cplusplus
+}
+#endif

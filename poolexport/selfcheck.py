@@ -1,0 +1,395 @@
+"""One GPU self-check: ``python -m poolexport.selfcheck --gpu [-o selfcheck.json]``.
+
+For a lent or new GPU machine (torch with CUDA, CuPy, nvcc; onnxruntime-gpu and TensorRT
+optional). In one run, each part skipped with its reason when something is missing:
+
+* ``library``: the custom-op library's CUDA kernels (every op, both modes, float32 and
+  float16) through its C launchers on torch CUDA tensors;
+* ``ptx``: the TensorRT plugins' PTX loaded by CuPy and launched with the plugins' grid
+  (``abi.launch_grid`` of ``shapes.launch_total``) and int32 arguments
+  (``shapes.kernel_args``), as TensorRT would;
+* ``torch``: the torch ops on CUDA tensors;
+
+each against the torch ops on the CPU (sampled picks bit for bit), then the time of each
+backend at 8x64x112x112 and 32x256x56x56 against a device-to-device copy of the input.
+Writes one JSON report and prints a summary; exits 1 when a check fails, else 0 (also
+where there is no GPU: the report then says "no GPU").
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .tensorrt import abi, ptx, shapes
+
+# (op, input shape, attributes): every entry point in both stochastic modes, 1-D to 3-D
+CASES = [
+    ("SoftPool", (2, 3, 17), dict(kernel_shape=[4], strides=[3], pads=[2, 1], ceil_mode=1, beta=0.5)),
+    ("SoftPool", (2, 4, 12, 11), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=1.0)),
+    ("SoftPool", (1, 2, 6, 7, 8), dict(kernel_shape=[2, 2, 3], strides=[2, 1, 2], auto_pad="SAME_UPPER", beta=4.0)),
+    ("StochasticPool", (2, 3, 12, 10), dict(kernel_shape=[2, 3], strides=[2, 2], ceil_mode=1, mode="expectation")),
+    ("StochasticPool", (2, 3, 12, 10), dict(kernel_shape=[3, 3], strides=[1, 2], dilations=[2, 1], mode="sample",
+                                           seed=2**40 + 5)),
+    ("ReduceSoftPool", (2, 16, 7, 5), dict(axes=[1], keepdims=1, beta=1.5)),
+    ("ReduceSoftPool", (3, 4, 5, 6), dict(axes=[2, 3], keepdims=0, beta=1.0)),
+    ("ReduceStochasticPool", (2, 16, 6, 6), dict(axes=[2, 3], keepdims=1, mode="expectation")),
+    ("ReduceStochasticPool", (2, 3, 4, 5), dict(axes=[0, 3], keepdims=0, mode="sample", seed=-(2**40) - 7)),
+]
+# the README's benchmark shapes; windows as in its CPU tables
+BENCH_SHAPES = [(8, 64, 112, 112), (32, 256, 56, 56)]
+BENCH_OPS = [
+    ("SoftPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=1.0)),
+    ("StochasticPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], mode="expectation")),
+    ("ReduceSoftPool", dict(axes=[2, 3], keepdims=1, beta=1.0)),
+    ("ReduceStochasticPool", dict(axes=[2, 3], keepdims=1, mode="expectation")),
+]
+TOL = {"float32": 1e-5, "float16": 2e-3}  # rtol, and atol in units of the scale below; sample mode: exact
+
+
+def _torch_ref(op, x, a):
+    """The torch op (the definition) on whatever device ``x`` lives on."""
+    import torch
+
+    import poolexport.ops  # noqa: F401  (registers torch.ops.poolexport)
+
+    ops = torch.ops.poolexport
+    if op in ("SoftPool", "StochasticPool"):
+        k = len(a["kernel_shape"])
+        w = (a["kernel_shape"], a.get("strides", [1] * k), a.get("pads", [0] * 2 * k), a.get("dilations", [1] * k),
+             bool(a.get("ceil_mode", 0)), a.get("auto_pad", "NOTSET"))
+        if op == "SoftPool":
+            return ops.soft_pool(x, *w, a.get("beta", 1.0))
+        return ops.stochastic_pool(x, *w, a.get("mode", "expectation"), a.get("seed", 0))
+    if op == "ReduceSoftPool":
+        return ops.reduce_soft_pool(x, a["axes"], bool(a["keepdims"]), a.get("beta", 1.0))
+    return ops.reduce_stochastic_pool(x, a["axes"], bool(a["keepdims"]), a.get("mode", "expectation"), a.get("seed", 0))
+
+
+def _compare(got: np.ndarray, ref: np.ndarray, x: np.ndarray, a: dict, dtype: str) -> dict:
+    got64, ref64 = got.astype(np.float64), ref.astype(np.float64)
+    if got.shape != ref.shape:
+        return {"status": "fail", "why": f"shape {got.shape} != reference {ref.shape}"}
+    if not np.isfinite(got64).all():
+        return {"status": "fail", "why": "non-finite output"}
+    err = float(np.abs(got64 - ref64).max()) if got.size else 0.0
+    if a.get("mode") == "sample":
+        ok = np.array_equal(got64, ref64)
+    else:
+        # float32: device expf vs host exp and summation order, a few ulps of the inputs'
+        # scale; float16: the output's own rounding
+        scale = max(1.0, float(np.abs(x.astype(np.float64)).max())) if dtype == "float32" else 1.0
+        ok = bool(np.all(np.abs(got64 - ref64) <= TOL[dtype] * (scale + np.abs(ref64))))
+    return {"status": "pass" if ok else "fail", "max_abs_err": err}
+
+
+# ------------------------------------------------------------------ backends
+class LibraryBackend:
+    """The ORT library's C launchers on torch CUDA tensors (``launch.h``)."""
+
+    name = "library"
+
+    def __init__(self):
+        import torch
+
+        from .ort import get_library_path
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch without CUDA (install a CUDA build of torch)")
+        lib = ctypes.CDLL(get_library_path())
+        if not hasattr(lib, "poolexport_cuda_launch_window"):
+            raise RuntimeError("the custom-op library was built without CUDA (nvcc missing at `pip install` time)")
+        lib.poolexport_cuda_version_error.restype = ctypes.c_char_p
+        why = lib.poolexport_cuda_version_error()
+        if why:
+            raise RuntimeError(why.decode())
+        for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
+            f = getattr(lib, name)
+            f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32),
+                          ctypes.c_void_p]
+            f.restype = ctypes.c_int
+        self.lib, self.torch = lib, torch
+
+    def prepare(self, op, x_np, a):
+        torch = self.torch
+        x = torch.from_numpy(x_np).cuda()
+        args, out_shape = shapes.kernel_args(op, list(x.shape), a)
+        y = torch.full(out_shape, float("nan"), dtype=x.dtype, device="cuda")
+        p = (ctypes.c_int32 * len(args))(*args)
+        launch = self.lib.poolexport_cuda_launch_window if op in shapes.WINDOWED_OPS else self.lib.poolexport_cuda_launch_reduce
+        kind = 0 if op in ("SoftPool", "ReduceSoftPool") else 1
+        dt = 1 if x.dtype == torch.float16 else 0
+
+        def run():
+            rc = launch(kind, dt, x.data_ptr(), y.data_ptr(), p, torch.cuda.current_stream().cuda_stream)
+            if rc:
+                raise RuntimeError(f"{op}: launch failed: {self.lib.poolexport_cuda_error_string(rc)}")
+
+        return run, lambda: y.cpu().numpy()
+
+    def sync(self):
+        self.torch.cuda.synchronize()
+
+
+class PTXBackend:
+    """The TensorRT plugins' PTX through CuPy, with the plugins' grid and arguments."""
+
+    name = "ptx"
+
+    def __init__(self):
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("CuPy sees no CUDA device")
+        text = ptx.load_ptx()
+        ptx.check_driver(text)
+        self.isa = ptx.ptx_isa(text)
+        self.module = cupy.RawModule(code=text)
+        self.cupy = cupy
+
+    def prepare(self, op, x_np, a):
+        cupy = self.cupy
+        dtype = "float16" if x_np.dtype == np.float16 else "float32"
+        args, out_shape = shapes.kernel_args(op, list(x_np.shape), a)
+        x = cupy.asarray(x_np)
+        y = cupy.full(out_shape, np.nan, dtype=x.dtype)
+        kernel = self.module.get_function(abi.kernel_name(op, dtype))
+        grid = abi.launch_grid(shapes.launch_total(op, list(x_np.shape), a))
+        scalars = [np.int32(v) for v in args]
+
+        def run():
+            kernel((grid, 1, 1), (abi.BLOCK, 1, 1), (x, *scalars, y))
+
+        return run, lambda: cupy.asnumpy(y)
+
+    def sync(self):
+        self.cupy.cuda.runtime.deviceSynchronize()
+
+
+class TorchBackend:
+    """The torch ops (poolexport.ops) on CUDA tensors."""
+
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("torch without CUDA (install a CUDA build of torch)")
+        self.torch = torch
+
+    def prepare(self, op, x_np, a):
+        x = self.torch.from_numpy(x_np).cuda()
+        out = {}
+
+        def run():
+            out["y"] = _torch_ref(op, x, a)
+
+        return run, lambda: out["y"].cpu().numpy()
+
+    def sync(self):
+        self.torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------ the run
+def _gpu_name():
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a broken torch install counts as no torch
+        pass
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    except Exception:  # noqa: BLE001 - no CuPy or no driver
+        pass
+    return None
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "onnxruntime", "cupy", "tensorrt"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as e:  # noqa: BLE001 - missing or broken: say which
+            out[mod] = None
+            out[f"{mod}_missing"] = f"{type(e).__name__}: {e}".splitlines()[0]
+    try:
+        import torch
+
+        out["torch_cuda"] = torch.version.cuda
+    except Exception:  # noqa: BLE001
+        pass
+    drv = ptx.driver_version()
+    out["cuda_driver"] = f"{drv[0]}.{drv[1]}" if drv else None
+    try:
+        import onnxruntime
+
+        out["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def _missing(versions: dict) -> list[str]:
+    miss = []
+    if versions.get("cuda_driver") is None:
+        miss.append("CUDA driver (libcuda.so.1)")
+    if not versions.get("torch_cuda"):
+        miss.append("torch with CUDA")
+    if versions.get("cupy") is None:
+        miss.append("CuPy (pip install '.[gpu]')")
+    if "CUDAExecutionProvider" not in (versions.get("onnxruntime_providers") or []):
+        miss.append("onnxruntime-gpu: the ORT CUDA provider (pip install '.[gpu]'; then pytest tests/test_ort_cuda.py)")
+    if versions.get("tensorrt") is None:
+        miss.append("TensorRT: engines are not built (pytest tests/test_tensorrt_engine.py where it is installed)")
+    if ptx.find_nvcc() is None:
+        miss.append("nvcc (the PTX is then only found if shipped)")
+    return miss
+
+
+def _correctness(backends, report):
+    import torch
+
+    rng = np.random.default_rng(0)
+    for op, shape, a in CASES:
+        x32 = (rng.standard_normal(shape) * 3).astype(np.float32)
+        if "mode" in a:
+            x32 = np.maximum(x32, 0)  # stochastic pooling's domain: activations after ReLU
+        for dtype in ("float32", "float16"):
+            x = x32.astype(dtype)
+            ref = _torch_ref(op, torch.from_numpy(x), a).numpy()
+            for b in backends:
+                row = {"backend": b.name, "op": op, "shape": list(shape), "attrs": a, "dtype": dtype}
+                try:
+                    run, fetch = b.prepare(op, x, a)
+                    run()
+                    b.sync()
+                    row.update(_compare(fetch(), ref, x, a, dtype))
+                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                    row.update(status="error", why=f"{type(e).__name__}: {e}".splitlines()[0])
+                report["checks"].append(row)
+
+
+def _time(b, run, iters: int) -> float:
+    run()
+    b.sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run()
+    b.sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def _bandwidth(backends, report, iters: int):
+    import torch
+
+    for shape in BENCH_SHAPES:
+        x32 = np.maximum(np.random.default_rng(1).standard_normal(shape), 0).astype(np.float32)
+        for dtype in ("float32", "float16"):
+            x = x32.astype(dtype)
+            nbytes = x.nbytes
+            copy_s = None
+            if torch.cuda.is_available():
+                src = torch.from_numpy(x).cuda()
+                dst = torch.empty_like(src)
+                copy_s = _time(TorchBackend(), lambda: dst.copy_(src), iters)
+                del src, dst
+            else:  # CuPy alone (a torch without CUDA)
+                ptx_b = [b for b in backends if b.name == "ptx"]
+                if ptx_b:
+                    src = ptx_b[0].cupy.asarray(x)
+                    dst = ptx_b[0].cupy.empty_like(src)
+                    copy_s = _time(ptx_b[0], lambda: ptx_b[0].cupy.copyto(dst, src), iters)
+                    del src, dst
+            for op, a in BENCH_OPS:
+                out_shape = shapes.kernel_args(op, list(shape), a)[1]
+                moved = nbytes + int(np.prod(out_shape)) * x.itemsize
+                for b in backends:
+                    row = {"backend": b.name, "op": op, "shape": list(shape), "dtype": dtype}
+                    try:
+                        run, _ = b.prepare(op, x, a)
+                        sec = _time(b, run, iters)
+                        row.update(ms=round(sec * 1e3, 4), gb_s=round(moved / sec / 1e9, 1))
+                        if copy_s:
+                            # the copy reads and writes the input once: 2 * nbytes
+                            row.update(copy_ms=round(copy_s * 1e3, 4), copy_gb_s=round(2 * nbytes / copy_s / 1e9, 1),
+                                       vs_copy=round(copy_s / sec, 3))
+                    except Exception as e:  # noqa: BLE001
+                        row.update(status="error", why=f"{type(e).__name__}: {e}".splitlines()[0])
+                    report["bandwidth"].append(row)
+
+
+def run_gpu(iters: int = 20) -> dict:
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "host": platform.node(), "versions": _versions(), "device": _gpu_name(), "checks": [],
+              "bandwidth": [], "skipped": {}}
+    report["missing"] = _missing(report["versions"])
+    if report["device"] is None:
+        report["status"] = "no GPU"
+        return report
+    backends = []
+    for cls in (LibraryBackend, PTXBackend, TorchBackend):
+        try:
+            backends.append(cls())
+        except Exception as e:  # noqa: BLE001 - named in the report, the others still run
+            report["skipped"][cls.name] = f"{type(e).__name__}: {e}".splitlines()[0]
+    ptx_backend = [b for b in backends if b.name == "ptx"]
+    if ptx_backend:
+        report["ptx_isa"] = ptx_backend[0].isa
+    t0 = time.perf_counter()
+    _correctness(backends, report)
+    report["correctness_s"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    _bandwidth(backends, report, iters)
+    report["bandwidth_s"] = round(time.perf_counter() - t0, 1)
+    bad = [c for c in report["checks"] if c["status"] != "pass"]
+    report["status"] = "fail" if bad or not backends else "pass"
+    return report
+
+
+def _summary(report: dict) -> str:
+    lines = [f"poolexport self-check: {report['status']} (device: {report['device'] or 'none'})"]
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"  skipped {name}: {why}")
+    for m in report["missing"]:
+        lines.append(f"  missing: {m}")
+    if report["checks"]:
+        by = {}
+        for c in report["checks"]:
+            by.setdefault(c["backend"], []).append(c["status"] == "pass")
+        for name, ok in by.items():
+            lines.append(f"  {name}: {sum(ok)}/{len(ok)} kernel checks pass")
+    for r in report["bandwidth"]:
+        if "ms" in r:
+            lines.append(f"  {r['backend']:8s} {r['op']:21s} {'x'.join(map(str, r['shape'])):16s} {r['dtype']:8s} "
+                         f"{r['ms']:9.3f} ms {r['gb_s']:7.1f} GB/s" + (f"  {r['vs_copy']:.2f}x copy" if "vs_copy" in r else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m poolexport.selfcheck", description=__doc__.splitlines()[0])
+    p.add_argument("--gpu", action="store_true", required=True, help="run the GPU checks (the only mode)")
+    p.add_argument("-o", "--output", type=Path, default=Path("selfcheck.json"), help="JSON report (%(default)s)")
+    p.add_argument("--iters", type=int, default=20, help="timed launches per benchmark row (%(default)s)")
+    args = p.parse_args(argv)
+    report = run_gpu(args.iters)
+    args.output.write_text(json.dumps(report, indent=1) + "\n")
+    print(_summary(report))
+    print(f"report: {args.output}")
+    return 1 if report["status"] == "fail" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
