@@ -214,8 +214,8 @@ def run_export(args: argparse.Namespace) -> int:
               f"{'float16' if args.fp16 else 'float32'}, export {seconds:.1f} s)")
     passed, verified = True, False
     if parity is not None:
-        for line in _table(parity):
-            out.print(line)
+        for part in _table(parity):
+            out.print(part, soft_wrap=isinstance(part, str))  # a note stays one line in logs
         passed = parity.passed
         runtime = TARGET_RUNTIME[args.target]
         verified = parity.verified_on(runtime)

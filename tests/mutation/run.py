@@ -54,7 +54,16 @@ def load(path: Path) -> list[dict]:
 
 
 def copy_tree(dst: Path) -> None:
-    """The working tree as git sees it (tracked and untracked, ignored files left out)."""
+    """The working tree as git sees it (tracked and untracked, ignored files left out),
+    with the installed layout's poolexport.models and poolexport.serve (pyproject's
+    wheel.packages) as links to the top-level folders, so a mutation there is imported."""
+    _copy_files(dst)
+    for sub in ("models", "serve"):
+        if (dst / sub).is_dir() and not (dst / "poolexport" / sub).exists():
+            (dst / "poolexport" / sub).symlink_to(Path("..") / sub)
+
+
+def _copy_files(dst: Path) -> None:
     try:
         out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                              capture_output=True, check=True).stdout
