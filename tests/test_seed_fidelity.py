@@ -150,10 +150,13 @@ def test_count_include_pad_exports_as_averagepool(ceil_mode):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("pool", [pnn.L2Pool2d(3, 1, padding="same", mean=True), pnn.MaxPool2d(3, 2, "SAME"),
-                                  pnn.AvgPool2d(3, 2, (1, 0, 2, 1), ceil_mode=True, count_include_pad=True),
-                                  pnn.AvgPool2d(3, 2, 1, 2, ceil_mode=True)], ids=repr)
-def test_traced_windows_follow_the_input_size(pool):
+@pytest.mark.parametrize("make", [lambda: pnn.L2Pool2d(3, 1, padding="same", mean=True),
+                                  lambda: pnn.MaxPool2d(3, 2, "SAME"),
+                                  lambda: pnn.AvgPool2d(3, 2, (1, 0, 2, 1), ceil_mode=True, count_include_pad=True),
+                                  lambda: pnn.AvgPool2d(3, 2, 1, 2, ceil_mode=True)],
+                         ids=["l2-same", "max-SAME", "avg-asym-ceil-include", "avg-dilated-ceil"])
+def test_traced_windows_follow_the_input_size(make):
+    pool = make()  # built in the test, so a construction bug fails here, not at collection
     # torch.jit.trace (the TorchScript export path) hands sizes over as tensors: the pads
     # that 'same' and ceil_mode need must stay traced, not frozen at the example's size
     traced = torch.jit.trace(pool, torch.randn(1, 2, 9, 9), check_trace=False)
