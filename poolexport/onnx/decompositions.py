@@ -179,6 +179,26 @@ _WINDOW_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "a
 MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))  # ~8.8e-27, far above float32's smallest normal
 
 
+def shared_shift_soft(b: _Body, xf: str, z: str, axes: str, pool) -> tuple[str, str]:
+    """SoftPool's fast form, (y, kept): e = exp(z - max of z over ``axes``) (z = beta * x, one
+    shift per plane), y = pool(x * e) / pool(e); ``kept`` (a bool scalar) says that every
+    window's mean weight stayed >= MIN_MEAN_WEIGHT, i.e. y is exact. ``pool(t)`` is the
+    node's AveragePool with count_include_pad=0. Shared by the ``ort`` functions and the
+    portable target (portable.py)."""
+    e = b.op("Exp", b.op("Sub", z, b.op("ReduceMax", z, axes, keepdims=1)))
+    den = pool(e)
+    kept = b.op("GreaterOrEqual", b.op("ReduceMin", den, keepdims=0), b.const(MIN_MEAN_WEIGHT, np.float32))
+    return b.op("Div", pool(b.op("Mul", xf, e)), den), kept
+
+
+def expectation_ratio(b: _Body, xf: str, pool) -> str:
+    """StochasticPool's expectation as pool(r^2) / pool(r), r = relu(x): the counts cancel.
+    A window without a positive value gives 0/0 = NaN, which the Where replaces by 0."""
+    r = b.op("Relu", xf)
+    s1, s2 = pool(r), pool(b.op("Mul", r, r))
+    return b.op("Where", b.op("Greater", s1, b.const(0.0, np.float32)), b.op("Div", s2, s1), b.const(0.0, np.float32))
+
+
 _POOL_REFS = {"kernel_shape": (_INTS, "kernel_shape"), "strides": (_INTS, "strides"), "pads": (_INTS, "pads"),
               "ceil_mode": (_INT, "ceil_mode")}
 
@@ -260,13 +280,10 @@ def soft_pool_function(opset: int = D.OPSET, fast: bool = True) -> onnx.Function
         # kept only when no window lost its weight (an If on the result, at run time)
         def shared_shift(f, xf, pool):
             z = f.op("Mul", xf, f.ref("value_float", "beta"))
-            e = f.op("Exp", f.op("Sub", z, f.op("ReduceMax", z, _spatial_axes(f, xf), keepdims=1)))
-            den = pool(e)
-            kept = f.op("GreaterOrEqual", f.op("ReduceMin", den, keepdims=0), f.const(MIN_MEAN_WEIGHT, np.float32))
+            y, kept = shared_shift_soft(f, xf, z, _spatial_axes(f, xf), pool)
             keep = _Body("sp_keep")
-            (y,) = _if(f, kept, (keep, [keep.op("Div", pool(f.op("Mul", xf, e)), den)]), generic("sp_g2"),
-                       [TensorProto.FLOAT])
-            return y
+            (out,) = _if(f, kept, (keep, [keep.op("Identity", y)]), generic("sp_g2"), [TensorProto.FLOAT])
+            return out
 
         y = _fast_or_generic(b, shared_shift, generic)
     b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
@@ -284,18 +301,12 @@ def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False, fast: b
     b = _Body("stp")
     if not sample:
         # fast: AveragePool(r^2)/AveragePool(r), exact; else the one-hot Conv windows
-        def ratio(f, xf, pool):
-            r = f.op("Relu", xf)
-            s1, s2 = pool(r), pool(f.op("Mul", r, r))
-            return f.op("Where", f.op("Greater", s1, f.const(0.0, np.float32)), f.op("Div", s2, s1),
-                        f.const(0.0, np.float32))  # 0/0 in a window without a positive value
-
         def generic():
             return _generic_windowed("stp_g", lambda g, win, valid: _stochastic_math(
                 g, win, g.const([1]), keepdims_ref=False))  # Conv zero-pads: relu(0) = 0 never counts
 
         if fast:
-            y = _fast_or_generic(b, ratio, generic)
+            y = _fast_or_generic(b, expectation_ratio, generic)
         else:
             body, (y,) = generic()
             b.nodes += body.nodes

@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import domain as D
-from .decompositions import MIN_MEAN_WEIGHT  # one threshold for both forms
+from .decompositions import _Body, expectation_ratio, shared_shift_soft  # one coding of the fast forms
 
 
 
@@ -39,25 +39,6 @@ def _attrs(node) -> dict:
         v = helper.get_attribute_value(a)
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
-
-
-class _Graph:
-    """Node builder with names unique to one replaced node."""
-
-    def __init__(self, prefix: str):
-        self.prefix, self.n, self.nodes, self.inits = prefix, 0, [], []
-
-    def op(self, op_type, *inputs, **attrs) -> str:
-        self.n += 1
-        out = f"{self.prefix}/{op_type}_{self.n}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
-
-    def const(self, value, dtype=np.int64) -> str:
-        self.n += 1
-        name = f"{self.prefix}/const_{self.n}"
-        self.inits.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
 
 
 def _avg_attrs(a: dict) -> dict:
@@ -76,25 +57,9 @@ def _dilation_one_pads_small(a: dict) -> bool:
         a["pads"][i] < a["kernel_shape"][i] and a["pads"][k + i] < a["kernel_shape"][i] for i in range(k))
 
 
-def _stochastic_expectation(g: _Graph, xf: str, a: dict) -> str:
-    r = g.op("Relu", xf)
-    s1 = g.op("AveragePool", r, **_avg_attrs(a))
-    s2 = g.op("AveragePool", g.op("Mul", r, r), **_avg_attrs(a))
-    # a window without a positive value gives 0/0 = NaN, which Where replaces by 0
-    return g.op("Where", g.op("Greater", s1, g.const(0.0, np.float32)), g.op("Div", s2, s1),
-                g.const(0.0, np.float32))
-
-
-def _soft_shared_shift(g: _Graph, xf: str, a: dict):
-    """(y, ok): the shared-shift SoftPool and whether every window kept its weight."""
-    k = len(a["kernel_shape"])
-    z = xf if a["beta"] == 1.0 else g.op("Mul", xf, g.const(a["beta"], np.float32))
-    hi = g.op("ReduceMax", z, g.const(list(range(2, 2 + k))), keepdims=1)
-    e = g.op("Exp", g.op("Sub", z, hi))
-    den = g.op("AveragePool", e, **_avg_attrs(a))
-    y = g.op("Div", g.op("AveragePool", g.op("Mul", xf, e), **_avg_attrs(a)), den)
-    ok = g.op("GreaterOrEqual", g.op("ReduceMin", den, keepdims=0), g.const(MIN_MEAN_WEIGHT, np.float32))
-    return y, ok
+def _pool(g: _Body, a: dict):
+    """AveragePool of the node's window (count_include_pad=0), attributes as constants."""
+    return lambda t: g.op("AveragePool", t, **_avg_attrs(a))
 
 
 def _generic_branch(node, model_opset: int, prefix: str, x_name: str):
@@ -123,16 +88,17 @@ def fast_form(node, model_opset: int, index: int, elem_type=None):
         return None
     if node.op_type not in D.WINDOWED_OPS or not _dilation_one_pads_small(a):
         return None
-    g = _Graph(f"{node.name or node.op_type}_{index}")
+    g = _Body(f"{node.name or node.op_type}_{index}")
     x, y_out = node.input[0], node.output[0]
     is_float = elem_type == TensorProto.FLOAT
     xf = x if is_float else g.op("Cast", x, to=TensorProto.FLOAT)
+    generic_inits = []
     if node.op_type == D.STOCHASTIC_POOL:
-        y = _stochastic_expectation(g, xf, a)
+        y = expectation_ratio(g, xf, _pool(g, a))
     else:
-        y_fast, ok = _soft_shared_shift(g, xf, a)
+        z = xf if a["beta"] == 1.0 else g.op("Mul", xf, g.const(a["beta"], np.float32))
+        y_fast, ok = shared_shift_soft(g, xf, z, g.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(g, a))
         generic_nodes, generic_inits, y_generic = _generic_branch(node, model_opset, g.prefix, xf)
-        g.inits += generic_inits
         rank = len(a["kernel_shape"]) + 2  # a typed output of known rank satisfies onnx.checker
         graph = lambda nodes, name, out: helper.make_graph(  # noqa: E731
             nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None] * rank)])
@@ -143,7 +109,7 @@ def fast_form(node, model_opset: int, index: int, elem_type=None):
         g.nodes.append(helper.make_node("Identity", [y], [y_out]))
     else:
         g.nodes.append(helper.make_node("CastLike", [y, x], [y_out]))
-    return g.nodes, g.inits
+    return g.nodes, generic_inits
 
 
 def specialize(model: onnx.ModelProto, opset: int) -> None:
