@@ -75,6 +75,19 @@ def interleaved(fns: dict, repeat: int) -> dict:
     return best
 
 
+def session_options(threads):
+    """ONNX Runtime options for every column: ``threads`` intra-op threads, no spinning.
+    Every session gets its own intra-op pool; with spinning on, one session's idle workers
+    keep spinning into the next session's run and steal its cores (on the 2-core dev
+    machine the library's 2-thread SoftPool measured slower than 1 thread that way)."""
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return o
+
+
 def bench_cpu(repeat, threads=None, case=None):
     import onnxruntime as ort
     import torch
@@ -90,17 +103,7 @@ def bench_cpu(repeat, threads=None, case=None):
     threads = threads or os.cpu_count()
     torch.set_num_threads(threads)
 
-    def options():
-        # every session gets its own intra-op pool; with spinning on, one session's idle
-        # workers keep spinning into the next session's run and steal its cores (on the
-        # 2-core dev machine the library's 2-thread SoftPool measured slower than 1 thread
-        # that way), so no session spins: the same for every column
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = threads
-        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return o
-
-    so = options()
+    so = session_options(threads)
     print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {threads} cores, "
           f"onnxruntime {ort.__version__}, torch {torch.__version__}; best of {repeat} interleaved runs, ms")
     print("| case | op | library | ORT AveragePool | ratio (<= 1.3) | decomposition | speed-up (>= 4) "
@@ -124,7 +127,7 @@ def bench_cpu(repeat, threads=None, case=None):
         fns = {"avg": lambda: avg.run(None, feed), "torch": torch_formula}
         for op, extra in (("SoftPool", {}), ("StochasticPool", {"mode": "expectation"})):
             model = one_node(op, {**a, **extra})
-            lib_so = options()
+            lib_so = session_options(threads)
             lib = pxort.session(model.SerializeToString(), options=lib_so)
             fns[op] = lambda lib=lib: lib.run(None, feed)
             if apply_target is not None:
@@ -158,9 +161,7 @@ def bench_portable(repeat, threads=None, case=None):
     from poolexport.onnx.targets import apply_target, attach_functions, normalize_nodes
 
     threads = threads or os.cpu_count()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(threads)
     session = lambda m: ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])  # noqa
     print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {threads} threads, "
           f"onnxruntime {ort.__version__}; plain ONNX Runtime (no library); best of {repeat} interleaved runs, ms")

@@ -125,19 +125,23 @@ def _check(rc: int, op: str) -> None:
         raise RuntimeError(f"{op}: the native kernel failed (out of memory?)")
 
 
+def _result(x: torch.Tensor, grad: Optional[torch.Tensor], out_shape):
+    """(result, grad, grad pointer): Y of ``out_shape`` for a forward (grad None), dX
+    shaped like x for a backward, whose grad is made contiguous in x's dtype (kept alive
+    by the caller while the kernel reads it)."""
+    if grad is None:
+        return x.new_empty(out_shape), None, None
+    grad = grad.contiguous().to(x.dtype)
+    return torch.empty_like(x), grad, grad.data_ptr()
+
+
 def window(op: str, code: int, x: torch.Tensor, spec: WindowSpec, beta: float = 1.0, seed: int = 0,
            grad: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Forward (grad None: Y) or backward (dX) of a windowed op on a CPU tensor."""
     x = x.contiguous()
     n, c, *spatial = x.shape
     geom, out = _window_geometry(spec, n, c, tuple(spatial))
-    if grad is None:
-        result = x.new_empty((n, c, *out))
-        gptr = None
-    else:
-        grad = grad.contiguous().to(x.dtype)
-        result = torch.empty_like(x)
-        gptr = grad.data_ptr()
+    result, grad, gptr = _result(x, grad, (n, c, *out))
     if x.is_cuda:
         _cuda_window(op, code, x, gptr, result, geom, beta, seed)
     else:
@@ -176,13 +180,7 @@ def reduce(op: str, code: int, x: torch.Tensor, reduced: tuple[int, ...], out_sh
         return None
     dims, mask = geometry
     x = x.contiguous()
-    if grad is None:
-        result = x.new_empty(out_shape)
-        gptr = None
-    else:
-        grad = grad.contiguous().to(x.dtype)
-        result = torch.empty_like(x)
-        gptr = grad.data_ptr()
+    result, grad, gptr = _result(x, grad, out_shape)
     if x.is_cuda:
         _cuda_reduce(op, code, x, gptr, result, dims, mask, beta, seed)
     else:
