@@ -16,15 +16,12 @@
 #include "poolexport/soft_pool.h"
 #include "poolexport/stochastic_pool.h"
 #include "poolexport/window.h"
+#include "elements.h"
 
 namespace {
 
 using namespace poolexport;
 
-__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 
 __host__ __device__ inline int64_t prod3(const int64_t* v) { return v[0] * v[1] * v[2]; }
 
@@ -113,22 +110,9 @@ __global__ void reduce_backward(const T* X, const T* dY, Reduce6 g, int op, floa
   }
 }
 
-Window3 window_from(const int32_t* p) {
-  Window3 w;
-  for (int i = 0; i < 3; ++i) {
-    w.in[i] = p[2 + i];
-    w.out[i] = p[5 + i];
-    w.k[i] = p[8 + i];
-    w.s[i] = p[11 + i];
-    w.dil[i] = p[14 + i];
-    w.pad[i] = p[17 + i];
-  }
-  return w;
-}
-
 template <class T>
 void launch_window(int op, const void* X, const void* dY, void* dX, float* ws, const int32_t* p, cudaStream_t s) {
-  const Window3 w = window_from(p);
+  const Window3 w = window_from_params(p);
   const int64_t planes = (int64_t)p[0] * p[1], outputs = planes * prod3(w.out), inputs = planes * prod3(w.in);
   const float beta = bits_to_float(p[20]);
   const uint32_t lo = (uint32_t)p[21], hi = (uint32_t)p[22];

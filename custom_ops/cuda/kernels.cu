@@ -35,16 +35,13 @@
 #include "poolexport/soft_pool.h"
 #include "poolexport/stochastic_pool.h"
 #include "poolexport/window.h"
+#include "elements.h"
 #include "launch.h"
 
 namespace {
 
 using namespace poolexport;
 
-__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float ld(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 
 __device__ __forceinline__ Window3 make_window(POOLEXPORT_WINDOW_PARAMS) {
   Window3 w;

@@ -23,15 +23,7 @@ struct Pool {
 template <class T>
 int window(cpu::Op op, const void* X, const void* dY, void* out, const int64_t* p, float beta, int64_t seed,
            int threads) {
-  Window3 w;
-  for (int i = 0; i < 3; ++i) {
-    w.in[i] = p[2 + i];
-    w.out[i] = p[5 + i];
-    w.k[i] = p[8 + i];
-    w.s[i] = p[11 + i];
-    w.dil[i] = p[14 + i];
-    w.pad[i] = p[17 + i];
-  }
+  const Window3 w = window_from_params(p);
   const int64_t N = p[0], C = p[1];
   const int64_t in_n = N * C * w.in[0] * w.in[1] * w.in[2], out_n = N * C * w.out[0] * w.out[1] * w.out[2];
   const cpu::RowArgs args{w, beta, (uint32_t)(uint64_t)seed, (uint32_t)((uint64_t)seed >> 32)};

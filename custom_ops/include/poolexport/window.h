@@ -46,6 +46,22 @@ struct Window3 {
   int64_t in[3], out[3], k[3], s[3], dil[3], pad[3];
 };
 
+// The geometry from the flat parameters of kernel_abi.h's POOLEXPORT_WINDOW_PARAMS order
+// (N, C, in[3], out[3], k[3], s[3], dil[3], pad[3]), as int32 or int64 values.
+template <class I>
+PX_HD Window3 window_from_params(const I* p) {
+  Window3 w;
+  for (int i = 0; i < 3; ++i) {
+    w.in[i] = p[2 + i];
+    w.out[i] = p[5 + i];
+    w.k[i] = p[8 + i];
+    w.s[i] = p[11 + i];
+    w.dil[i] = p[14 + i];
+    w.pad[i] = p[17 + i];
+  }
+  return w;
+}
+
 // Calls f(row_offset) for every valid input row (kd, kh) of output row (od, oh), in
 // kernel order; offsets are relative to the start of the (n, c) plane.
 template <class F>
