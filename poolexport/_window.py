@@ -242,20 +242,21 @@ def _resolve(spec: WindowSpec, spatial: tuple[int, ...]):
     k = spec.rank
     if len(spatial) != k:
         raise ValueError(f"input has {len(spatial)} spatial axes, the window has {k}")
-    out, begin = [], []
-    for i in range(k):
-        n, kk, d = spatial[i], spec.kernel_shape[i], spec.dilations[i]
-        span = (kk - 1) * d + 1
-        padded = n if spec.auto_pad != "NOTSET" else n + spec.pads[i] + spec.pads[k + i]
-        if spec.auto_pad in ("NOTSET", "VALID") and span > padded:
-            raise ValueError(
-                f"kernel_size: window span {span} exceeds the padded input size {padded} on spatial axis {i}"
-            )
-        o, b = axis_output(n, kk, spec.strides[i], spec.pads[i], spec.pads[k + i], d, spec.ceil_mode, spec.auto_pad,
-                           INT_OPS)
-        out.append(int(o))
-        begin.append(int(b))
+    out, begin = zip(*(resolve_axis(spec, i, spatial[i]) for i in range(k)))
     return tuple(out), tuple(begin)
+
+
+def resolve_axis(spec: WindowSpec, i: int, n: int) -> tuple[int, int]:
+    """(output size, begin pad) of spatial axis ``i`` for a concrete size ``n``, after
+    checking that the window fits (ValueError otherwise)."""
+    k, kk, d = spec.rank, spec.kernel_shape[i], spec.dilations[i]
+    span = (kk - 1) * d + 1
+    padded = n if spec.auto_pad != "NOTSET" else n + spec.pads[i] + spec.pads[k + i]
+    if spec.auto_pad in ("NOTSET", "VALID") and span > padded:
+        raise ValueError(f"kernel_size: window span {span} exceeds the padded input size {padded} on spatial axis {i}")
+    o, b = axis_output(n, kk, spec.strides[i], spec.pads[i], spec.pads[k + i], d, spec.ceil_mode, spec.auto_pad,
+                       INT_OPS)
+    return int(o), int(b)
 
 
 def output_spatial(spec: WindowSpec, spatial) -> list:

@@ -179,16 +179,17 @@ _WINDOW_ATTRS = ["kernel_shape", "strides", "pads", "dilations", "ceil_mode", "a
 MIN_MEAN_WEIGHT = float(np.exp(np.float32(-60)))  # ~8.8e-27, far above float32's smallest normal
 
 
-def shared_shift_soft(b: _Body, xf: str, z: str, axes: str, pool) -> tuple[str, str]:
-    """SoftPool's fast form, (y, kept): e = exp(z - max of z over ``axes``) (z = beta * x, one
-    shift per plane), y = pool(x * e) / pool(e); ``kept`` (a bool scalar) says that every
-    window's mean weight stayed >= MIN_MEAN_WEIGHT, i.e. y is exact. ``pool(t)`` is the
-    node's AveragePool with count_include_pad=0. Shared by the ``ort`` functions and the
-    portable target (portable.py)."""
+def shared_shift_soft(b: _Body, xf: str, z: str, axes: str, pool) -> tuple[str, str, str]:
+    """SoftPool's fast form, (numerator, denominator, kept), y = numerator / denominator:
+    e = exp(z - max of z over ``axes``) (z = beta * x, one shift per plane), numerator =
+    pool(x * e), denominator = pool(e); ``kept`` (a bool scalar) says that every window's
+    mean weight stayed >= MIN_MEAN_WEIGHT, i.e. y is exact. ``pool(t)`` is the node's
+    AveragePool with count_include_pad=0. Shared by the ``ort`` functions and the portable
+    target (portable.py); each places the division itself."""
     e = b.op("Exp", b.op("Sub", z, b.op("ReduceMax", z, axes, keepdims=1)))
     den = pool(e)
     kept = b.op("GreaterOrEqual", b.op("ReduceMin", den, keepdims=0), b.const(MIN_MEAN_WEIGHT, np.float32))
-    return b.op("Div", pool(b.op("Mul", xf, e)), den), kept
+    return pool(b.op("Mul", xf, e)), den, kept
 
 
 def expectation_ratio(b: _Body, xf: str, pool) -> str:
@@ -280,9 +281,9 @@ def soft_pool_function(opset: int = D.OPSET, fast: bool = True) -> onnx.Function
         # kept only when no window lost its weight (an If on the result, at run time)
         def shared_shift(f, xf, pool):
             z = f.op("Mul", xf, f.ref("value_float", "beta"))
-            y, kept = shared_shift_soft(f, xf, z, _spatial_axes(f, xf), pool)
-            keep = _Body("sp_keep")
-            (out,) = _if(f, kept, (keep, [keep.op("Identity", y)]), generic("sp_g2"), [TensorProto.FLOAT])
+            num, den, kept = shared_shift_soft(f, xf, z, _spatial_axes(f, xf), pool)
+            keep = _Body("sp_keep")  # the division inside the branch (OpenVINO gets an Identity of it wrong)
+            (out,) = _if(f, kept, (keep, [keep.op("Div", num, den)]), generic("sp_g2"), [TensorProto.FLOAT])
             return out
 
         y = _fast_or_generic(b, shared_shift, generic)

@@ -124,7 +124,7 @@ def _infer_windowed(ctx) -> None:
     """ONNX AveragePool's output-size rule (poolexport._window), axis by axis: a symbolic
     spatial size stays symbolic where the window keeps the size (stride 1, SAME or a span
     covered by the pads) and becomes unknown elsewhere; N and C pass through."""
-    from .._window import INT_OPS, axis_output, make_window_spec
+    from .._window import INT_OPS, axis_output, make_window_spec, resolve_axis
 
     elem, dims = _input_dims(ctx)
     if elem is None:
@@ -140,15 +140,11 @@ def _infer_windowed(ctx) -> None:
                             _attr(ctx, "auto_pad", "NOTSET"))
     out = dims[:2]
     for i, n in enumerate(dims[2:]):
-        args = (spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i], spec.dilations[i],
-                spec.ceil_mode, spec.auto_pad, INT_OPS)
         if isinstance(n, int):
-            span = (spec.kernel_shape[i] - 1) * spec.dilations[i] + 1
-            padded = n + (spec.pads[i] + spec.pads[k + i] if spec.auto_pad == "NOTSET" else 0)
-            if spec.auto_pad in ("NOTSET", "VALID") and span > padded:
-                raise ValueError(f"poolexport: window span {span} exceeds the padded size {padded} of axis {i + 2}")
-            out.append(int(axis_output(n, *args)[0]))
+            out.append(resolve_axis(spec, i, n)[0])  # checks that the window fits
         else:
+            args = (spec.kernel_shape[i], spec.strides[i], spec.pads[i], spec.pads[k + i], spec.dilations[i],
+                    spec.ceil_mode, spec.auto_pad, INT_OPS)
             # with stride 1 the rule is n + constant, so one large size tells whether it keeps n
             keeps = spec.strides[i] == 1 and int(axis_output(1000, *args)[0]) == 1000
             out.append(n if keeps else None)

@@ -97,7 +97,8 @@ def fast_form(node, model_opset: int, index: int, elem_type=None):
         y = expectation_ratio(g, xf, _pool(g, a))
     else:
         z = xf if a["beta"] == 1.0 else g.op("Mul", xf, g.const(a["beta"], np.float32))
-        y_fast, ok = shared_shift_soft(g, xf, z, g.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(g, a))
+        num, den, ok = shared_shift_soft(g, xf, z, g.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(g, a))
+        y_fast = g.op("Div", num, den)
         generic_nodes, generic_inits, y_generic = _generic_branch(node, model_opset, g.prefix, xf)
         rank = len(a["kernel_shape"]) + 2  # a typed output of known rank satisfies onnx.checker
         graph = lambda nodes, name, out: helper.make_graph(  # noqa: E731
