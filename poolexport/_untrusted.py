@@ -261,6 +261,26 @@ def _walk_program_json(obj, path: str, what: str) -> None:
             stack.extend(o)
 
 
+def _raw_payloads(archive: zipfile.ZipFile) -> set[str]:
+    """Entries that the archive's weight/constant configs declare as raw tensor storage
+    (``use_pickle`` false): torch reads them with get_storage_from_record, so their bytes,
+    which may begin like a pickle, are data."""
+    raw, pickled = set(), set()
+    for name in archive.namelist():
+        folder, _, base = name.rpartition("/")
+        if base not in ("model_weights_config.json", "model_constants_config.json") or not folder.endswith(
+                ("/data/weights", "/data/constants")):
+            continue
+        try:
+            config = json.loads(archive.read(name)).get("config", {})
+        except (ValueError, AttributeError):
+            continue  # not ours to judge: the entries stay checked
+        for meta in config.values() if isinstance(config, dict) else ():
+            if isinstance(meta, dict) and isinstance(meta.get("path_name"), str):
+                (raw if meta.get("use_pickle") is False else pickled).add(f"{folder}/{meta['path_name']}")
+    return raw - pickled  # a path any entry unpickles stays checked
+
+
 def check_pt2(path, data: bytes) -> None:
     """Refuse a torch.export archive that would run code when loaded or run (see module doc)."""
     try:
@@ -268,17 +288,20 @@ def check_pt2(path, data: bytes) -> None:
     except zipfile.BadZipFile:
         raise UntrustedFileError(f"{path}: not a torch.export archive (not a zip file)") from None
     with archive:
+        raw = _raw_payloads(archive)
         for info in archive.infolist():
             name = info.filename
             base = name.rsplit("/", 1)[-1]
             if "/data/constants/" in name and base.startswith(("custom_obj_", "opaque_obj_")):
+                # torch picks the loader by this prefix, whatever the config says
                 raise UntrustedFileError(
                     f"{path}: {name} is a pickled Python or TorchBind object, which loading unpickles; "
                     f"refusing it ({TRUST_HINT})")
-            blob = archive.read(info)
+            if name in raw:
+                continue  # read as tensor storage (_build_file_map), never unpickled
             if "/models/" in name and name.endswith(".json"):
                 try:
-                    program = json.loads(blob)
+                    program = json.loads(archive.read(info))
                 except ValueError:
                     raise UntrustedFileError(f"{path}: {name} is not valid JSON") from None
                 _walk_program_json(program, path, name)
@@ -289,9 +312,12 @@ def check_pt2(path, data: bytes) -> None:
                         raise UntrustedFileError(
                             f"{path}: guard {str(guard)[:60]!r} is not arithmetic on input sizes ({exc}); torch "
                             f"would exec it; refusing to load it ({TRUST_HINT})") from None
-            elif _is_pickle_or_torch_save(blob):
+                continue
+            with archive.open(info) as entry:
+                head = entry.read(4)  # raw weight payloads (most of the bytes) are not read whole
+            if _is_pickle_or_torch_save(head):
                 try:
-                    _weights_only_loads(blob)
+                    _weights_only_loads(archive.read(info))
                 except Exception:
                     raise UntrustedFileError(
                         f"{path}: {name} holds pickled objects other than tensors, which loading would "

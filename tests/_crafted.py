@@ -49,13 +49,16 @@ def pt2_sample_inputs(dst: Path, marker) -> Path:
     return dst
 
 
-def pt2_pickled_weight(dst: Path, marker) -> Path:
-    """A weight marked use_pickle, which torch.export.load unpickles with weights_only=False."""
+def pt2_pickled_weight(dst: Path, marker, alias_as_raw: bool = False) -> Path:
+    """A weight marked use_pickle, which torch.export.load unpickles with weights_only=False.
+    ``alias_as_raw``: a second config entry names the same payload as raw storage."""
     def edit(name, data):
         if name.endswith("data/weights/model_weights_config.json"):
             config = json.loads(data)
             first = next(iter(config["config"].values()))
             first["use_pickle"] = True
+            if alias_as_raw:
+                config["config"]["alias"] = {**first, "use_pickle": False}
             return json.dumps(config).encode()
         if name.endswith("data/weights/weight_0"):
             buf = io.BytesIO()
@@ -200,3 +203,12 @@ def onnx_external_data(folder: Path, secret: Path, how: str) -> Path:
     path = folder / "model.onnx"
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def pt2_weight_bytes_like_a_pickle(dst: Path) -> Path:
+    """A harmless archive whose first raw weight payload starts with a pickle's opening bytes
+    (0x80 0x02: any float32 tensor can): raw payloads are not unpickled, so it must load."""
+    def edit(name, data):
+        return b"\x80\x02" + data[2:] if name.endswith("data/weights/weight_0") else data
+    _rewrite_zip(PT2, dst, edit)
+    return dst

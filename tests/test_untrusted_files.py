@@ -21,6 +21,7 @@ from poolexport._untrusted import UntrustedFileError, check_onnx_external_data
 PT2_ATTACKS = {
     "sample_inputs": _crafted.pt2_sample_inputs,
     "pickled_weight": _crafted.pt2_pickled_weight,
+    "pickled_weight_aliased_raw": lambda dst, marker: _crafted.pt2_pickled_weight(dst, marker, alias_as_raw=True),
     "symbolic_shape": _crafted.pt2_symbolic_shape,
     "symbolic_shape_string": lambda dst, marker: _crafted.pt2_symbolic_shape(dst, marker, via="string"),
     "guard": _crafted.pt2_guard,
@@ -192,3 +193,10 @@ def test_weights_only_unpickling_blocks_full_unpickle(tmp_path):
             torch.load(io.BytesIO(blob), weights_only=False)
     assert not marker.exists()
     assert torch.load is torch.serialization.load
+
+
+def test_raw_weight_that_looks_like_a_pickle_loads(tmp_path):
+    """Raw tensor payloads (use_pickle false in the archive's config) are never unpickled,
+    whatever their first bytes: the check must not refuse a float tensor for them."""
+    path = _crafted.pt2_weight_bytes_like_a_pickle(tmp_path / "odd.pt2")
+    assert load_model(path).kind == "exported-program"
