@@ -37,9 +37,10 @@ def _known_headers():
     return None
 
 
-def build_library(build: Path, *defines: str) -> Path:
-    """Configure and build the CPU-only library into ``build``; returns the .so."""
-    cfg = ["cmake", "-S", str(ROOT), "-B", str(build), "-DPOOLEXPORT_CUDA=OFF", *defines]
+def build_library(build: Path, *defines: str, source: Path = ROOT) -> Path:
+    """Configure and build the CPU-only library into ``build`` (from the project at
+    ``source``); returns the .so."""
+    cfg = ["cmake", "-S", str(source), "-B", str(build), "-DPOOLEXPORT_CUDA=OFF", *defines]
     headers = _known_headers()
     if headers:
         cfg.append(f"-DONNXRUNTIME_INCLUDE_DIR={headers}")
@@ -49,7 +50,8 @@ def build_library(build: Path, *defines: str) -> Path:
     return next(build.rglob("libpoolexport_ort.so"))
 
 
-def test_library_under_address_sanitizer(tmp_path):
+@pytest.fixture(scope="module")
+def asan_build(tmp_path_factory):
     if not shutil.which("cmake") or not shutil.which("gcc"):
         pytest.skip("cmake or gcc missing")
     # libstdc++ preloaded too: python itself is C, and ASan's __cxa_throw interceptor
@@ -57,8 +59,20 @@ def test_library_under_address_sanitizer(tmp_path):
     asan, cxx = _gcc_lib("libasan.so"), _gcc_lib("libstdc++.so")
     if asan is None or cxx is None:
         pytest.skip("libasan (gcc's AddressSanitizer runtime) missing")
-    lib = build_library(tmp_path / "asan", "-DPOOLEXPORT_SANITIZE=address", "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
-    env = dict(os.environ, LD_PRELOAD=f"{asan} {cxx}", POOLEXPORT_ORT_LIBRARY=str(lib),
+    lib = build_library(tmp_path_factory.mktemp("asan"), "-DPOOLEXPORT_SANITIZE=address",
+                        "-DCMAKE_BUILD_TYPE=RelWithDebInfo")
+    return lib, f"{asan} {cxx}"
+
+
+# each CPU path of the kernels (test_cpu_isa.py), pinned by POOLEXPORT_CPU_ISA
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
+def test_library_under_address_sanitizer(asan_build, isa):
+    from test_cpu_isa import RANK, best_path
+
+    if RANK[isa] > RANK[best_path()]:
+        pytest.skip(f"this CPU lacks the {isa} path's instructions (it runs {best_path()}); tested where the CPU has it")
+    lib, preload = asan_build
+    env = dict(os.environ, LD_PRELOAD=preload, POOLEXPORT_ORT_LIBRARY=str(lib), POOLEXPORT_CPU_ISA=isa,
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "test_ort_fuzz.py"), "400", "--no-torch"],
                           capture_output=True, text=True, env=env, timeout=900)

@@ -1,8 +1,11 @@
-// CPU kernels: one output row (n, c, od, oh) per work item, run on ONNX Runtime's thread
-// pool. Each valid input row is copied once into a padded float row, so every output
-// column runs the same branch-free loop, which the compiler vectorizes (runtime dispatch to
-// AVX2 where the CPU has it); the reduce forms and the stochastic pick use the shared
-// per-window math in include/poolexport.
+// CPU kernels, run on ONNX Runtime's thread pool (or the torch ops' pool). SoftPool's
+// window forms: blocks of output rows through the shared-shift kernel (cpu_soft_shared.h,
+// one exp per input element; AVX-512, AVX2 or portable lanes, cpu_simd.h), falling back to
+// the per-window row kernels for a block whose range is too wide. The other window ops:
+// one output row (n, c, od, oh) per work item; each valid input row is copied once into a
+// padded float row, so every output column runs the same branch-free loop (AVX2 row
+// kernels where the CPU has them, cpu_avx2.h); the reduce forms and the stochastic pick
+// use the shared per-window math in include/poolexport.
 #pragma once
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 #include "poolexport/stochastic_pool.h"
 #include "poolexport/window.h"
 #include "cpu_avx2.h"
+#include "cpu_soft_shared.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(POOLEXPORT_NO_DISPATCH)
 #define PX_DISPATCH __attribute__((target_clones("avx2", "default")))
@@ -30,6 +34,19 @@ inline float load(const float* p, int64_t i) { return p[i]; }
 inline float load(const half_t* p, int64_t i) { return half_bits_to_float(p[i]); }
 inline void store(float* p, int64_t i, float v) { p[i] = v; }
 inline void store(half_t* p, int64_t i, float v) { p[i] = float_to_half_bits(v); }
+
+// Runs of n values between the input/output type and float (F16C for float16 on the
+// vector paths; cpu_simd.h).
+template <class T>
+inline void to_floats(Isa isa, const T* src, float* dst, int64_t n) {
+  if constexpr (std::is_same<T, float>::value) std::memcpy(dst, src, n * sizeof(float));
+  else halves_to_floats(isa, src, dst, n);
+}
+template <class T>
+inline void from_floats(Isa isa, const float* src, T* dst, int64_t n) {
+  if constexpr (std::is_same<T, float>::value) std::memcpy(dst, src, n * sizeof(float));
+  else floats_to_halves(isa, src, dst, n);
+}
 
 enum class Op { kSoft, kExpectation, kSample };
 
@@ -255,7 +272,7 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
         src = reinterpret_cast<const float*>(key);
       } else {
         sc.rows.resize(w.in[2]);
-        for (int64_t j = 0; j < w.in[2]; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
+        to_floats(Isa::kAvx2, x_plane + sc.row_offs[r], sc.rows.data(), w.in[2]);
         src = sc.rows.data();
       }
       if (s == 2 && w.in[2] + w.pad[2] + 2 * len + 32 < INT32_MAX) {  // its lane indices are int32
@@ -275,7 +292,7 @@ void run_row_avx2(bool soft, const T* x_plane, T* y_row, const RowArgs& args, Sc
   sc.a.resize(n8);
   if (soft) soft_row_avx2(sc.tz.data(), sc.tx.data(), taps, 0, n8, sc.a.data());
   else moment_row_avx2(sc.tx.data(), taps, 0, n8, sc.a.data());
-  for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
+  from_floats(Isa::kAvx2, sc.a.data(), y_row, ow_n);
 }
 #endif
 
@@ -291,7 +308,7 @@ void float_row_views(const T* x_plane, int64_t in_w, Scratch& sc) {
     if (std::is_same<T, float>::value) {
       sc.rp[r] = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
     } else {
-      for (int64_t j = 0; j < in_w; ++j) sc.rows[r * in_w + j] = load(x_plane, sc.row_offs[r] + j);
+      to_floats(Isa::kAvx2, x_plane + sc.row_offs[r], sc.rows.data() + r * in_w, in_w);
       sc.rp[r] = sc.rows.data() + r * in_w;
     }
   }
@@ -306,7 +323,7 @@ void run_row_soft_k2s2_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scr
   float_row_views(x_plane, in_w, sc);
   sc.a.resize(n8);
   soft_k2s2_row_avx2(sc.rp.data(), (int64_t)nrows, in_w, w.pad[2], args.beta, n8, sc.a.data());
-  for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
+  from_floats(Isa::kAvx2, sc.a.data(), y_row, ow_n);
 }
 
 // Strides other than 2: column sums of r and r^2 over the window's rows, then split into phases.
@@ -325,7 +342,7 @@ void accumulate_and_split_moments(const T* x_plane, const RowArgs& args, int64_t
       src = reinterpret_cast<const float*>(x_plane) + sc.row_offs[r];
     } else {
       sc.rows.resize(in_w);
-      for (int64_t j = 0; j < in_w; ++j) sc.rows[j] = load(x_plane, sc.row_offs[r] + j);
+      to_floats(Isa::kAvx2, x_plane + sc.row_offs[r], sc.rows.data(), in_w);
       src = sc.rows.data();
     }
     accum_moments_avx2(src, in_w, r == 0, S1, S2);
@@ -363,7 +380,7 @@ void run_row_moments_avx2(const T* x_plane, T* y_row, const RowArgs& args, Scrat
   }
   sc.a.resize(n8);
   moment_sums_row_avx2(sc.tx.data(), sc.tx.data() + kw_n, kw_n, 0, n8, sc.a.data());
-  for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.a[ow]);
+  from_floats(Isa::kAvx2, sc.a.data(), y_row, ow_n);
 }
 #endif
 
@@ -425,7 +442,7 @@ inline void sample_row(const float* xp, size_t nrows, int64_t wp, const Window3&
 
 template <class T>
 void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,od,oh) */, const RowArgs& args,
-             Scratch& sc) {
+             Scratch& sc, Isa isa) {
   const Window3& w = args.w;
   int64_t oh = row_index % w.out[1];
   int64_t od = (row_index / w.out[1]) % w.out[0];
@@ -439,7 +456,7 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     return;
   }
 #ifdef PX_HAVE_AVX2_PATH
-  if (op != Op::kSample && cpu_has_avx2_fma()) {
+  if (op != Op::kSample && isa != Isa::kPortable) {  // AVX-512 machines run these AVX2 kernels
     // the fused k2 s2 kernel measured 13% faster than the split path with 4 window rows
     // (3-D k2 s2) but 10% slower with 2 (2-D k2 s2): it loads each row twice
     if (op == Op::kSoft && w.s[2] == 2 && w.k[2] == 2 && w.dil[2] == 1 && w.k[0] * w.k[1] >= 4 &&
@@ -586,11 +603,103 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
   store(y, e, v);
 }
 
+// SoftPool over blocks of kSharedRows output rows of one plane: the block's input rows go
+// once through the shared-shift kernel (one exp per input element, cpu_soft_shared.h);
+// a block whose range of beta*x is too wide, or holds inf/NaN, takes the per-window path.
+// Blocks are fixed by the geometry alone, so results do not depend on the thread count.
+constexpr int64_t kSharedRows = 8;
+
+struct SharedScratch {
+  std::vector<int32_t> local;  // per input row of the plane: its index in the block, or -1
+  std::vector<int64_t> offs;   // the block's distinct input rows (row indices, then plane offsets)
+  std::vector<int32_t> start, idx;
+  std::vector<const float*> rows;
+  std::vector<float> rows_f, out_f, buf;  // float copies of fp16 rows / outputs; kernel scratch
+};
+
+template <class T, class PFor>
+void soft_window_forward(const T* x, T* y, int64_t N, int64_t C, const RowArgs& args, Isa isa, PFor&& pfor) {
+  const Window3& w = args.w;
+  const int64_t rows_per_plane = w.out[0] * w.out[1], in_rows = w.in[0] * w.in[1];
+  const int64_t plane_in = in_rows * w.in[2], out_w = w.out[2];
+  const int64_t blocks = (rows_per_plane + kSharedRows - 1) / kSharedRows;
+  const int64_t cost = kSharedRows * (out_w * w.k[0] * w.k[1] * w.k[2] + 1);
+  pfor(N * C * blocks, cost, [&](int64_t b, int64_t e) {
+    SharedScratch sc;
+    Scratch fallback;
+    sc.local.assign(in_rows, -1);
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t plane = item / blocks, q0 = item % blocks * kSharedRows;
+      const int64_t q1 = std::min(q0 + kSharedRows, rows_per_plane);
+      const T* xp = x + plane * plane_in;
+      T* yb = y + (plane * rows_per_plane + q0) * out_w;
+      sc.offs.clear();
+      sc.start.assign(1, 0);
+      sc.idx.clear();
+      // for_each_window_row's loop, by row index (no 64-bit division per row: it cost
+      // as much as the block's arithmetic)
+      int64_t od = q0 / w.out[1], oh = q0 % w.out[1];
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
+        for (int64_t kd = 0; kd < w.k[0]; ++kd) {
+          const int64_t id = d0 + kd * w.dil[0];
+          if (id < 0 || id >= w.in[0]) continue;
+          for (int64_t kh = 0; kh < w.k[1]; ++kh) {
+            const int64_t ih = h0 + kh * w.dil[1];
+            if (ih < 0 || ih >= w.in[1]) continue;
+            const int64_t row = id * w.in[1] + ih;
+            if (sc.local[row] < 0) {
+              sc.local[row] = (int32_t)sc.offs.size();
+              sc.offs.push_back(row);
+            }
+            sc.idx.push_back(sc.local[row]);
+          }
+        }
+        sc.start.push_back((int32_t)sc.idx.size());
+        if (++oh == w.out[1]) oh = 0, ++od;
+      }
+      for (int64_t row : sc.offs) sc.local[row] = -1;
+      for (int64_t& row : sc.offs) row *= w.in[2];  // plane offsets from here
+      const int64_t nrows = (int64_t)sc.offs.size();
+      sc.rows.resize(nrows);
+      if (!std::is_same<T, float>::value) sc.rows_f.resize(nrows * w.in[2]);
+      for (int64_t r = 0; r < nrows; ++r) {
+        if (std::is_same<T, float>::value) {
+          sc.rows[r] = reinterpret_cast<const float*>(xp) + sc.offs[r];
+        } else {
+          float* d = sc.rows_f.data() + r * w.in[2];
+          to_floats(isa, xp + sc.offs[r], d, w.in[2]);
+          sc.rows[r] = d;
+        }
+      }
+      // the next block's input follows this one's in memory (the next plane's after the last)
+      int64_t first = plane_in, last = 0;
+      for (int64_t off : sc.offs) first = std::min(first, off), last = std::max(last, off);
+      const SharedBlock blk{sc.rows.data(), nrows, sc.start.data(), sc.idx.data(), q1 - q0,
+                            xp + last + w.in[2], (last + w.in[2] - first) * (int64_t)sizeof(T)};
+      float* yf = reinterpret_cast<float*>(yb);
+      if (!std::is_same<T, float>::value) {
+        sc.out_f.resize((q1 - q0) * out_w);
+        yf = sc.out_f.data();
+      }
+      if (nrows > 0 && soft_shared_block(isa, blk, w, args.beta, yf, sc.buf)) {
+        if (!std::is_same<T, float>::value) from_floats(isa, yf, yb, (q1 - q0) * out_w);
+      } else {
+        for (int64_t q = q0; q < q1; ++q)
+          run_row(Op::kSoft, xp, y + (plane * rows_per_plane + q) * out_w, plane * rows_per_plane + q, args, fallback,
+                  isa);
+      }
+    }
+  });
+}
+
 // Whole-tensor forwards, shared by the ONNX Runtime kernels and the torch ops' C ABI
 // (custom_ops/torch), so both give the same bits. pfor(n, cost_per_item, f) runs
 // f(begin, end) over [0, n) on the caller's threads. The output is not empty.
 template <class T, class PFor>
 void window_forward(Op kind, const T* x, T* y, int64_t N, int64_t C, const RowArgs& args, PFor&& pfor) {
+  const Isa isa = cpu_isa();
+  if (kind == Op::kSoft) return soft_window_forward(x, y, N, C, args, isa, pfor);
   const Window3& w = args.w;
   const int64_t rows = N * C * w.out[0] * w.out[1];
   const int64_t plane_in = w.in[0] * w.in[1] * w.in[2];
@@ -598,7 +707,8 @@ void window_forward(Op kind, const T* x, T* y, int64_t N, int64_t C, const RowAr
   const int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
   pfor(rows, cost, [&](int64_t b, int64_t e) {
     Scratch sc;
-    for (int64_t r = b; r < e; ++r) run_row(kind, x + r / rows_per_plane * plane_in, y + r * w.out[2], r, args, sc);
+    for (int64_t r = b; r < e; ++r)
+      run_row(kind, x + r / rows_per_plane * plane_in, y + r * w.out[2], r, args, sc, isa);
   });
 }
 

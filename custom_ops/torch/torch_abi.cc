@@ -86,4 +86,13 @@ __attribute__((visibility("default"))) int poolexport_torch_reduce(int op, int d
   }
 }
 
+// Which CPU path the kernels take now (POOLEXPORT_CPU_ISA caps it): "avx512", "avx2" or
+// "portable"; and the shared-shift SoftPool's exp on that path, for tests that measure its
+// error against float64 (arguments must lie in [-60, 0]).
+__attribute__((visibility("default"))) const char* poolexport_cpu_isa(void) { return cpu::isa_name(cpu::cpu_isa()); }
+
+__attribute__((visibility("default"))) void poolexport_cpu_exp_shifted(const float* t, float* out, int64_t n) {
+  cpu::exp_shifted_n(cpu::cpu_isa(), t, out, n);
+}
+
 }  // extern "C"

@@ -23,6 +23,10 @@ int poolexport_torch_window(int op, int dtype, const void* X, const void* dY, vo
                             float beta, int64_t seed, int threads);
 int poolexport_torch_reduce(int op, int dtype, const void* X, const void* dY, void* out, const int64_t* dims,
                             int32_t mask, float beta, int64_t seed, int threads);
+// diagnostics: the CPU path in use ("avx512" | "avx2" | "portable", capped by the
+// POOLEXPORT_CPU_ISA variable) and SoftPool's exp on it, for arguments in [-60, 0]
+const char* poolexport_cpu_isa(void);
+void poolexport_cpu_exp_shifted(const float* t, float* out, int64_t n);
 
 #ifdef __cplusplus
 }

@@ -35,7 +35,7 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[2]
 LIST = Path(__file__).with_name("mutations.toml")
 FIELDS = ("name", "file", "original", "mutated", "tests", "description")
-NATIVE = {".h", ".hpp", ".cc", ".cpp", ".cu", ".cuh"}  # a mutation here rebuilds the library
+NATIVE = {".h", ".hpp", ".cc", ".cpp", ".cu", ".cuh", ".inc"}  # a mutation here rebuilds the library
 
 
 def load(path: Path) -> list[dict]:

@@ -1,0 +1,306 @@
+// Lane types for the CPU kernels that are written once over a vector width (soft_shared.inc):
+// AVX-512 (16 lanes), AVX2 + FMA (8 lanes) and plain C++ (16 lanes, the portable path, which
+// also runs the 16-lane logic of the AVX-512 path on every machine). Each lane type has the
+// same small set of operations; the instruction set is picked at run time (cpu_isa()).
+// The FMAs here are explicit: the sampled pick never comes here and keeps the build's
+// -ffp-contract=off rounding.
+#pragma once
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "poolexport/common.h"
+
+namespace poolexport {
+namespace cpu {
+
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "portable";
+}
+
+// exp(t) for t in [-60, 0] (the shared-shift SoftPool's arguments): Cody-Waite reduction
+// t = k ln2 + r, |r| <= ln2/2, then a degree-6 polynomial (relative-error fit on that
+// interval, approximation error 3e-9) evaluated by Horner's rule, and 2^k from the bits of
+// the rounding sum. No clamps: the caller guarantees the range. Measured against float64
+// over every float32 in [-60, 0]: see tests/test_cpu_isa.py and the README.
+#define PX_EXP_LOG2E 1.44269504088896341f
+#define PX_EXP_LN2_HI 0.693359375f
+#define PX_EXP_LN2_LO -2.12194440e-4f
+#define PX_EXP_MAGIC 12582912.0f  // 1.5 * 2^23: magic + k holds the integer k in its low bits
+#define PX_EXP_C6 1.381451147608459e-3f
+#define PX_EXP_C5 8.368711918592453e-3f
+#define PX_EXP_C4 4.166838899254799e-2f
+#define PX_EXP_C3 1.666652113199234e-1f
+#define PX_EXP_C2 4.999999403953552e-1f
+// bits(magic + k) - bits(magic) = k; + 127 is the exponent bias of 2^k
+#define PX_EXP_BIAS (127 - 0x4B400000)
+
+// ---- portable: 16 lanes of plain C++ (no FMA: two roundings where the others fuse) ----
+struct LanesPortable {
+  static constexpr int W = 16;
+  struct R {
+    float v[16];
+  };
+#define PX_EACH for (int l = 0; l < 16; ++l)
+  static inline R load(const float* p) { R r; memcpy(r.v, p, sizeof r.v); return r; }
+  // lanes >= n hold fill; the memory past n is never read
+  static inline R load_n(const float* p, int64_t n, float fill) { R r; PX_EACH r.v[l] = l < n ? p[l] : fill; return r; }
+  static inline void store(float* p, R a) { memcpy(p, a.v, sizeof a.v); }
+  static inline void store_n(float* p, R a, int64_t n) { PX_EACH if (l < n) p[l] = a.v[l]; }
+  static inline R set1(float f) { R r; PX_EACH r.v[l] = f; return r; }
+  static inline R add(R a, R b) { PX_EACH a.v[l] += b.v[l]; return a; }
+  static inline R sub(R a, R b) { PX_EACH a.v[l] -= b.v[l]; return a; }
+  static inline R mul(R a, R b) { PX_EACH a.v[l] *= b.v[l]; return a; }
+  static inline R mul_add(R a, R b, R c) { PX_EACH a.v[l] = a.v[l] * b.v[l] + c.v[l]; return a; }
+  static inline R max(R a, R b) { PX_EACH a.v[l] = a.v[l] > b.v[l] ? a.v[l] : b.v[l]; return a; }
+  static inline R min(R a, R b) { PX_EACH a.v[l] = a.v[l] < b.v[l] ? a.v[l] : b.v[l]; return a; }
+  // den == 0 ? 0 : num / den (a NaN den stays NaN)
+  static inline R div_or_zero(R num, R den) { PX_EACH num.v[l] = den.v[l] == 0.0f ? 0.0f : num.v[l] / den.v[l]; return num; }
+  // lanes of [lo hi] at even / odd positions
+  static inline void deinterleave(R lo, R hi, R* ev, R* od) {
+    for (int l = 0; l < 8; ++l) {
+      ev->v[l] = lo.v[2 * l], od->v[l] = lo.v[2 * l + 1];
+      ev->v[8 + l] = hi.v[2 * l], od->v[8 + l] = hi.v[2 * l + 1];
+    }
+  }
+  // deinterleave, lanes in any fixed order that restore_order undoes (here: in order)
+  static inline void deinterleave_unordered(R lo, R hi, R* ev, R* od) { deinterleave(lo, hi, ev, od); }
+  static inline R restore_order(R a) { return a; }
+  static inline float reduce_max(R a) { float m = a.v[0]; PX_EACH m = a.v[l] > m ? a.v[l] : m; return m; }
+  static inline float reduce_min(R a) { float m = a.v[0]; PX_EACH m = a.v[l] < m ? a.v[l] : m; return m; }
+  static inline float reduce_add(R a) { float s = 0.0f; PX_EACH s += a.v[l]; return s; }
+  static inline R exp_shifted(R t) {
+    PX_EACH {
+      const float x = t.v[l];
+      const float kf = x * PX_EXP_LOG2E + PX_EXP_MAGIC;
+      const float k = kf - PX_EXP_MAGIC;
+      float r = x - k * PX_EXP_LN2_HI;
+      r = r - k * PX_EXP_LN2_LO;
+      float p = PX_EXP_C6;
+      p = p * r + PX_EXP_C5;
+      p = p * r + PX_EXP_C4;
+      p = p * r + PX_EXP_C3;
+      p = p * r + PX_EXP_C2;
+      p = p * r + 1.0f;
+      p = p * r + 1.0f;
+      int32_t kb;
+      memcpy(&kb, &kf, 4);
+      const int32_t e = (int32_t)((uint32_t)(kb + PX_EXP_BIAS) << 23);
+      float s;
+      memcpy(&s, &e, 4);
+      t.v[l] = p * s;
+    }
+    return t;
+  }
+#undef PX_EACH
+};
+
+}  // namespace cpu
+}  // namespace poolexport
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(POOLEXPORT_NO_AVX2)
+#define PX_HAVE_X86_LANES 1
+#include <immintrin.h>
+
+namespace poolexport {
+namespace cpu {
+
+#define PX_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define PX_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+// ---- AVX2 + FMA: 8 lanes ----
+struct LanesAvx2 {
+  static constexpr int W = 8;
+  using R = __m256;
+  PX_TARGET_AVX2 static inline __m256i first_n(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  PX_TARGET_AVX2 static inline R load(const float* p) { return _mm256_loadu_ps(p); }
+  PX_TARGET_AVX2 static inline R load_n(const float* p, int64_t n, float fill) {
+    const __m256i m = first_n(n);  // masked-off lanes are never touched
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  PX_TARGET_AVX2 static inline void store(float* p, R a) { _mm256_storeu_ps(p, a); }
+  PX_TARGET_AVX2 static inline void store_n(float* p, R a, int64_t n) { _mm256_maskstore_ps(p, first_n(n), a); }
+  PX_TARGET_AVX2 static inline R set1(float f) { return _mm256_set1_ps(f); }
+  PX_TARGET_AVX2 static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
+  PX_TARGET_AVX2 static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  PX_TARGET_AVX2 static inline R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  PX_TARGET_AVX2 static inline R mul_add(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  PX_TARGET_AVX2 static inline R max(R a, R b) { return _mm256_max_ps(a, b); }
+  PX_TARGET_AVX2 static inline R min(R a, R b) { return _mm256_min_ps(a, b); }
+  PX_TARGET_AVX2 static inline R div_or_zero(R num, R den) {
+    return _mm256_andnot_ps(_mm256_cmp_ps(den, _mm256_setzero_ps(), _CMP_EQ_OQ), _mm256_div_ps(num, den));
+  }
+  PX_TARGET_AVX2 static inline void deinterleave(R lo, R hi, R* ev, R* od) {
+    // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6]
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+  }
+  // the in-lane half of deinterleave: [a0 a2 b0 b2 | a4 a6 b4 b6]; lane-wise sums of such
+  // vectors are put in order once, at the end (the cross-lane permute is the slow part)
+  PX_TARGET_AVX2 static inline void deinterleave_unordered(R lo, R hi, R* ev, R* od) {
+    *ev = _mm256_shuffle_ps(lo, hi, 0x88);
+    *od = _mm256_shuffle_ps(lo, hi, 0xDD);
+  }
+  PX_TARGET_AVX2 static inline R restore_order(R a) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(a), 0xD8));
+  }
+  PX_TARGET_AVX2 static inline float reduce_max(R a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  PX_TARGET_AVX2 static inline float reduce_min(R a) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  PX_TARGET_AVX2 static inline float reduce_add(R a) {
+    float v[8];
+    _mm256_storeu_ps(v, a);
+    float s = 0.0f;
+    for (int l = 0; l < 8; ++l) s += v[l];
+    return s;
+  }
+  PX_TARGET_AVX2 static inline R exp_shifted(R x) {
+    const __m256 kf = _mm256_fmadd_ps(x, _mm256_set1_ps(PX_EXP_LOG2E), _mm256_set1_ps(PX_EXP_MAGIC));
+    const __m256 k = _mm256_sub_ps(kf, _mm256_set1_ps(PX_EXP_MAGIC));
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(PX_EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(PX_EXP_LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(PX_EXP_C6), r, _mm256_set1_ps(PX_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(kf), _mm256_set1_epi32(PX_EXP_BIAS)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+};
+
+// ---- AVX-512F: 16 lanes ----
+struct LanesAvx512 {
+  static constexpr int W = 16;
+  using R = __m512;
+  PX_TARGET_AVX512 static inline __mmask16 first_n(int64_t n) {
+    return (__mmask16)(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));
+  }
+  PX_TARGET_AVX512 static inline R load(const float* p) { return _mm512_loadu_ps(p); }
+  // masked-off lanes are never touched (no fault past the end)
+  PX_TARGET_AVX512 static inline R load_n(const float* p, int64_t n, float fill) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_n(n), p);
+  }
+  PX_TARGET_AVX512 static inline void store(float* p, R a) { _mm512_storeu_ps(p, a); }
+  PX_TARGET_AVX512 static inline void store_n(float* p, R a, int64_t n) { _mm512_mask_storeu_ps(p, first_n(n), a); }
+  PX_TARGET_AVX512 static inline R set1(float f) { return _mm512_set1_ps(f); }
+  PX_TARGET_AVX512 static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
+  PX_TARGET_AVX512 static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  PX_TARGET_AVX512 static inline R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  PX_TARGET_AVX512 static inline R mul_add(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  PX_TARGET_AVX512 static inline R max(R a, R b) { return _mm512_max_ps(a, b); }
+  PX_TARGET_AVX512 static inline R min(R a, R b) { return _mm512_min_ps(a, b); }
+  PX_TARGET_AVX512 static inline R div_or_zero(R num, R den) {
+    return _mm512_maskz_div_ps(_mm512_cmp_ps_mask(den, _mm512_setzero_ps(), _CMP_NEQ_UQ), num, den);
+  }
+  PX_TARGET_AVX512 static inline void deinterleave(R lo, R hi, R* ev, R* od) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    *ev = _mm512_permutex2var_ps(lo, even, hi);
+    *od = _mm512_permutex2var_ps(lo, odd, hi);
+  }
+  // one two-source permute is as cheap as any partial shuffle here: lanes in order
+  PX_TARGET_AVX512 static inline void deinterleave_unordered(R lo, R hi, R* ev, R* od) { deinterleave(lo, hi, ev, od); }
+  PX_TARGET_AVX512 static inline R restore_order(R a) { return a; }
+  PX_TARGET_AVX512 static inline float reduce_max(R a) { return _mm512_reduce_max_ps(a); }
+  PX_TARGET_AVX512 static inline float reduce_min(R a) { return _mm512_reduce_min_ps(a); }
+  PX_TARGET_AVX512 static inline float reduce_add(R a) {
+    float v[16];
+    _mm512_storeu_ps(v, a);
+    float s = 0.0f;
+    for (int l = 0; l < 16; ++l) s += v[l];
+    return s;
+  }
+  PX_TARGET_AVX512 static inline R exp_shifted(R x) {
+    const __m512 kf = _mm512_fmadd_ps(x, _mm512_set1_ps(PX_EXP_LOG2E), _mm512_set1_ps(PX_EXP_MAGIC));
+    const __m512 k = _mm512_sub_ps(kf, _mm512_set1_ps(PX_EXP_MAGIC));
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(PX_EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(PX_EXP_LN2_LO), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(PX_EXP_C6), r, _mm512_set1_ps(PX_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(kf), _mm512_set1_epi32(PX_EXP_BIAS)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+  }
+};
+
+}  // namespace cpu
+}  // namespace poolexport
+#endif
+
+namespace poolexport {
+namespace cpu {
+
+// The widest path this CPU runs, capped by POOLEXPORT_CPU_ISA (portable | avx2 | avx512):
+// tests and benchmarks pin a path that way; a path the CPU lacks is never taken. Read on
+// every call (a getenv), so one process can compare paths.
+inline Isa cpu_isa() {
+#ifdef PX_HAVE_X86_LANES
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const Isa best = avx2 && __builtin_cpu_supports("avx512f") ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kPortable;
+#else
+  const Isa best = Isa::kPortable;
+#endif
+  const char* cap = getenv("POOLEXPORT_CPU_ISA");
+  Isa want = best;
+  if (cap && !strcmp(cap, "portable")) want = Isa::kPortable;
+  else if (cap && !strcmp(cap, "avx2")) want = Isa::kAvx2;
+  return (int)want < (int)best ? want : best;
+}
+
+// float16 (IEEE bits) <-> float32 runs for the fp16 kernels: F16C on the vector paths
+// (every AVX2 CPU has it; checked anyway), else common.h's integer code. Both are exact
+// one way and round to nearest even the other, so they give the same bits (NaN: the
+// same quiet NaN for float32's default NaN).
+#ifdef PX_HAVE_X86_LANES
+inline bool cpu_has_f16c() {
+  static const bool ok = __builtin_cpu_supports("f16c");
+  return ok;
+}
+__attribute__((target("avx2,f16c"))) static void halves_to_floats_f16c(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + i))));
+  for (; i < n; ++i) f[i] = half_bits_to_float(h[i]);
+}
+__attribute__((target("avx2,f16c"))) static void floats_to_halves_f16c(const float* f, uint16_t* h, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) h[i] = float_to_half_bits(f[i]);
+}
+#endif
+
+inline void halves_to_floats(Isa isa, const uint16_t* h, float* f, int64_t n) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa != Isa::kPortable && cpu_has_f16c()) return halves_to_floats_f16c(h, f, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) f[i] = half_bits_to_float(h[i]);
+}
+
+inline void floats_to_halves(Isa isa, const float* f, uint16_t* h, int64_t n) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa != Isa::kPortable && cpu_has_f16c()) return floats_to_halves_f16c(f, h, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) h[i] = float_to_half_bits(f[i]);
+}
+
+}  // namespace cpu
+}  // namespace poolexport
