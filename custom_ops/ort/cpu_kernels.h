@@ -609,80 +609,92 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
 // Blocks are fixed by the geometry alone, so results do not depend on the thread count.
 constexpr int64_t kSharedRows = 8;
 
-struct SharedScratch {
-  std::vector<int32_t> local;  // per input row of the plane: its index in the block, or -1
-  std::vector<int64_t> offs;   // the block's distinct input rows (row indices, then plane offsets)
-  std::vector<int32_t> start, idx;
-  std::vector<const float*> rows;
-  std::vector<float> rows_f, out_f, buf;  // float copies of fp16 rows / outputs; kernel scratch
+// Which input rows a block of output rows reads: the same for every plane, so planned once
+// per call (planning per block cost as much as a tenth of the block's arithmetic).
+struct BlockPlan {
+  std::vector<int64_t> offs;  // its distinct input rows, as plane offsets, in first-use order
+  std::vector<int32_t> start, idx;  // output row q adds rows idx[start[q] .. start[q+1])
+  int64_t first = 0, span = 0;      // the lowest offset and the elements up to the end of the last row
 };
+
+inline std::vector<BlockPlan> plan_blocks(const Window3& w) {
+  const int64_t rows_per_plane = w.out[0] * w.out[1];
+  std::vector<BlockPlan> plans((rows_per_plane + kSharedRows - 1) / kSharedRows);
+  std::vector<int32_t> local(w.in[0] * w.in[1], -1);  // input row -> its index in the block
+  int64_t od = 0, oh = 0;
+  for (BlockPlan& p : plans) {
+    const int64_t q0 = (&p - plans.data()) * kSharedRows, q1 = std::min(q0 + kSharedRows, rows_per_plane);
+    p.start.assign(1, 0);
+    for (int64_t q = q0; q < q1; ++q) {  // for_each_window_row's loop, by row index
+      const int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
+      for (int64_t kd = 0; kd < w.k[0]; ++kd) {
+        const int64_t id = d0 + kd * w.dil[0];
+        if (id < 0 || id >= w.in[0]) continue;
+        for (int64_t kh = 0; kh < w.k[1]; ++kh) {
+          const int64_t ih = h0 + kh * w.dil[1];
+          if (ih < 0 || ih >= w.in[1]) continue;
+          const int64_t row = id * w.in[1] + ih;
+          if (local[row] < 0) {
+            local[row] = (int32_t)p.offs.size();
+            p.offs.push_back(row);
+          }
+          p.idx.push_back(local[row]);
+        }
+      }
+      p.start.push_back((int32_t)p.idx.size());
+      if (++oh == w.out[1]) oh = 0, ++od;
+    }
+    for (int64_t row : p.offs) local[row] = -1;
+    int64_t lo = w.in[0] * w.in[1], hi = 0;
+    for (int64_t& row : p.offs) {
+      lo = std::min(lo, row), hi = std::max(hi, row);
+      row *= w.in[2];  // plane offsets from here
+    }
+    p.first = lo * w.in[2];
+    p.span = p.offs.empty() ? 0 : (hi + 1 - lo) * w.in[2];
+  }
+  return plans;
+}
 
 template <class T, class PFor>
 void soft_window_forward(const T* x, T* y, int64_t N, int64_t C, const RowArgs& args, Isa isa, PFor&& pfor) {
   const Window3& w = args.w;
-  const int64_t rows_per_plane = w.out[0] * w.out[1], in_rows = w.in[0] * w.in[1];
-  const int64_t plane_in = in_rows * w.in[2], out_w = w.out[2];
-  const int64_t blocks = (rows_per_plane + kSharedRows - 1) / kSharedRows;
+  const int64_t rows_per_plane = w.out[0] * w.out[1];
+  const int64_t plane_in = w.in[0] * w.in[1] * w.in[2], out_w = w.out[2];
+  const std::vector<BlockPlan> plans = plan_blocks(w);
+  const int64_t blocks = (int64_t)plans.size();
   const int64_t cost = kSharedRows * (out_w * w.k[0] * w.k[1] * w.k[2] + 1);
   pfor(N * C * blocks, cost, [&](int64_t b, int64_t e) {
-    SharedScratch sc;
+    std::vector<const float*> rows;
+    std::vector<float> rows_f, out_f, buf;  // float copies of fp16 rows / outputs; kernel scratch
     Scratch fallback;
-    sc.local.assign(in_rows, -1);
     for (int64_t item = b; item < e; ++item) {
       const int64_t plane = item / blocks, q0 = item % blocks * kSharedRows;
       const int64_t q1 = std::min(q0 + kSharedRows, rows_per_plane);
+      const BlockPlan& p = plans[item % blocks];
       const T* xp = x + plane * plane_in;
       T* yb = y + (plane * rows_per_plane + q0) * out_w;
-      sc.offs.clear();
-      sc.start.assign(1, 0);
-      sc.idx.clear();
-      // for_each_window_row's loop, by row index (no 64-bit division per row: it cost
-      // as much as the block's arithmetic)
-      int64_t od = q0 / w.out[1], oh = q0 % w.out[1];
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
-        for (int64_t kd = 0; kd < w.k[0]; ++kd) {
-          const int64_t id = d0 + kd * w.dil[0];
-          if (id < 0 || id >= w.in[0]) continue;
-          for (int64_t kh = 0; kh < w.k[1]; ++kh) {
-            const int64_t ih = h0 + kh * w.dil[1];
-            if (ih < 0 || ih >= w.in[1]) continue;
-            const int64_t row = id * w.in[1] + ih;
-            if (sc.local[row] < 0) {
-              sc.local[row] = (int32_t)sc.offs.size();
-              sc.offs.push_back(row);
-            }
-            sc.idx.push_back(sc.local[row]);
-          }
-        }
-        sc.start.push_back((int32_t)sc.idx.size());
-        if (++oh == w.out[1]) oh = 0, ++od;
-      }
-      for (int64_t row : sc.offs) sc.local[row] = -1;
-      for (int64_t& row : sc.offs) row *= w.in[2];  // plane offsets from here
-      const int64_t nrows = (int64_t)sc.offs.size();
-      sc.rows.resize(nrows);
-      if (!std::is_same<T, float>::value) sc.rows_f.resize(nrows * w.in[2]);
+      const int64_t nrows = (int64_t)p.offs.size();
+      rows.resize(nrows);
+      if (!std::is_same<T, float>::value) rows_f.resize(nrows * w.in[2]);
       for (int64_t r = 0; r < nrows; ++r) {
         if (std::is_same<T, float>::value) {
-          sc.rows[r] = reinterpret_cast<const float*>(xp) + sc.offs[r];
+          rows[r] = reinterpret_cast<const float*>(xp) + p.offs[r];
         } else {
-          float* d = sc.rows_f.data() + r * w.in[2];
-          to_floats(isa, xp + sc.offs[r], d, w.in[2]);
-          sc.rows[r] = d;
+          float* d = rows_f.data() + r * w.in[2];
+          to_floats(isa, xp + p.offs[r], d, w.in[2]);
+          rows[r] = d;
         }
       }
       // the next block's input follows this one's in memory (the next plane's after the last)
-      int64_t first = plane_in, last = 0;
-      for (int64_t off : sc.offs) first = std::min(first, off), last = std::max(last, off);
-      const SharedBlock blk{sc.rows.data(), nrows, sc.start.data(), sc.idx.data(), q1 - q0,
-                            xp + last + w.in[2], (last + w.in[2] - first) * (int64_t)sizeof(T)};
+      const SharedBlock blk{rows.data(), nrows, p.start.data(), p.idx.data(), q1 - q0,
+                            xp + p.first + p.span, p.span * (int64_t)sizeof(T)};
       float* yf = reinterpret_cast<float*>(yb);
       if (!std::is_same<T, float>::value) {
-        sc.out_f.resize((q1 - q0) * out_w);
-        yf = sc.out_f.data();
+        out_f.resize((q1 - q0) * out_w);
+        yf = out_f.data();
       }
-      if (nrows > 0 && soft_shared_block(isa, blk, w, args.beta, yf, sc.buf)) {
+      if (nrows > 0 && soft_shared_block(isa, blk, w, args.beta, yf, buf)) {
         if (!std::is_same<T, float>::value) from_floats(isa, yf, yb, (q1 - q0) * out_w);
       } else {
         for (int64_t q = q0; q < q1; ++q)
