@@ -23,9 +23,11 @@ inline const char* isa_name(Isa isa) {
 
 // exp(t) for t in [-60, 0] (the shared-shift SoftPool's arguments): Cody-Waite reduction
 // t = k ln2 + r, |r| <= ln2/2, then a degree-6 polynomial (relative-error fit on that
-// interval, approximation error 3e-9) evaluated by Horner's rule, and 2^k from the bits of
-// the rounding sum. No clamps: the caller guarantees the range. Measured against float64
-// over every float32 in [-60, 0]: see tests/test_cpu_isa.py and the README.
+// interval, approximation error 3e-9) evaluated by Horner's rule; the product p * 2^k is
+// an integer add of k << 23 to p's bits (exact: the result stays a normal float for
+// k >= -87), and k << 23 is the rounding sum's bits shifted (magic's low 9 bits are 0), so
+// no multiply is left for 2^k. No clamps: the caller guarantees the range. Measured
+// against float64 over every float32 in [-60, 0]: see tests/test_cpu_isa.py and the README.
 #define PX_EXP_LOG2E 1.44269504088896341f
 #define PX_EXP_LN2_HI 0.693359375f
 #define PX_EXP_LN2_LO -2.12194440e-4f
@@ -35,8 +37,6 @@ inline const char* isa_name(Isa isa) {
 #define PX_EXP_C4 4.166838899254799e-2f
 #define PX_EXP_C3 1.666652113199234e-1f
 #define PX_EXP_C2 4.999999403953552e-1f
-// bits(magic + k) - bits(magic) = k; + 127 is the exponent bias of 2^k
-#define PX_EXP_BIAS (127 - 0x4B400000)
 
 // ---- portable: 16 lanes of plain C++ (no FMA: two roundings where the others fuse) ----
 struct LanesPortable {
@@ -86,12 +86,11 @@ struct LanesPortable {
       p = p * r + PX_EXP_C2;
       p = p * r + 1.0f;
       p = p * r + 1.0f;
-      int32_t kb;
+      uint32_t kb, pb;
       memcpy(&kb, &kf, 4);
-      const int32_t e = (int32_t)((uint32_t)(kb + PX_EXP_BIAS) << 23);
-      float s;
-      memcpy(&s, &e, 4);
-      t.v[l] = p * s;
+      memcpy(&pb, &p, 4);
+      pb += kb << 23;
+      memcpy(&t.v[l], &pb, 4);
     }
     return t;
   }
@@ -179,8 +178,7 @@ struct LanesAvx2 {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C2));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(kf), _mm256_set1_epi32(PX_EXP_BIAS)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(kf), 23)));
   }
 };
 
@@ -237,8 +235,7 @@ struct LanesAvx512 {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C2));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(kf), _mm512_set1_epi32(PX_EXP_BIAS)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(kf), 23)));
   }
 };
 
