@@ -172,3 +172,43 @@ def test_every_node_replaced_in_a_model_with_several():
     want = expected("StochasticPool", b.astype(np.float32), attrs)
     for got in run_both(out, xv):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def _outer_condition(model):
+    """The model with the condition of its outermost If (the unshifted form's check) as a
+    second output."""
+    m = copy.deepcopy(model)
+    cond = next(n for n in m.graph.node if n.op_type == "If").input[0]
+    m.graph.output.append(helper.make_tensor_value_info(cond, TensorProto.BOOL, None))
+    return m
+
+
+@pytest.mark.parametrize("attrs", WINDOWS[:3], ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+@pytest.mark.parametrize("kind,unshifted", [("normal", True), ("above 60", False), ("large", False)])
+def test_portable_soft_pool_takes_the_unshifted_form_only_where_it_holds(attrs, kind, unshifted):
+    """Ordinary activations skip the shift (no full-size Sub); z above 60 anywhere, or a
+    window whose weights underflow, goes to the shifted form (and from there, if needed, to
+    the generic one): each branch gives the float64 numbers."""
+    model = apply_target(one_node("SoftPool", attrs), "portable")
+    x = inputs(SHAPES[2], "large" if kind == "large" else "normal")
+    if kind == "above 60":
+        x = (x + 62.0).astype(np.float32)  # a narrow range above the unshifted limit: the shifted form holds
+    sess = ort.InferenceSession(_outer_condition(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    y, taken = sess.run(None, {"X": x})
+    assert bool(taken) == unshifted
+    want = expected("SoftPool", x, attrs)
+    assert np.all(np.isfinite(y))
+    assert np.max(np.abs(y - want)) / np.max(np.abs(want)) <= 1e-5
+
+
+def test_portable_soft_pool_with_tiny_beta_keeps_the_shift():
+    """beta = 1e-12 and x ~ 5.9e13: beta*x ~ 59 passes the unshifted check, but x * e^59
+    overflows float32, so a tiny beta never gets the unshifted form."""
+    attrs = dict(kernel_shape=[2, 2], strides=[2, 2], beta=1e-12)
+    model = apply_target(one_node("SoftPool", attrs), "portable")
+    x = (5.9e13 + 1e11 * np.random.default_rng(3).standard_normal((1, 2, 6, 6))).astype(np.float32)
+    assert np.max(x.astype(np.float64) * 1e-12) < decompositions.UNSHIFTED_MAX
+    want = expected("SoftPool", x, attrs, beta=1e-12)
+    for y in run_both(model, x):
+        assert np.all(np.isfinite(y))
+        np.testing.assert_allclose(y, want, rtol=1e-5)

@@ -192,6 +192,24 @@ def shared_shift_soft(b: _Body, xf: str, z: str, axes: str, pool) -> tuple[str, 
     return pool(b.op("Mul", xf, e)), den, kept
 
 
+UNSHIFTED_MAX = 60.0  # z = beta*x at most this: exp(z) <= 1.1e26, no overflow anywhere below
+MIN_UNSHIFTED_BETA = 1e-6  # |beta| from here: |x| * exp(beta*x) <= (60/|beta|) e^60 ~ 7e33
+
+
+def unshifted_soft(b: _Body, xf: str, z: str, pool) -> tuple[str, str, str]:
+    """SoftPool's cheapest exact form, (numerator, denominator, kept): e = exp(z) with no
+    shift at all, numerator = pool(x * e), denominator = pool(e); ``kept`` says that z <=
+    UNSHIFTED_MAX everywhere (so no exp overflows; with |beta| >= MIN_UNSHIFTED_BETA no
+    x * e either, which the caller checks, beta being a constant there) and every window's
+    mean weight is >= MIN_MEAN_WEIGHT (as in shared_shift_soft). It saves the shift's
+    full-size Sub: ordinary activations take it, the rest falls to the shifted form."""
+    e = b.op("Exp", z)
+    den = pool(e)
+    small = b.op("LessOrEqual", b.op("ReduceMax", z, keepdims=0), b.const(UNSHIFTED_MAX, np.float32))
+    weighty = b.op("GreaterOrEqual", b.op("ReduceMin", den, keepdims=0), b.const(MIN_MEAN_WEIGHT, np.float32))
+    return pool(b.op("Mul", xf, e)), den, b.op("And", small, weighty)
+
+
 def expectation_ratio(b: _Body, xf: str, pool) -> str:
     """StochasticPool's expectation as pool(r^2) / pool(r), r = relu(x): the counts cancel.
     A window without a positive value gives 0/0 = NaN, which the Where replaces by 0."""

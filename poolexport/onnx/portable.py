@@ -16,7 +16,11 @@ runtime runs fast:
   least exp(-60), its largest weight is too, and any weight lost to underflow (below
   exp(-87)) is under exp(-27) of it, invisible in float32. An ``If`` on that check (a
   ReduceMin over the output-sized denominator) takes the generic decomposition otherwise,
-  so any finite input gives a finite, exact result.
+  so any finite input gives a finite, exact result. Before that, an outer ``If`` tries
+  the same form with no shift at all (e = exp(beta*x)) when beta*x <= 60 everywhere
+  (one scalar ReduceMax) and the same weight check holds: ordinary activations then skip
+  the shift's full-size Sub (measured 1.28-1.34x the naive formula instead of 1.35-1.6x).
+  Only for |beta| >= 1e-6: with a tinier beta, x * exp(beta*x) could overflow.
 
 Everything else (dilations, pads as large as the kernel, sample mode) keeps the generic
 decomposition. (A reshape into non-overlapping blocks was tried for kernel == stride: ONNX
@@ -29,7 +33,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import domain as D
-from .decompositions import _Body, expectation_ratio, shared_shift_soft  # one coding of the fast forms
+from .decompositions import (  # one coding of the fast forms
+    MIN_UNSHIFTED_BETA,
+    _Body,
+    expectation_ratio,
+    shared_shift_soft,
+    unshifted_soft,
+)
 
 
 
@@ -97,15 +107,27 @@ def fast_form(node, model_opset: int, index: int, elem_type=None):
         y = expectation_ratio(g, xf, _pool(g, a))
     else:
         z = xf if a["beta"] == 1.0 else g.op("Mul", xf, g.const(a["beta"], np.float32))
-        num, den, ok = shared_shift_soft(g, xf, z, g.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(g, a))
-        y_fast = g.op("Div", num, den)
-        generic_nodes, generic_inits, y_generic = _generic_branch(node, model_opset, g.prefix, xf)
         rank = len(a["kernel_shape"]) + 2  # a typed output of known rank satisfies onnx.checker
         graph = lambda nodes, name, out: helper.make_graph(  # noqa: E731
             nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None] * rank)])
+        # shifted: one shift per plane, else the generic decomposition
+        s = _Body(f"{g.prefix}_shifted")
+        num, den, ok = shared_shift_soft(s, xf, z, s.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(s, a))
+        y_fast = s.op("Div", num, den)
+        generic_nodes, generic_inits, y_generic = _generic_branch(node, model_opset, g.prefix, xf)
         kept = f"{g.prefix}/shared_shift_y"
-        y = g.op("If", ok, then_branch=graph([helper.make_node("Identity", [y_fast], [kept])], "shared_shift", kept),
-                 else_branch=graph(generic_nodes, "per_window", y_generic))
+        y_shifted = s.op("If", ok,
+                         then_branch=graph([helper.make_node("Identity", [y_fast], [kept])], "shared_shift", kept),
+                         else_branch=graph(generic_nodes, "per_window", y_generic))
+        if abs(a["beta"]) >= MIN_UNSHIFTED_BETA:  # first the unshifted form, the shifted one when it does not hold
+            num, den, ok = unshifted_soft(g, xf, z, _pool(g, a))
+            y_plain = g.op("Div", num, den)
+            kept = f"{g.prefix}/unshifted_y"
+            y = g.op("If", ok, then_branch=graph([helper.make_node("Identity", [y_plain], [kept])], "unshifted", kept),
+                     else_branch=graph(s.nodes, "shifted", y_shifted))
+        else:
+            g.nodes += s.nodes
+            y = y_shifted
     if is_float:
         g.nodes.append(helper.make_node("Identity", [y], [y_out]))
     else:
