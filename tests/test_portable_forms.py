@@ -212,3 +212,19 @@ def test_portable_soft_pool_with_tiny_beta_keeps_the_shift():
     for y in run_both(model, x):
         assert np.all(np.isfinite(y))
         np.testing.assert_allclose(y, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", WINDOWS[:2], ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
+def test_portable_file_agrees_with_the_library_kernel_on_1e4_mixed_signs(attrs):
+    """Issue 13's acceptance, directly: the portable file in plain ONNX Runtime and the
+    custom-op library's kernel on magnitudes 5e3-3e4 of both signs in every window: both
+    finite, within 1e-5 relative of each other."""
+    from poolexport import ort as pxort
+
+    model = one_node("SoftPool", attrs)
+    x = ref.large_magnitude_input((2, 3, 20, 22), seed=5).astype(np.float32)
+    portable = apply_target(copy.deepcopy(model), "portable")
+    y_portable = ort.InferenceSession(portable.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    y_kernel = pxort.session(model.SerializeToString()).run(None, {"X": x})[0]
+    assert np.all(np.isfinite(y_portable)) and np.all(np.isfinite(y_kernel))
+    assert np.max(np.abs(y_portable - y_kernel)) / np.max(np.abs(y_kernel)) <= 1e-5
