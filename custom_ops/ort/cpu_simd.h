@@ -21,23 +21,6 @@ inline const char* isa_name(Isa isa) {
   return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "portable";
 }
 
-// exp(t) for t in [-60, 0] (the shared-shift SoftPool's arguments): Cody-Waite reduction
-// t = k ln2 + r, |r| <= ln2/2, then a degree-6 polynomial (relative-error fit on that
-// interval, approximation error 3e-9) evaluated by Horner's rule; the product p * 2^k is
-// an integer add of k << 23 to p's bits (exact: the result stays a normal float for
-// k >= -87), and k << 23 is the rounding sum's bits shifted (magic's low 9 bits are 0), so
-// no multiply is left for 2^k. No clamps: the caller guarantees the range. Measured
-// against float64 over every float32 in [-60, 0]: see tests/test_cpu_isa.py and the README.
-#define PX_EXP_LOG2E 1.44269504088896341f
-#define PX_EXP_LN2_HI 0.693359375f
-#define PX_EXP_LN2_LO -2.12194440e-4f
-#define PX_EXP_MAGIC 12582912.0f  // 1.5 * 2^23: magic + k holds the integer k in its low bits
-#define PX_EXP_C6 1.381451147608459e-3f
-#define PX_EXP_C5 8.368711918592453e-3f
-#define PX_EXP_C4 4.166838899254799e-2f
-#define PX_EXP_C3 1.666652113199234e-1f
-#define PX_EXP_C2 4.999999403953552e-1f
-
 // ---- portable: 16 lanes of plain C++ (no FMA: two roundings where the others fuse) ----
 struct LanesPortable {
   static constexpr int W = 16;
@@ -72,27 +55,16 @@ struct LanesPortable {
   static inline float reduce_max(R a) { float m = a.v[0]; PX_EACH m = a.v[l] > m ? a.v[l] : m; return m; }
   static inline float reduce_min(R a) { float m = a.v[0]; PX_EACH m = a.v[l] < m ? a.v[l] : m; return m; }
   static inline float reduce_add(R a) { float s = 0.0f; PX_EACH s += a.v[l]; return s; }
-  static inline R exp_shifted(R t) {
+  // the float with p's bits plus kf's bits << 23: p * 2^k for kf = magic + k (see soft_shared.inc)
+  static inline R add_exponent(R p, R kf) {
     PX_EACH {
-      const float x = t.v[l];
-      const float kf = x * PX_EXP_LOG2E + PX_EXP_MAGIC;
-      const float k = kf - PX_EXP_MAGIC;
-      float r = x - k * PX_EXP_LN2_HI;
-      r = r - k * PX_EXP_LN2_LO;
-      float p = PX_EXP_C6;
-      p = p * r + PX_EXP_C5;
-      p = p * r + PX_EXP_C4;
-      p = p * r + PX_EXP_C3;
-      p = p * r + PX_EXP_C2;
-      p = p * r + 1.0f;
-      p = p * r + 1.0f;
       uint32_t kb, pb;
-      memcpy(&kb, &kf, 4);
-      memcpy(&pb, &p, 4);
+      memcpy(&kb, &kf.v[l], 4);
+      memcpy(&pb, &p.v[l], 4);
       pb += kb << 23;
-      memcpy(&t.v[l], &pb, 4);
+      memcpy(&p.v[l], &pb, 4);
     }
-    return t;
+    return p;
   }
 #undef PX_EACH
 };
@@ -167,17 +139,7 @@ struct LanesAvx2 {
     for (int l = 0; l < 8; ++l) s += v[l];
     return s;
   }
-  PX_TARGET_AVX2 static inline R exp_shifted(R x) {
-    const __m256 kf = _mm256_fmadd_ps(x, _mm256_set1_ps(PX_EXP_LOG2E), _mm256_set1_ps(PX_EXP_MAGIC));
-    const __m256 k = _mm256_sub_ps(kf, _mm256_set1_ps(PX_EXP_MAGIC));
-    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(PX_EXP_LN2_HI), x);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(PX_EXP_LN2_LO), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(PX_EXP_C6), r, _mm256_set1_ps(PX_EXP_C5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(PX_EXP_C2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  PX_TARGET_AVX2 static inline R add_exponent(R p, R kf) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(kf), 23)));
   }
 };
@@ -224,17 +186,7 @@ struct LanesAvx512 {
     for (int l = 0; l < 16; ++l) s += v[l];
     return s;
   }
-  PX_TARGET_AVX512 static inline R exp_shifted(R x) {
-    const __m512 kf = _mm512_fmadd_ps(x, _mm512_set1_ps(PX_EXP_LOG2E), _mm512_set1_ps(PX_EXP_MAGIC));
-    const __m512 k = _mm512_sub_ps(kf, _mm512_set1_ps(PX_EXP_MAGIC));
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(PX_EXP_LN2_HI), x);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(PX_EXP_LN2_LO), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(PX_EXP_C6), r, _mm512_set1_ps(PX_EXP_C5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(PX_EXP_C2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  PX_TARGET_AVX512 static inline R add_exponent(R p, R kf) {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(kf), 23)));
   }
 };
