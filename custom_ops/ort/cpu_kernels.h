@@ -610,7 +610,8 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
 constexpr int64_t kSharedRows = 8;
 
 // Which input rows a block of output rows reads: the same for every plane, so planned once
-// per call (planning per block cost as much as a tenth of the block's arithmetic).
+// per call (planning per block, with a 64-bit division per row, cost as much as a tenth of
+// the block's arithmetic).
 struct BlockPlan {
   std::vector<int64_t> offs;  // its distinct input rows, as plane offsets, in first-use order
   std::vector<int32_t> start, idx;  // output row q adds rows idx[start[q] .. start[q+1])
@@ -621,28 +622,18 @@ inline std::vector<BlockPlan> plan_blocks(const Window3& w) {
   const int64_t rows_per_plane = w.out[0] * w.out[1];
   std::vector<BlockPlan> plans((rows_per_plane + kSharedRows - 1) / kSharedRows);
   std::vector<int32_t> local(w.in[0] * w.in[1], -1);  // input row -> its index in the block
-  int64_t od = 0, oh = 0;
   for (BlockPlan& p : plans) {
     const int64_t q0 = (&p - plans.data()) * kSharedRows, q1 = std::min(q0 + kSharedRows, rows_per_plane);
     p.start.assign(1, 0);
-    for (int64_t q = q0; q < q1; ++q) {  // for_each_window_row's loop, by row index
-      const int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
-      for (int64_t kd = 0; kd < w.k[0]; ++kd) {
-        const int64_t id = d0 + kd * w.dil[0];
-        if (id < 0 || id >= w.in[0]) continue;
-        for (int64_t kh = 0; kh < w.k[1]; ++kh) {
-          const int64_t ih = h0 + kh * w.dil[1];
-          if (ih < 0 || ih >= w.in[1]) continue;
-          const int64_t row = id * w.in[1] + ih;
-          if (local[row] < 0) {
-            local[row] = (int32_t)p.offs.size();
-            p.offs.push_back(row);
-          }
-          p.idx.push_back(local[row]);
+    for (int64_t q = q0; q < q1; ++q) {
+      for_each_window_row_index(w, q / w.out[1], q % w.out[1], [&](int64_t row) {
+        if (local[row] < 0) {
+          local[row] = (int32_t)p.offs.size();
+          p.offs.push_back(row);
         }
-      }
+        p.idx.push_back(local[row]);
+      });
       p.start.push_back((int32_t)p.idx.size());
-      if (++oh == w.out[1]) oh = 0, ++od;
     }
     for (int64_t row : p.offs) local[row] = -1;
     int64_t lo = w.in[0] * w.in[1], hi = 0;

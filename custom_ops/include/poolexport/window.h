@@ -62,10 +62,10 @@ PX_HD Window3 window_from_params(const I* p) {
   return w;
 }
 
-// Calls f(row_offset) for every valid input row (kd, kh) of output row (od, oh), in
-// kernel order; offsets are relative to the start of the (n, c) plane.
+// Calls f(row) for every valid input row (kd, kh) of output row (od, oh), in kernel
+// order; row = id * in[1] + ih, the row's index in the (n, c) plane.
 template <class F>
-PX_HD void for_each_window_row(const Window3& w, int64_t od, int64_t oh, F&& f) {
+PX_HD void for_each_window_row_index(const Window3& w, int64_t od, int64_t oh, F&& f) {
   int64_t d0 = od * w.s[0] - w.pad[0], h0 = oh * w.s[1] - w.pad[1];
   for (int64_t kd = 0; kd < w.k[0]; ++kd) {
     int64_t id = d0 + kd * w.dil[0];
@@ -73,9 +73,15 @@ PX_HD void for_each_window_row(const Window3& w, int64_t od, int64_t oh, F&& f) 
     for (int64_t kh = 0; kh < w.k[1]; ++kh) {
       int64_t ih = h0 + kh * w.dil[1];
       if (ih < 0 || ih >= w.in[1]) continue;
-      f((id * w.in[1] + ih) * w.in[2]);
+      f(id * w.in[1] + ih);
     }
   }
+}
+
+// The same rows as offsets relative to the start of the (n, c) plane.
+template <class F>
+PX_HD void for_each_window_row(const Window3& w, int64_t od, int64_t oh, F&& f) {
+  for_each_window_row_index(w, od, oh, [&](int64_t row) { f(row * w.in[2]); });
 }
 
 // Calls f(offset) for every valid input position of output (od, oh, ow), row-major over
