@@ -18,13 +18,9 @@ if not torch.cuda.is_available():
 if not _native.cuda_available():
     pytest.skip("libpoolexport_ort.so was built without CUDA (no nvcc at build time)", allow_module_level=True)
 
-CASES = {
-    "k2s2": ((12, 14), [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], False, "NOTSET"),
-    "k3s2p1": ((13, 12), [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], False, "NOTSET"),
-    "k3s1p1": ((9, 10), [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], False, "NOTSET"),
-    "1d": ((23,), [3], [2], [1, 0], [1], True, "NOTSET"),
-    "3d": ((5, 6, 7), [3, 2, 3], [2, 1, 2], [1, 0, 1, 1, 1, 0], [1, 2, 1], True, "NOTSET"),
-}
+from test_torch_native import CASES as NATIVE_CASES  # noqa: E402  (one table of windows for CPU and CUDA)
+
+CASES = {name: NATIVE_CASES[name] for name in ("k2s2", "k3s2p1", "k3s1p1", "1d", "3d")}
 OPS = {
     "soft": lambda x, c: soft_pool(x, *c[1:], 1.0),
     "expectation": lambda x, c: stochastic_pool(x, *c[1:], "expectation", 0),
