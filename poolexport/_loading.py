@@ -7,8 +7,10 @@
   model of ``poolexport.models``,
 * a pickled full module, only with ``trust_pickle``: unpickling runs arbitrary code.
 
-Without ``trust_pickle`` nothing in a file runs as code: ``.pt2`` and TorchScript archives
-are read as data first and refused when they carry more (see ``_untrusted.py``).
+Without ``trust_pickle`` a file is read once; a zip archive is parsed strictly, checked
+against the allowlist of its format and handed to torch only as a canonical rebuild of the
+checked entries; pickles load weights-only (see ``_untrusted/``). The CLI also runs all of
+this in a contained child process (``_untrusted/child.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ from typing import Optional
 
 import torch
 
-from ._untrusted import UntrustedFileError, check_pt2, check_torchscript, weights_only_unpickling
+from ._untrusted.errors import UntrustedFileError
+from ._untrusted.pickles import weights_only_unpickling
+from ._untrusted.pt2 import check_pt2_archive, is_pt2
+from ._untrusted.strict_zip import canonical_bytes, read_archive
+from ._untrusted.torchscript import check_torchscript_archive, is_torchscript
 
 EXTRA_FILE = "poolexport.json"  # {"input_shape": [...]} stored beside a TorchScript archive's code
 
@@ -38,14 +44,6 @@ class Loaded:
     input_shape: Optional[tuple[int, ...]] = None
 
 
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
-
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(
         isinstance(v, torch.Tensor) for v in obj.values())
@@ -58,6 +56,11 @@ def _unwrap_state_dict(obj):
     return obj
 
 
+# Test-only: set by the contained child (child.py) when POOLEXPORT_TEST_UNCHECKED_LOAD=1 and
+# the sandbox is enforced, so a test can show that the sandbox alone stops a payload
+UNCHECKED_LOAD_FOR_TESTS = False
+
+
 def load_model(path, arch: Optional[str] = None, trust_pickle: bool = False) -> Loaded:
     import poolexport  # noqa: F401  (registers the poolexport:: ops that archives refer to)
 
@@ -66,26 +69,59 @@ def load_model(path, arch: Optional[str] = None, trust_pickle: bool = False) -> 
         raise LoadError(f"{path}: no such file")
     if not path.is_file():
         raise LoadError(f"{path}: not a file")
-    names = _zip_names(path)
-    if any(n.endswith("serialized_exported_program.json") or "/models/" in n and n.endswith(".json") for n in names) \
-            or (path.suffix == ".pt2" and names):
-        return _load_program(path, arch, trust_pickle)
-    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-        return _load_torchscript(path, arch, trust_pickle)
-    # torch.save: a state_dict loads with weights_only; anything else needs real unpickling
+    if trust_pickle or UNCHECKED_LOAD_FOR_TESTS:
+        return _load_trusted(path, arch)
+    data = path.read_bytes()  # the one read: checked, rebuilt and loaded from these bytes
+    if data[:2] != b"PK":
+        return _load_torch_save(path, io.BytesIO(data), arch, zipped=False)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if not names and not _looks_like_legacy_pickle(path):
+        archive = read_archive(data, path)
+        entries = archive.entries
+        if is_pt2(entries):
+            _no_arch(arch, "torch.export program")
+            check_pt2_archive(path, entries)
+            return _load_program(path, canonical_bytes(archive))
+        if is_torchscript(list(entries)):
+            _no_arch(arch, "TorchScript archive")
+            check_torchscript_archive(path, entries)
+            return _load_torchscript(path, canonical_bytes(archive))
+        return _load_torch_save(path, io.BytesIO(canonical_bytes(archive)), arch, zipped=True)
+    except UntrustedFileError as exc:
+        raise LoadError(str(exc)) from None
+
+
+def _load_torch_save(path: Path, source: io.BytesIO, arch, zipped: bool) -> Loaded:
+    """torch.save output: a state_dict loads with torch's weights-only unpickler."""
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception:
+        source.seek(0)
+        if not zipped and not _looks_like_legacy_pickle(source.read(2)):
             raise LoadError(f"{path}: unknown format (not a TorchScript archive, a torch.export program "
                             "or a torch.save file)") from None
-        if not trust_pickle:
-            raise LoadError(f"{path}: holds a pickled object other than a state_dict; loading it runs code from "
-                            "the file (unpickling), so pass --trust-pickle only if you trust its source") from exc
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise LoadError(f"{path}: could not unpickle ({type(exc2).__name__}: {_first_line(exc2)})") from None
+        raise LoadError(f"{path}: holds a pickled object other than a state_dict; loading it runs code from "
+                        "the file (unpickling), so pass --trust-pickle only if you trust its source") from None
+    obj = _unwrap_state_dict(obj)
+    if _is_state_dict(obj):
+        return _load_state_dict(path, obj, arch)
+    raise LoadError(f"{path}: holds a {type(obj).__name__}, not a state_dict (a full module needs --trust-pickle)")
+
+
+def _load_trusted(path: Path, arch) -> Loaded:
+    """--trust-pickle: the file goes to torch as it is, in this process (torch's own loaders,
+    full unpickling allowed)."""
+    names = _zip_names(path)
+    if any(n.split("/", 1)[-1] == "archive_format" for n in names) or any(
+            n.endswith("serialized_exported_program.json") for n in names):
+        _no_arch(arch, "torch.export program")
+        return _load_program(path, path.read_bytes(), trusted=True)
+    if any(n.endswith("/data.pkl") for n in names) and any("/code/" in n for n in names):
+        _no_arch(arch, "TorchScript archive")
+        return _load_torchscript(path, path.read_bytes())
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise LoadError(f"{path}: could not unpickle ({type(exc).__name__}: {_first_line(exc)})") from None
     obj = _unwrap_state_dict(obj)
     if isinstance(obj, torch.nn.Module):
         if arch:
@@ -96,9 +132,15 @@ def load_model(path, arch: Optional[str] = None, trust_pickle: bool = False) -> 
     raise LoadError(f"{path}: holds a {type(obj).__name__}, not a module or a state_dict")
 
 
-def _looks_like_legacy_pickle(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(2)
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _looks_like_legacy_pickle(head: bytes) -> bool:
     return len(head) == 2 and head[0] == 0x80 and head[1] <= 5  # pickle protocol opcode
 
 
@@ -127,16 +169,8 @@ def _no_arch(arch, kind):
         raise LoadError(f"--arch: the file is a {kind}, which carries its own architecture; --arch is for a state_dict")
 
 
-def _load_program(path: Path, arch, trust_pickle: bool) -> Loaded:
-    _no_arch(arch, "torch.export program")
-    data = path.read_bytes()  # checked and loaded from the same bytes
-    guard = contextlib.nullcontext()
-    if not trust_pickle:
-        try:
-            check_pt2(path, data)
-        except UntrustedFileError as exc:
-            raise LoadError(str(exc)) from None
-        guard = weights_only_unpickling()
+def _load_program(path: Path, data: bytes, trusted: bool = False) -> Loaded:
+    guard = contextlib.nullcontext() if trusted else weights_only_unpickling()
     try:
         with guard:
             program = torch.export.load(io.BytesIO(data))
@@ -161,17 +195,10 @@ def _load_program(path: Path, arch, trust_pickle: bool) -> Loaded:
     return Loaded(program, "exported-program", shape)
 
 
-def _load_torchscript(path: Path, arch, trust_pickle: bool) -> Loaded:
-    _no_arch(arch, "TorchScript archive")
-    if not trust_pickle:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                check_torchscript(path, archive)
-        except UntrustedFileError as exc:
-            raise LoadError(str(exc)) from None
+def _load_torchscript(path: Path, data: bytes) -> Loaded:
     extra = {EXTRA_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise LoadError(f"{path}: could not load the TorchScript archive ({type(exc).__name__}: "
                         f"{_first_line(exc)})") from None

@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 PROG = "poolexport"
+CONTAINED_ENV = "POOLEXPORT_CONTAINED"  # child.CONTAINED_ENV, without importing it here
+# the contained child's confinement (set by _untrusted/child.py); None in other processes
+CONFINEMENT = None
 
 
 @dataclass
@@ -124,8 +127,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="REPORT", help="write the export + parity report as JSON")
     p.add_argument("--arch", help="architecture of a state_dict (see poolexport.models.list_models())")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="trust the file: allow loading a pickled full module, and .pt2/TorchScript archives that carry "
-                        "more than tensors and graph code (loading them runs code from the file)")
+                   help="trust the file: load it in this process with torch's own loaders, without the file checks "
+                        "and the sandbox (needed for a pickled full module; loading it runs code from the file)")
     p.add_argument("--runtimes", default=None, metavar="LIST",
                    help=f"parity runtimes, comma-separated (default: all of {', '.join(RUNTIMES)}; the reference "
                         f"evaluator is skipped for models above {REFERENCE_MAX_PARAMS / 1e6:g}M parameters unless "
@@ -172,9 +175,21 @@ def run_export(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_suffix(".onnx")
     if output.resolve() == args.model.resolve():
         raise UsageError(f"-o: {output} would overwrite the input model")
-    _check_writable(output, "-o")
-    if args.json:
-        _check_writable(args.json, "--json")
+    contained = os.environ.get(CONTAINED_ENV)
+    if not contained:
+        _check_writable(output, "-o")
+        if args.json:
+            _check_writable(args.json, "--json")
+        if not args.trust_pickle:
+            return _run_contained(args, output)
+    # in the contained child: write into its scratch folder; the parent moves the files
+    write_output = Path(contained) / "out" / output.name if contained else output
+    write_json = (Path(contained) / "report.json" if contained else args.json) if args.json else None
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=100)  # files and pipes: no terminal width to follow
+    if CONFINEMENT is not None:
+        out.print(CONFINEMENT.describe(), soft_wrap=True, markup=False, highlight=False)
     try:
         loaded = load_model(args.model, args.arch, args.trust_pickle)
     except LoadError as exc:
@@ -187,17 +202,17 @@ def run_export(args: argparse.Namespace) -> int:
     # the progress display gets its own descriptor: export_model silences fds 1 and 2 while
     # torch.onnx runs (it prints from C++), and the spinner must keep turning meanwhile
     err = Console(file=os.fdopen(os.dup(2), "w", buffering=1)) if sys.stderr.isatty() else None
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=100)  # files and pipes: no terminal width to follow
     report: dict = {"model": str(args.model), "format": loaded.kind, "output": str(output), "target": args.target,
                     "fp16": args.fp16, "input_shape": list(shape), "dynamic": list(dynamic)}
+    if CONFINEMENT is not None:
+        report["sandbox"] = {"enforced": CONFINEMENT.enforced(), "missing": list(CONFINEMENT.missing),
+                             "landlock_abi": CONFINEMENT.landlock_abi, "seccomp": CONFINEMENT.seccomp}
     with _progress(err) as progress:
         task = progress.add_task(f"exporting {args.model.name} ({args.target}{', fp16' if args.fp16 else ''})")
         proto, seconds = _export(loaded, shape, args, dynamic)
         report["export_seconds"] = seconds
         progress.update(task, description="onnx.checker (full_check)")
-        _check_and_save(proto, output)
+        _check_and_save(proto, write_output)
         parity = None
         if not args.no_parity:
             from .parity import check_parity, parity_shapes
@@ -210,7 +225,7 @@ def run_export(args: argparse.Namespace) -> int:
                                   reference_max_params=None if forced else REFERENCE_MAX_PARAMS)
             report["parity_seconds"] = time.perf_counter() - start
             report["parity"] = parity.to_dict()
-    out.print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB, target {args.target}, "
+    out.print(f"wrote {output} ({write_output.stat().st_size / 1024:.0f} KiB, target {args.target}, "
               f"{'float16' if args.fp16 else 'float32'}, export {seconds:.1f} s)")
     passed, verified = True, False
     if parity is not None:
@@ -229,9 +244,60 @@ def run_export(args: argparse.Namespace) -> int:
                       f"{runtime}[/] ({why})")
     report["passed"] = passed
     report["target_verified"] = verified
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if write_json:
+        write_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if passed else 1
+
+
+def _run_contained(args: argparse.Namespace, output: Path) -> int:
+    """Run this same command in a child process confined by the OS (``_untrusted/sandbox.py``:
+    writes only under a scratch folder, no exec, no sockets), then move its ONNX file and
+    report to where the user asked. Only the expected files move: the output, the external
+    data files it names (plain names in its folder), the report; never links."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from ._untrusted import child
+
+    scratch = Path(tempfile.mkdtemp(prefix="poolexport-"))
+    try:
+        (scratch / "out").mkdir()
+        env = {k: v for k, v in os.environ.items() if k != CONTAINED_ENV}
+        # no stdin and a session of its own (no terminal to type into); fds other than
+        # 0-2 are closed (an inherited socket could still send)
+        proc = subprocess.Popen([sys.executable, "-c", child.BOOTSTRAP, str(Path(child.__file__).resolve()),
+                                 str(scratch), *args.argv], env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode < 0:
+            raise UsageError(f"{args.model}: the contained export process died (signal {-proc.returncode})")
+        if proc.returncode not in (0, 1):
+            return proc.returncode  # it printed its one-line error
+        written = scratch / "out" / output.name
+        if not _plain_file(written):
+            raise UsageError(f"{args.model}: the contained export process wrote no {output.name}")
+        from ._untrusted import check_onnx_external_data
+
+        for location in check_onnx_external_data(written):
+            if "/" in location or "\\" in location or not _plain_file(scratch / "out" / location):
+                raise UsageError(f"{args.model}: the export's external data {location!r} is not a file beside it")
+            shutil.move(str(scratch / "out" / location), str(output.parent / location))
+        shutil.move(str(written), str(output))
+        if args.json and _plain_file(scratch / "report.json"):
+            shutil.move(str(scratch / "report.json"), str(args.json))
+        return proc.returncode
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _dynamic_for(loaded, shape, requested):
@@ -394,7 +460,9 @@ def main(argv=None) -> int:
             p = _Parser(prog=f"{PROG} {cmd.name}", description=cmd.help or None)
             cmd.add_arguments(p)
             return int(cmd.run(p.parse_args(argv[1:])) or 0)
-        return run_export(_export_parser().parse_args(argv))
+        args = _export_parser().parse_args(argv)
+        args.argv = argv  # the contained child runs the same command
+        return run_export(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
