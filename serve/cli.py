@@ -26,6 +26,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="ONNX Runtime threads per run (0: one per core)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton verbose log level")
+    p.add_argument("--max-request-elements", type=int, default=None, metavar="N",
+                   help="refuse (413) a request whose inputs declare more than N elements in all, "
+                        "before anything is allocated for it. Default: the largest request the "
+                        "model's dims allow at --max-batch-size; where a dynamic dim has no --dim "
+                        "maximum it counts as 1024 and the default is at least 2^24")
+    p.add_argument("--max-request-bytes", type=int, default=None, metavar="N",
+                   help="refuse (413) a request body (HTTP, after gzip/deflate) or gRPC message "
+                        "over N bytes. Default: 1 MiB + 32 bytes per allowed element")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=MIN:MAX", dest="dims",
+                   help="bounds of a dynamic dim, by its name in the model (height=32:1024) or "
+                        "as INPUT:AXIS (input:2=32:); MIN or MAX may be left out; repeatable. "
+                        "Requests outside get 400. Unbounded dynamic dims take 1 and up")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -37,7 +49,9 @@ def run_serve(args: argparse.Namespace) -> int:
                         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                         metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        log_verbose=args.log_verbose, intra_op_threads=args.intra_op_threads)
+                        log_verbose=args.log_verbose, intra_op_threads=args.intra_op_threads,
+                        max_request_elements=args.max_request_elements,
+                        max_request_bytes=args.max_request_bytes, dim_bounds=args.dims)
     except (BackendUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

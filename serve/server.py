@@ -3,11 +3,16 @@
 PyTriton runs a real Triton Inference Server (KServe v2 over HTTP and gRPC, metrics,
 dynamic batching) and hands each batch to a Python callable through its Python-backend
 stub. We bind that callable to a back end from `runtime.py`.
+
+tritonserver listens on loopback ports of its own; the public HTTP and gRPC ports belong
+to `gate.py`, which checks every infer request (`validation.py`) before tritonserver
+sees it: tritonserver 2.51 allocates a JSON input's declared size before it checks it.
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import sysconfig
@@ -17,6 +22,8 @@ import numpy as np
 
 from .runtime import load_backend
 from .signature import default_model_name
+from .validation import (DeclaredInput, RequestError, build_limits, check_inputs,
+                         model_error_reason)
 
 LOG = logging.getLogger("poolexport.serve")
 
@@ -44,8 +51,28 @@ def ensure_libpython_visible(environ=os.environ) -> str | None:
     return libdir
 
 
-def _infer_callable(backend, batched: bool):
-    """The function PyTriton calls with a list of requests; returns a list of responses."""
+class RequestRejected(Exception):
+    """Raised in the model callable for a request the client got wrong. PyTriton's proxy
+    turns any exception into a 500 carrying a traceback; the text carries
+    `<marker>:<status>:<message>` so the gate can answer `status` and `message` alone."""
+
+
+def _client_fault(e: Exception) -> bool:
+    """An ONNX Runtime run failure caused by the input (too small for a kernel, a shape
+    the graph cannot take), not by the server. Allocation failures are the server's."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as C
+    except ImportError:
+        return False
+    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
+
+
+def _infer_callable(backend, batched: bool, limits=None, marker: str | None = None):
+    """The function PyTriton calls with a list of requests; returns a list of responses.
+
+    With `limits`, each request's shapes are checked again (the gate did it already; this
+    is for whatever reaches tritonserver's own loopback ports) and a run that fails on the
+    input raises RequestRejected tagged with `marker`, which the gate answers as a 400."""
     in_names = [t.name for t in backend.signature.inputs]
     in_dtypes = {t.name: t.dtype for t in backend.signature.inputs}
 
@@ -57,12 +84,52 @@ def _infer_callable(backend, batched: bool):
         from pytriton.decorators import batch
 
         @batch
-        def infer(**feeds):
+        def run(**feeds):
             return run_one(feeds)
     else:
-        def infer(requests):
+        def run(requests):
             return [run_one(r) for r in requests]
+
+    def reject(status, message):
+        raise RequestRejected(f"{marker}:{status}:{message}" if marker else message)
+
+    def infer(requests):
+        if limits is not None:
+            for r in requests:
+                declared = []
+                for n, a in r.items():
+                    rule = limits.rule(n)
+                    itemsize = rule.itemsize if rule is not None else 0
+                    declared.append(DeclaredInput(n, rule.datatype if rule else "?", tuple(a.shape),
+                                                  byte_size=int(np.prod(a.shape, dtype=object)) * itemsize))
+                try:
+                    check_inputs(declared, limits)
+                except RequestError as e:
+                    reject(e.status, e.message)
+        try:
+            return run(requests)
+        except Exception as e:
+            if limits is None or not _client_fault(e):
+                raise
+            shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in requests[0].items())
+            reject(400, f"the model cannot run on this input ({shapes}): {model_error_reason(e)}")
     return infer
+
+
+def _loopback_ports(n: int) -> list[int]:
+    """Free loopback ports for tritonserver's own HTTP and gRPC endpoints."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _check_ports_free(host: str, ports: dict) -> None:
@@ -85,7 +152,9 @@ class Server:
                  host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, max_batch_size: int = 8,
                  max_queue_delay_us: int = 100, instances: int = 1, log_verbose: int = 0,
-                 intra_op_threads: int = 0, allow_spinning: bool = False):
+                 intra_op_threads: int = 0, allow_spinning: bool = False,
+                 max_request_elements: int | None = None, max_request_bytes: int | None = None,
+                 dim_bounds=()):
         if max_batch_size < 0:
             raise ValueError(f"serve: max_batch_size must be >= 0, got {max_batch_size}")
         if instances < 1:
@@ -101,12 +170,16 @@ class Server:
                         self.model_path)
             max_batch_size = 0
         self.max_batch_size = max_batch_size
+        self.limits = build_limits(sig, max_batch_size, max_request_elements, max_request_bytes,
+                                   dim_bounds)
+        self.marker = "poolexport-reject-" + secrets.token_hex(8)
         self.host, self.http_port, self.grpc_port, self.metrics_port = (
             host, http_port, grpc_port, metrics_port)
         self.max_queue_delay_us = max_queue_delay_us
         self.instances = instances
         self.log_verbose = log_verbose
         self._triton = None
+        self._gate = None
 
     def start(self):
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -116,15 +189,17 @@ class Server:
                                       "--metrics-port": self.metrics_port})
         ensure_libpython_visible()
         sig, mbs = self.backend.signature, self.max_batch_size
+        inner_http, inner_grpc = _loopback_ports(2)
         config = TritonConfig(
-            http_address=self.host, http_port=self.http_port,
-            grpc_address=self.host, grpc_port=self.grpc_port,
+            http_address="127.0.0.1", http_port=inner_http,
+            grpc_address="127.0.0.1", grpc_port=inner_grpc,
             metrics_address=self.host, metrics_port=self.metrics_port,
             log_verbose=self.log_verbose, exit_on_error=True)
         self._triton = Triton(config=config)
         tensors = lambda specs: [  # noqa: E731
             Tensor(name=t.name, dtype=t.dtype, shape=sig.dims(t, mbs)) for t in specs]
-        infer = _infer_callable(self.backend, batched=mbs > 0)
+        infer = _infer_callable(self.backend, batched=mbs > 0, limits=self.limits,
+                                marker=self.marker)
         self._triton.bind(
             model_name=self.model_name,
             # one callable per instance; ONNX Runtime sessions are safe to share.
@@ -135,9 +210,20 @@ class Server:
                 batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
             strict=False)
         self._triton.run()
+        from .gate import Gate
+        try:
+            self._gate = Gate(self.limits, self.model_name, self.host, self.http_port,
+                              self.grpc_port, inner_http, inner_grpc, marker=self.marker).start()
+        except BaseException:
+            self.stop()
+            raise
+        self.http_port, self.grpc_port = self._gate.http_port, self._gate.grpc_port
         return self
 
     def stop(self):
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
         if self._triton is not None:
             self._triton.stop()
             self._triton = None

@@ -28,6 +28,8 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     dims: tuple[int, ...]  # full dims, -1 where dynamic (symbolic or unknown)
+    # the graph's names for its dims ("batch", "height"; "" where none); for `--dim`
+    dim_names: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def triton_dtype(self) -> str:
@@ -59,6 +61,11 @@ def _onnx_dims(value_info) -> tuple[int, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in shape.dim)
 
 
+def _onnx_dim_names(value_info) -> tuple[str, ...]:
+    shape = value_info.type.tensor_type.shape
+    return tuple(d.dim_param if d.HasField("dim_param") else "" for d in shape.dim)
+
+
 def onnx_signature(path: str | os.PathLike) -> Signature:
     """Graph inputs (minus initializers) and outputs of an ONNX file."""
     import onnx
@@ -73,7 +80,7 @@ def onnx_signature(path: str | os.PathLike) -> Signature:
             raise ValueError(f"serve: graph value {vi.name!r} is not a tensor; only "
                              "tensor inputs and outputs can be served")
         dtype = np.dtype(tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-        return TensorSpec(vi.name, dtype, _onnx_dims(vi))
+        return TensorSpec(vi.name, dtype, _onnx_dims(vi), _onnx_dim_names(vi))
 
     ins = tuple(spec(vi) for vi in g.input if vi.name not in inits)
     outs = tuple(spec(vi) for vi in g.output)

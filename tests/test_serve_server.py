@@ -247,10 +247,10 @@ BAD_HTTP = {
     "wrong_dtype": (MODEL, _v2(datatype="INT32", data=[1] * 768), 400),
     "wrong_shape": (MODEL, _v2(shape=(1, 3, 8, 8)), 400),
     "batch_over_max": (MODEL, _v2(shape=(MAX_BATCH + 1, 3, 16, 16)), 400),
-    # Triton answers JSON parse failures with 500, not 400: any error status will do
-    "data_count_mismatch": (MODEL, _v2(data=[0.5] * 10), None),
-    "malformed_json": (MODEL, b'{"inputs": [ {"name": "x", ', None),
-    "not_json": (MODEL, b"\x00\xff" * 1000, None),
+    # the front end (serve/gate.py) checks these before Triton sees them: all 400
+    "data_count_mismatch": (MODEL, _v2(data=[0.5] * 10), 400),
+    "malformed_json": (MODEL, b'{"inputs": [ {"name": "x", ', 400),
+    "not_json": (MODEL, b"\x00\xff" * 1000, 400),
 }
 
 
