@@ -85,6 +85,10 @@ def load_model(path, arch: Optional[str] = None, trust_pickle: bool = False) -> 
             _no_arch(arch, "TorchScript archive")
             check_torchscript_archive(path, entries)
             return _load_torchscript(path, canonical_bytes(archive))
+        if any(n.rsplit("/", 1)[-1] == "serialized_exported_program.json" for n in entries):
+            raise LoadError(f"{path}: a torch.export program in the pre-2.8 layout, which torch reads with a second, "
+                            "unchecked loader; re-save it with torch.export.save on torch >= 2.8 (or pass "
+                            "--trust-pickle only if you trust its source)")
         return _load_torch_save(path, io.BytesIO(canonical_bytes(archive)), arch, zipped=True)
     except UntrustedFileError as exc:
         raise LoadError(str(exc)) from None

@@ -251,14 +251,20 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _run_contained(args: argparse.Namespace, output: Path) -> int:
     """Run this same command in a child process confined by the OS (``_untrusted/sandbox.py``:
-    writes only under a scratch folder, no exec, no sockets), then move its ONNX file and
-    report to where the user asked. Only the expected files move: the output, the external
-    data files it names (plain names in its folder), the report; never links."""
+    writes only under a scratch folder, no exec, no sockets), then copy its ONNX file and
+    report to where the user asked.
+
+    What the child leaves is treated as untrusted too: its process group is killed before
+    the scratch folder is read (no grandchild can swap files meanwhile); only the two
+    expected names are read, through descriptors opened without following links; a file
+    with external data is refused (the export writes none), so the child cannot name a
+    file that would land beside the output."""
     import shutil
+    import signal
     import subprocess
     import tempfile
 
-    from ._untrusted import child
+    from ._untrusted import check_onnx_external_data, child
 
     scratch = Path(tempfile.mkdtemp(prefix="poolexport-"))
     try:
@@ -271,33 +277,58 @@ def _run_contained(args: argparse.Namespace, output: Path) -> int:
                                 start_new_session=True)
         try:
             proc.wait()
-        except KeyboardInterrupt:
-            proc.kill()
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child and anything it forked
+            except ProcessLookupError:
+                pass
             proc.wait()
-            raise
-        if proc.returncode < 0:
+        if proc.returncode < 0 and proc.returncode != -signal.SIGKILL:
             raise UsageError(f"{args.model}: the contained export process died (signal {-proc.returncode})")
         if proc.returncode not in (0, 1):
             return proc.returncode  # it printed its one-line error
-        written = scratch / "out" / output.name
-        if not _plain_file(written):
+        onnx_bytes = _read_plain(scratch / "out", output.name)
+        if onnx_bytes is None:
             raise UsageError(f"{args.model}: the contained export process wrote no {output.name}")
-        from ._untrusted import check_onnx_external_data
-
-        for location in check_onnx_external_data(written):
-            if "/" in location or "\\" in location or not _plain_file(scratch / "out" / location):
-                raise UsageError(f"{args.model}: the export's external data {location!r} is not a file beside it")
-            shutil.move(str(scratch / "out" / location), str(output.parent / location))
-        shutil.move(str(written), str(output))
-        if args.json and _plain_file(scratch / "report.json"):
-            shutil.move(str(scratch / "report.json"), str(args.json))
+        staged = scratch / "checked.onnx"
+        staged.write_bytes(onnx_bytes)
+        try:
+            external = check_onnx_external_data(staged)
+        except Exception:
+            external = True
+        if external:
+            raise UsageError(f"{args.model}: the contained export wrote a file with external data, which "
+                             "poolexport's export never does; refusing it")
+        output.write_bytes(onnx_bytes)
+        if args.json:
+            report = _read_plain(scratch, "report.json")
+            if report is not None:
+                args.json.write_bytes(report)
         return proc.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _plain_file(path: Path) -> bool:
-    return path.is_file() and not path.is_symlink()
+def _read_plain(folder: Path, name: str) -> Optional[bytes]:
+    """The bytes of ``folder/name`` when it is a regular file, opened without following a
+    link at either step; None otherwise."""
+    import stat
+
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | nofollow, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
 
 
 def _dynamic_for(loaded, shape, requested):

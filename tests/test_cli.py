@@ -124,8 +124,9 @@ def test_parity_failure_exits_1(monkeypatch, tmp_path, capsys):
         return report
 
     monkeypatch.setattr(parity, "check_parity", failing)
+    # --trust-pickle: the export runs in this process (not the contained child), so the patch applies
     rc = cli.main([str(EXAMPLES / "newcbam.ts"), "-o", str(tmp_path / "m.onnx"), "--exporter", "torchscript",
-                   "--runtimes", "torch,onnxruntime-fallback", "--dynamic", "none"])
+                   "--runtimes", "torch,onnxruntime-fallback", "--dynamic", "none", "--trust-pickle"])
     assert rc == 1
     assert "FAIL" in capsys.readouterr().out
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import poolexport.nn as pnn
+import poolexport.onnx.domain  # noqa: F401  (registers the poolexport schemas for strict inference)
 from poolexport import cli
 from poolexport.parity import ParityReport, RuntimeResult, TOLERANCES, check_parity
 
@@ -94,10 +95,10 @@ def own_pt2(tmp_path_factory):
     return d / "own.pt2"
 
 
-def test_own_model_exports_with_parity_and_named_dims(own_pt2, tmp_path, capsys):
+def test_own_model_exports_with_parity_and_named_dims(own_pt2, tmp_path, capfd):
     out, report = tmp_path / "own.onnx", tmp_path / "report.json"
     code = cli.main([str(own_pt2), "-o", str(out), "--json", str(report)])
-    printed = capsys.readouterr()
+    printed = capfd.readouterr()
     assert code == 0, printed.err
     data = json.loads(report.read_text())
     assert data["passed"] and data["target_verified"] and data["dynamic"] == ["batch"]
@@ -114,18 +115,18 @@ def test_own_model_exports_with_parity_and_named_dims(own_pt2, tmp_path, capsys)
     assert any(n.op_type == "SoftPool" for n in inferred.graph.node)
 
 
-def test_static_program_refuses_dynamic_batch(tmp_path, capsys):
+def test_static_program_refuses_dynamic_batch(tmp_path, capfd):
     torch.manual_seed(0)
     net = torchvision_style().eval()
     path = tmp_path / "static.pt2"
     torch.export.save(torch.export.export(net, (torch.randn(2, 3, 16, 16),)), path)
     code = cli.main([str(path), "-o", str(tmp_path / "x.onnx"), "--dynamic", "batch", "--no-parity"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 2 and "axis 0 (batch)" in err and "fixed size" in err
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_unsupported_operator_named_in_the_error(tmp_path, capsys):
+def test_unsupported_operator_named_in_the_error(tmp_path, capfd):
     class Eig(nn.Module):
         def forward(self, x):
             return torch.linalg.eigvalsh(x @ x.transpose(-1, -2))
@@ -133,24 +134,24 @@ def test_unsupported_operator_named_in_the_error(tmp_path, capsys):
     path = tmp_path / "eig.pt2"
     torch.export.save(torch.export.export(Eig(), (torch.randn(2, 3, 4, 4),)), path)
     code = cli.main([str(path), "-o", str(tmp_path / "x.onnx"), "--no-parity"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 2
     assert "unsupported operator aten::_linalg_eigh" in err
     assert "\x1b[" not in err and "Traceback" not in err
 
 
-def test_state_dict_mismatch_shows_the_keys(tmp_path, capsys):
+def test_state_dict_mismatch_shows_the_keys(tmp_path, capfd):
     from poolexport import models
 
     path = tmp_path / "w.pt"
     torch.save(models.create_model("newcbam").state_dict(), path)
     code = cli.main([str(path), "--arch", "eca", "-o", str(tmp_path / "x.onnx"), "--no-parity"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 2
     assert "Missing key(s)" in err and "Unexpected key(s)" in err and "size mismatch for head.weight" in err
 
 
-def test_tensorrt_target_not_verified_without_tensorrt(tmp_path, capsys):
+def test_tensorrt_target_not_verified_without_tensorrt(tmp_path, capfd):
     pytest.importorskip("onnxruntime")
     try:
         import tensorrt  # noqa: F401
@@ -162,7 +163,7 @@ def test_tensorrt_target_not_verified_without_tensorrt(tmp_path, capsys):
     report = tmp_path / "r.json"
     code = cli.main([str(ts), "-o", str(tmp_path / "x.onnx"), "--target", "tensorrt", "--json", str(report),
                      "--runtimes", "torch,onnxruntime,tensorrt"])
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0
     data = json.loads(report.read_text())
     assert data["target_verified"] is False and data["passed"] is True

@@ -226,8 +226,15 @@ def test_sympy_srepr_length_limit(extra, ok):
     ("_operator.getitem", True),
     ("math.ceil", True),
     ("torch.sym_max", True),
+    ("torch.ops.aten._unsafe_view.default", True),  # checks the element count like view
     ("torch.ops.aten.from_file.default", False),
     ("torch.ops.aten.record_stream.default", False),
+    # trust their indices/offsets: an out-of-range sparse index writes outside the heap buffer
+    ("torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors.default", False),
+    ("torch.ops.aten._unsafe_index.Tensor", False),
+    ("torch.ops.aten._nested_view_from_buffer.default", False),
+    ("torch.ops.aten.set_.source_Tensor_storage_offset", False),
+    ("torch.ops.aten._make_per_tensor_quantized_tensor.default", False),
     ("torch.ops.aten.set_.source_Storage_storage_offset", False),
     ("torch.ops.higher_order.triton_kernel_wrapper_mutation", False),
     ("torch.ops.profiler._record_function_enter.default", False),
@@ -325,3 +332,22 @@ def test_fixed_entries_checked(entries, name, value):
 def test_two_roots_refused(entries):
     with pytest.raises(UntrustedFileError, match="one root folder"):
         check_pt2_archive("x.pt2", {**entries, "other/extra/x": b""})
+
+
+# ------------------------------------------------------------------ ordinary files pass
+@pytest.mark.parametrize("name", __import__("poolexport.models", fromlist=["list_models"]).list_models())
+def test_every_example_network_saved_by_torch_passes(name, tmp_path):
+    """torch.export.save and torch.jit.save (trace) files of every example network pass the
+    checks as they are (the CLI round trip of a few is in test_attacks.py)."""
+    from poolexport import models
+    from poolexport._untrusted.strict_zip import read_archive
+    from poolexport._untrusted.torchscript import check_torchscript_archive
+
+    model = models.create_model(name).eval()
+    x = torch.randn(*models.default_input_shape(name))
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(model, (x,)), buf)
+    check_pt2_archive(name, read_archive(buf.getvalue(), name).entries)
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, x), buf)
+    check_torchscript_archive(name, read_archive(buf.getvalue(), name).entries)

@@ -182,14 +182,15 @@ def guard(value: str) -> None:
 
 
 # ------------------------------------------------------------------ pytree specs
-# treespec_loads (torch/utils/_pytree.py) maps each "type" through the registry of
-# serializable node types; only containers torch itself registers are accepted here
-TREESPEC_TYPES = frozenset({
-    None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict",
-    "collections.defaultdict", "collections.deque", "collections.namedtuple",
-    "torch.fx.immutable_collections.immutable_list", "torch.fx.immutable_collections.immutable_dict",
-    "torch.Size",
-})
+# treespec_loads (torch/utils/_pytree.py) parses each context with json.loads and an
+# object_hook that imports a module and walks attributes for {"__enum__": ...} objects
+# (enum_object_hook), and defaultdict contexts name a factory to import. So each container
+# type gets exactly the context torch writes for it (``_treespec_to_json``): null for
+# sequences, a list of str/int keys for dicts; JSON objects are refused everywhere.
+_SEQUENCE_TYPES = frozenset({"builtins.tuple", "builtins.list", "torch.fx.immutable_collections.immutable_list"})
+_MAPPING_TYPES = frozenset({"builtins.dict", "collections.OrderedDict", "torch.fx.immutable_collections.immutable_dict"})
+TREESPEC_TYPES = frozenset({None}) | _SEQUENCE_TYPES | _MAPPING_TYPES
+MAX_TREESPEC_NODES = 1 << 16
 
 
 def treespec(value: str) -> None:
@@ -199,19 +200,29 @@ def treespec(value: str) -> None:
         raise ValueError("not JSON") from None
     if not (isinstance(spec, list) and len(spec) == 2 and type(spec[0]) is int):
         raise ValueError("not a [protocol, spec] pair")
-    stack = [spec[1]]
+    stack, seen = [spec[1]], 0
     while stack:
         node = stack.pop()
-        if not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}:
+        seen += 1
+        if seen > MAX_TREESPEC_NODES or not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}:
             raise ValueError("not a tree node")
-        if node["type"] not in TREESPEC_TYPES:
-            raise ValueError(f"container type {str(node['type'])[:60]!r}")
-        context = node["context"]
-        if context is not None:
-            if not isinstance(context, str):
-                raise ValueError("context")
-            text(context)
-            _plain_json(json.loads(context))
+        kind, context = node["type"], node["context"]
+        if kind not in TREESPEC_TYPES:
+            raise ValueError(f"container type {str(kind)[:60]!r}")
+        if kind is None:
+            ok = context is None
+        else:
+            try:
+                parsed = json.loads(context) if isinstance(context, str) else object()
+            except ValueError:
+                parsed = object()
+            if kind in _SEQUENCE_TYPES:
+                ok = parsed is None
+            else:
+                ok = isinstance(parsed, list) and all(
+                    (isinstance(k, str) and not _CONTROL.search(k)) or type(k) is int for k in parsed)
+        if not ok:
+            raise ValueError(f"context {str(context)[:60]!r} of a {kind or 'leaf'} node")
         if not isinstance(node["children_spec"], list):
             raise ValueError("children")
         stack.extend(node["children_spec"])

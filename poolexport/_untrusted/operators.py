@@ -70,6 +70,12 @@ OPERATOR_MODULE_TARGETS = frozenset({
 MATH_TARGETS = frozenset(n for n in dir(math) if not n.startswith("_") and callable(getattr(math, n)))
 TORCH_SYM_TARGETS = frozenset(n for n in dir(torch) if n.startswith("sym_") and callable(getattr(torch, n)))
 
+# Operators whose kernels trust their index or offset arguments (torch checks no bounds for
+# them: an out-of-range sparse index writes outside the heap buffer in add_), by name:
+# sparse and nested constructors, the *_unsafe variants, set_ onto another storage, the
+# quantized-from-int constructors. _unsafe_view stays: it checks the element count like view.
+UNSAFE_NAME = re.compile(r"unsafe(?!_view$)|sparse|nested|^set_$|^_make_per_(tensor|channel)_quantized_tensor$")
+
 _TYPE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _IDENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -94,6 +100,8 @@ def operator_problem(namespace: str, name: str, overload: str | None) -> str | N
         return f"operators of namespace {namespace!r} are not allowed"
     if not (_IDENT.match(name) and (overload is None or _IDENT.match(overload))):
         return "not an operator name"
+    if UNSAFE_NAME.search(name):
+        return "a constructor that trusts its indices or offsets (memory-unsafe on crafted input)"
     schemas = torch._C._jit_get_schemas_for_operator(f"{namespace}::{name}")
     if overload is not None:
         wanted = "" if overload == "default" else overload

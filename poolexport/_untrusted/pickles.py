@@ -18,7 +18,10 @@ def weights_only_unpickling():
     load, torch/_export/serde/serialize.py ``deserialize_torch_artifact``) then fails
     instead of unpickling arbitrary objects. torch looks ``torch.load`` up at call time.
     """
-    from torch.export.pt2_archive import _package
+    try:
+        from torch.export.pt2_archive import _package  # torch >= 2.8
+    except ImportError:
+        _package = None
 
     real = torch.load
 
@@ -30,12 +33,14 @@ def weights_only_unpickling():
         torch.load = load
         # _load_constants pickle.loads opaque objects: the layout check refuses them; should
         # one get this far, it meets this instead of the pickle module
-        real_pickle, _package.pickle = _package.pickle, _NoPickle
+        if _package is not None:
+            real_pickle, _package.pickle = _package.pickle, _NoPickle
         try:
             yield
         finally:
             torch.load = real
-            _package.pickle = real_pickle
+            if _package is not None:
+                _package.pickle = real_pickle
 
 
 class _NoPickle:

@@ -41,7 +41,12 @@ _ENTRY = re.compile(
     r"\A(?:data\.pkl|constants\.pkl|version|byteorder|\.data/version|\.data/serialization_id"
     r"|traced_inputs\.pkl|traced_inputs/[0-9]{1,9}|data/[0-9]{1,9}|constants/[0-9]{1,9}"
     r"|extra/[A-Za-z0-9_.-]{1,200}"
-    r"|code/__torch__(?:/[A-Za-z0-9_]{1,200})+\.py(?:\.debug_pkl)?)\Z")
+    r"|code/__torch__(?:/[A-Za-z0-9_]{1,200})*\.py(?:\.debug_pkl)?)\Z")
+# torch.jit.save's printer writes ASCII code with newline line ends only (python_print.cpp
+# escapes string constants). Anything else could be read differently by Python's ast (which
+# this check uses) and TorchScript's lexer (torch/csrc/jit/frontend/lexer.h): \r ends a
+# comment for one and not the other, hiding code from the check.
+_CODE_BYTES = re.compile(rb"\A[\n\x20-\x7e]*\Z")
 
 
 def is_torchscript(names: list[str]) -> bool:
@@ -60,10 +65,15 @@ def check_torchscript_archive(path, entries: dict[str, bytes]) -> None:
     sources = {}
     for name, data in rel.items():
         if name.startswith("code/") and name.endswith(".py"):
+            if not _CODE_BYTES.match(data):
+                bad = next(bytes([b]) for b in data if not (b == 10 or 0x20 <= b <= 0x7e))
+                raise UntrustedFileError(
+                    f"{path}: {name} holds the byte {bad!r}; torch.jit.save writes printable ASCII and newlines "
+                    f"only, and TorchScript's lexer reads other bytes differently from this check; refusing it ({TRUST_HINT})")
             try:
                 sources[name] = ast.parse(data.decode("utf-8"))
             except (UnicodeDecodeError, SyntaxError, ValueError):
-                raise UntrustedFileError(f"{path}: {name} is not readable TorchScript code") from None
+                raise UntrustedFileError(f"{path}: {name} is not readable TorchScript code; refusing it ({TRUST_HINT})") from None
     defined = set()
     for tree in sources.values():
         for node in ast.walk(tree):
@@ -248,7 +258,8 @@ def _raise_problem(call: ast.Call) -> str | None:
 def _relative_names(path, entries: dict[str, bytes]) -> dict[str, bytes]:
     roots = {n.split("/", 1)[0] for n in entries}
     if len(roots) != 1 or any("/" not in n for n in entries):
-        raise UntrustedFileError(f"{path}: entries are not all under one root folder, as torch.jit.save writes them")
+        raise UntrustedFileError(f"{path}: entries are not all under one root folder, as torch.jit.save writes them; "
+                                 f"refusing it ({TRUST_HINT})")
     return {n.split("/", 1)[1]: data for n, data in entries.items()}
 
 
