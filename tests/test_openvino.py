@@ -152,13 +152,13 @@ def test_missing_package_is_a_skip_naming_it(monkeypatch):
 
 
 @pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/resnet_softpool.pt2 is not in this checkout")
-def test_cli_shows_the_openvino_row_and_its_note(tmp_path, capsys):
+def test_cli_shows_the_openvino_row_and_its_note(tmp_path, capfd):
     from poolexport.cli import main
 
     report = tmp_path / "report.json"
     code = main([str(EXAMPLE), "--target", "portable", "-o", str(tmp_path / "m.onnx"), "--json", str(report),
                  "--runtimes", "torch,openvino"])
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert code == 0, out
     rows = [r for r in json.loads(report.read_text())["parity"]["results"] if r["runtime"] == "openvino"]
     assert len(rows) == 2 and all(r["status"] == "pass" for r in rows)
