@@ -108,3 +108,40 @@ def test_unparseable_code_refused(scripted):
     name = next(n for n in scripted if n.endswith(".py"))
     with pytest.raises(UntrustedFileError, match="not readable TorchScript code"):
         check_torchscript_archive("s.pt", {**scripted, name: b"def (:"})
+
+
+def test_torchbind_slot_type_refused(scripted):
+    """A slot typed as a TorchBind class: TorchScript's unpickler would call its C++
+    __setstate__ on data from the file (aten.OpaqueObject's pickle.loads it)."""
+    bad = _with_code(scripted, "conv : __torch__.torch.nn.modules.conv.Conv2d",
+                     "conv : __torch__.torch.classes.aten.OpaqueObject")
+    with pytest.raises(UntrustedFileError, match="TorchBind class 'aten.OpaqueObject'"):
+        check_torchscript_archive("s.pt", bad)
+
+
+@pytest.mark.parametrize("global_name, ok", [
+    (b"torch._utils\n_rebuild_tensor_v2", True),
+    (b"collections\nOrderedDict", True),
+    (b"torch\nFloatStorage", True),
+    (b"os\nsystem", False),
+    (b"builtins\neval", False),
+    (b"__torch__.torch.classes.aten\nOpaqueObject", False),
+    (b"__torch__.somewhere\nNotInTheArchive", False),
+])
+def test_pickle_globals(scripted, global_name, ok):
+    """The globals data.pkl may name, read as opcodes: GLOBAL module\\nname\\n."""
+    name = next(n for n in scripted if n.endswith("/data.pkl"))
+    data = b"\x80\x02c" + global_name + b"\n)\x81q\x00."  # PROTO 2, GLOBAL, EMPTY_TUPLE, NEWOBJ, STOP
+    entries = {**scripted, name: data}
+    if ok:
+        check_torchscript_archive("s.pt", entries)
+    else:
+        with pytest.raises(UntrustedFileError, match="data.pkl names"):
+            check_torchscript_archive("s.pt", entries)
+
+
+def test_pickle_opcodes_torchscript_never_writes(scripted):
+    name = next(n for n in scripted if n.endswith("/data.pkl"))
+    data = b"\x80\x04\x8c\x02os\x8c\x06system\x93)R."  # STACK_GLOBAL
+    with pytest.raises(UntrustedFileError, match="STACK_GLOBAL"):
+        check_torchscript_archive("s.pt", {**scripted, name: data})
