@@ -82,7 +82,11 @@ class Run:
 def _env() -> dict:
     env = dict(os.environ)
     env.pop("POOLEXPORT_DEBUG", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # the poolexport this process imported (the installed one, or a mutation run's copy),
+    # never the source tree by itself (no built library, models/ not yet poolexport.models)
+    import poolexport
+
+    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -208,6 +212,8 @@ def _execute_plain_batch(batch: list[tuple[tuple, dict, Path]]) -> dict[tuple, R
 def _selected_keys(session) -> list[tuple]:
     keys = []
     for item in session.items:
+        if Path(str(item.fspath)).resolve() != Path(__file__).resolve():
+            continue  # another file's tests (test_attacks_round2 reuses these test names)
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = getattr(item, "originalname", None)
         if name == "test_payload_runs_under_plain_torch":
