@@ -213,7 +213,7 @@ def _selected_keys(session) -> list[tuple]:
     keys = []
     for item in session.items:
         if Path(str(item.fspath)).resolve() != Path(__file__).resolve():
-            continue  # another file's tests (test_attacks_round2 reuses these test names)
+            continue  # the other attack file's tests (the two files share test names)
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = getattr(item, "originalname", None)
         if name == "test_payload_runs_under_plain_torch":

@@ -112,7 +112,7 @@ def _keys(session) -> list[tuple]:
     keys = []
     for item in session.items:
         if Path(str(item.fspath)).resolve() != Path(__file__).resolve():
-            continue  # another file's tests (test_attacks_round2 reuses these test names)
+            continue  # the other attack file's tests (the two files share test names)
         kind = kinds.get(getattr(item, "originalname", None))
         if kind and item.module.__name__ == __name__:
             keys.append((kind, item.callspec.params["name"]))
