@@ -172,3 +172,6 @@ def test_sandbox_contains_child(name, runs):
     assert "sandbox: writes only under" in run.stdout + run.stderr, f"sandbox not enforced here\n{run.describe()}"
     assert not run.marker_existed, \
         f"{name}: the parent moved a file named by the contained child into the output folder\n{run.describe()}"
+    # and the parent refuses the child's ONNX, which names external data its export never writes
+    assert run.returncode != 0 and not run.output_written, run.describe()
+    assert "external data" in run.stderr.strip().splitlines()[-1], run.describe()
