@@ -188,7 +188,8 @@ def guard(value: str) -> None:
 # type gets exactly the context torch writes for it (``_treespec_to_json``): null for
 # sequences, a list of str/int keys for dicts; JSON objects are refused everywhere.
 _SEQUENCE_TYPES = frozenset({"builtins.tuple", "builtins.list", "torch.fx.immutable_collections.immutable_list"})
-_MAPPING_TYPES = frozenset({"builtins.dict", "collections.OrderedDict", "torch.fx.immutable_collections.immutable_dict"})
+_MAPPING_TYPES = frozenset({"builtins.dict", "collections.OrderedDict",
+                            "torch.fx.immutable_collections.immutable_dict"})
 TREESPEC_TYPES = frozenset({None}) | _SEQUENCE_TYPES | _MAPPING_TYPES
 MAX_TREESPEC_NODES = 1 << 16
 

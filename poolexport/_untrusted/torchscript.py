@@ -69,11 +69,13 @@ def check_torchscript_archive(path, entries: dict[str, bytes]) -> None:
                 bad = next(bytes([b]) for b in data if not (b == 10 or 0x20 <= b <= 0x7e))
                 raise UntrustedFileError(
                     f"{path}: {name} holds the byte {bad!r}; torch.jit.save writes printable ASCII and newlines "
-                    f"only, and TorchScript's lexer reads other bytes differently from this check; refusing it ({TRUST_HINT})")
+                    f"only, and TorchScript's lexer reads other bytes differently from this check; refusing it "
+                    f"({TRUST_HINT})")
             try:
                 sources[name] = ast.parse(data.decode("utf-8"))
             except (UnicodeDecodeError, SyntaxError, ValueError):
-                raise UntrustedFileError(f"{path}: {name} is not readable TorchScript code; refusing it ({TRUST_HINT})") from None
+                raise UntrustedFileError(
+                    f"{path}: {name} is not readable TorchScript code; refusing it ({TRUST_HINT})") from None
     defined = set()
     for tree in sources.values():
         for node in ast.walk(tree):
