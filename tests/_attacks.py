@@ -734,3 +734,17 @@ ATTACKS: dict[str, Attack] = {
     "guard_message_breakout": Attack(build_guard_message_breakout, "pt2", ".pt2", "new"),
     "buffer_name_codegen": Attack(build_buffer_name_codegen, "pt2", ".pt2", "new"),
 }
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment of a poolexport/plain-torch child in the attack tests: no debug or
+    test switches of ours, and the poolexport this process imported (the installed one, or
+    a mutation run's copy), never the source tree by itself (no built library, models/ not
+    yet poolexport.models)."""
+    import poolexport
+
+    env = {k: v for k, v in os.environ.items() if k not in ("POOLEXPORT_DEBUG", "POOLEXPORT_TEST_UNCHECKED_LOAD")}
+    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+

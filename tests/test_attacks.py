@@ -79,17 +79,6 @@ class Run:
         return f"$ {' '.join(self.cmd)}\nexit {self.returncode} after {self.seconds:.1f} s; stderr ends:\n{tail}"
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("POOLEXPORT_DEBUG", None)
-    # the poolexport this process imported (the installed one, or a mutation run's copy),
-    # never the source tree by itself (no built library, models/ not yet poolexport.models)
-    import poolexport
-
-    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _cli(file: Path, output: Path, parity: bool) -> list[str]:
     cmd = [sys.executable, "-m", "poolexport.cli", str(file), "-o", str(output)]
     return cmd if parity else cmd + ["--no-parity"]
@@ -152,7 +141,8 @@ def _prepare_ordinary(folder: Path, case: str, parity: bool) -> dict:
 def _execute(job: dict, cwd: Path) -> Run:
     start = time.perf_counter()
     try:
-        proc = subprocess.run(job["cmd"], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        proc = subprocess.run(job["cmd"], cwd=cwd, env=_attacks.cli_env(), capture_output=True, text=True,
+                              timeout=TIMEOUT)
         code, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         code, out, err = -999, str(exc.stdout or ""), f"{exc.stderr or ''}\n(timed out after {TIMEOUT} s)"
@@ -195,8 +185,8 @@ def _execute_plain_batch(batch: list[tuple[tuple, dict, Path]]) -> dict[tuple, R
     start = time.perf_counter()
     work = [[TRIGGERS[ATTACKS[key[1]].trigger], str(job["file"]), str(folder / "plain.log"), TIMEOUT]
             for key, job, folder in batch]
-    proc = subprocess.run([sys.executable, "-c", _PLAIN_BATCH, json.dumps(work)], env=_env(), cwd=batch[0][2],
-                          capture_output=True, text=True, timeout=TIMEOUT * len(batch))
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_BATCH, json.dumps(work)], env=_attacks.cli_env(),
+                          cwd=batch[0][2], capture_output=True, text=True, timeout=TIMEOUT * len(batch))
     codes = dict(json.loads(line) for line in proc.stdout.splitlines() if line.startswith("["))
     results = {}
     for key, job, folder in batch:

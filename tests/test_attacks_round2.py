@@ -61,19 +61,6 @@ class Run:
                 f"stdout ends: {self.stdout.strip()[-300:]}\nstderr ends:\n{tail}")
 
 
-def _env(extra: dict) -> dict:
-    env = dict(os.environ)
-    env.pop("POOLEXPORT_DEBUG", None)
-    env.pop("POOLEXPORT_TEST_UNCHECKED_LOAD", None)
-    # the poolexport this process imported (the installed one, or a mutation run's copy),
-    # never the source tree by itself (no built library, models/ not yet poolexport.models)
-    import poolexport
-
-    env["PYTHONPATH"] = str(Path(poolexport.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def _job(kind: str, name: str, folder: Path) -> dict:
     attack = ATTACKS[name]
     marker = folder / "PWNED"
@@ -90,7 +77,7 @@ def _job(kind: str, name: str, folder: Path) -> dict:
         cmd = [sys.executable, "-m", "poolexport.cli", str(file), "-o", str(output), "--no-parity", *attack.cli_args]
         if kind == "sandbox":
             env = {**env, **attack.cli_env}
-    return {"file": file, "marker": marker, "cmd": cmd, "env": _env(env), "output": output, "cwd": folder}
+    return {"file": file, "marker": marker, "cmd": cmd, "env": _attacks.cli_env(env), "output": output, "cwd": folder}
 
 
 def _execute(job: dict) -> Run:

@@ -23,6 +23,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from poolexport.serve.server import _loopback_ports  # noqa: E402  (the server's own free-port pick)
 
 MODEL = "small"
 MAX_BATCH = 8
@@ -49,23 +50,10 @@ def _small_model(path):
     onnx.save(model, path)
 
 
-def _free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class _ServerProc:
     def __init__(self, model_path, log_path, model_name=MODEL):
         self.model_name = model_name
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = _loopback_ports(3)
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, "-m", "poolexport.serve", "serve", str(model_path),

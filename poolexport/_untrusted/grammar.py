@@ -106,16 +106,19 @@ def _sympy_node(node: ast.AST) -> None:
     raise ValueError(f"{type(node).__name__} {ast.unparse(node)[:60]!r}")
 
 
+def _expression(value: str) -> ast.Expression:
+    try:
+        return ast.parse(value, mode="eval")
+    except SyntaxError:
+        raise ValueError("not an expression") from None
+
+
 def sympy_srepr(value: str) -> None:
     """Refused with the rule's name: torch sympify()s (evals) this text."""
     try:
         if len(value) > MAX_EXPR:
             raise ValueError(f"{len(value)} characters")
-        try:
-            tree = ast.parse(value, mode="eval")
-        except SyntaxError:
-            raise ValueError("not an expression") from None
-        _sympy_node(tree)
+        _sympy_node(_expression(value))
     except ValueError as exc:
         raise ValueError(f"symbolic shape is not plain sympy srepr, and torch would eval it ({exc})") from None
 
@@ -172,11 +175,7 @@ def guard(value: str) -> None:
     try:
         if len(value) > MAX_EXPR or "\n" in value or "\r" in value:
             raise ValueError("not a one-line expression")
-        try:
-            tree = ast.parse(value, mode="eval")
-        except SyntaxError:
-            raise ValueError("not an expression") from None
-        _guard_node(tree)
+        _guard_node(_expression(value))
     except ValueError as exc:
         raise ValueError(f"guard is not arithmetic on input sizes, and torch would exec it ({exc})") from None
 

@@ -34,6 +34,7 @@ import torch
 
 from .errors import TRUST_HINT, UntrustedFileError
 from .program import ProgramError, check_payload_config, check_program
+from .strict_zip import relative_to_root
 
 MODEL = "model"
 _FIXED = {
@@ -69,10 +70,10 @@ def _refuse(path, text: str):
 
 
 def _relative(path, entries: dict[str, bytes]) -> dict[str, bytes]:
-    roots = {n.split("/", 1)[0] for n in entries}
-    if len(roots) != 1 or any("/" not in n for n in entries):
+    rel = relative_to_root(entries)
+    if rel is None:
         _refuse(path, "entries are not all under one root folder, as torch.export.save writes them")
-    return {n.split("/", 1)[1]: data for n, data in entries.items()}
+    return rel
 
 
 def _weights_only_loads(data: bytes) -> None:

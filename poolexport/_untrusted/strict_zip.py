@@ -434,6 +434,15 @@ def read_archive(data: bytes, path) -> StrictArchive:
         raise UntrustedFileError(f"{path}: {exc}; refusing an ambiguous zip archive") from None
 
 
+def relative_to_root(entries: dict[str, bytes]) -> dict[str, bytes] | None:
+    """``entries`` with their one top-level folder taken off (torch writes every record of an
+    archive under one root), or None when they are not all under one root."""
+    roots = {n.split("/", 1)[0] for n in entries}
+    if len(roots) != 1 or any("/" not in n for n in entries):
+        return None
+    return {n.split("/", 1)[1]: data for n, data in entries.items()}
+
+
 def canonical_bytes(archive: StrictArchive) -> bytes:
     """A fresh archive holding exactly ``archive.entries``, laid out byte for byte as
     torch's PyTorchStreamWriter (miniz with MZ_ZIP_FLAG_WRITE_ZIP64) lays out stored

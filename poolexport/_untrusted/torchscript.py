@@ -24,6 +24,7 @@ import re
 from . import grammar
 from .errors import TRUST_HINT, UntrustedFileError
 from .operators import operator_problem
+from .strict_zip import relative_to_root
 
 # TorchScript's builtin functions that python_print writes by bare name
 # (torch/csrc/jit/frontend/ir_emitter.cpp, torch/jit/_builtins.py)
@@ -258,11 +259,11 @@ def _raise_problem(call: ast.Call) -> str | None:
 
 
 def _relative_names(path, entries: dict[str, bytes]) -> dict[str, bytes]:
-    roots = {n.split("/", 1)[0] for n in entries}
-    if len(roots) != 1 or any("/" not in n for n in entries):
+    rel = relative_to_root(entries)
+    if rel is None:
         raise UntrustedFileError(f"{path}: entries are not all under one root folder, as torch.jit.save writes them; "
                                  f"refusing it ({TRUST_HINT})")
-    return {n.split("/", 1)[1]: data for n, data in entries.items()}
+    return rel
 
 
 def _chain(node: ast.AST) -> list[str] | None:
