@@ -480,7 +480,7 @@ def _proc_class(served):
             import sys
 
             self.model_name = MODEL
-            self.http, self.grpc, self.metrics = served._free_ports(3)
+            self.http, self.grpc, self.metrics = served._loopback_ports(3)
             self.log_path = log_path
             self._log = open(log_path, "w")
             cmd = [sys.executable, "-m", "poolexport.serve", "serve", str(model_path),
