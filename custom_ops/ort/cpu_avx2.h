@@ -32,7 +32,7 @@ inline bool cpu_has_avx2_fma() {
 // Lane-wise the same NaN and clamp behaviour: max_ps(a, b) is a > b ? a : b, so a NaN
 // argument stays NaN; fast_exp's upper clamp never applies here.
 PX_AVX2 static inline __m256 exp8_nonpos(__m256 x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(limits::kExpArgMin), x);
   const __m256 magic = _mm256_set1_ps(12582912.0f);
   __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic), magic);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);

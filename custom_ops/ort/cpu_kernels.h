@@ -607,7 +607,7 @@ void run_reduce(Op op, const T* x, T* y, int64_t e, const Reduce6& g, float beta
 // once through the shared-shift kernel (one exp per input element, cpu_soft_shared.h);
 // a block whose range of beta*x is too wide, or holds inf/NaN, takes the per-window path.
 // Blocks are fixed by the geometry alone, so results do not depend on the thread count.
-constexpr int64_t kSharedRows = 8;
+using limits::kSharedRows;
 
 // Which input rows a block of output rows reads: the same for every plane, so planned once
 // per call (planning per block, with a 64-bit division per row, cost as much as a tenth of

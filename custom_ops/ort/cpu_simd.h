@@ -24,6 +24,7 @@ inline const char* isa_name(Isa isa) {
 // ---- portable: 16 lanes of plain C++ (no FMA: two roundings where the others fuse) ----
 struct LanesPortable {
   static constexpr int W = 16;
+  static_assert(W == limits::kLanesPortable, "limits.h states the lane widths");
   struct R {
     float v[16];
   };
@@ -85,6 +86,7 @@ namespace cpu {
 // ---- AVX2 + FMA: 8 lanes ----
 struct LanesAvx2 {
   static constexpr int W = 8;
+  static_assert(W == limits::kLanesAvx2, "limits.h states the lane widths");
   using R = __m256;
   PX_TARGET_AVX2 static inline __m256i first_n(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -147,6 +149,7 @@ struct LanesAvx2 {
 // ---- AVX-512F: 16 lanes ----
 struct LanesAvx512 {
   static constexpr int W = 16;
+  static_assert(W == limits::kLanesAvx512, "limits.h states the lane widths");
   using R = __m512;
   PX_TARGET_AVX512 static inline __mmask16 first_n(int64_t n) {
     return (__mmask16)(n >= 16 ? 0xFFFFu : ((1u << n) - 1u));

@@ -12,7 +12,7 @@ namespace poolexport {
 namespace cpu {
 
 // Largest range of beta*x in a block whose exps are shared (see soft_shared.inc).
-constexpr float kSharedRange = 60.0f;
+using limits::kSharedRange;
 
 // exp(t) for t in [-60, 0] (the shared-shift SoftPool's arguments; soft_shared.inc's
 // exp_shifted): Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then a degree-6

@@ -28,7 +28,7 @@ namespace cpu {
 
 // exp(-60) ~ 9e-27: every e_j and s_w stays a normal float, and g / s_w cannot overflow
 // for |g| < 1e11.
-constexpr float kSoftShiftRange = 60.0f;
+using limits::kSoftShiftRange;
 
 struct BackwardScratch {
   std::vector<float> x, e, g;     // padded plane rows: input, exp, gradient accumulator

@@ -3,6 +3,8 @@
 
 #include <stdint.h>
 
+#include "limits.h"
+
 #if defined(__CUDACC__)
 #define PX_HD __host__ __device__ __forceinline__
 #else
@@ -95,8 +97,8 @@ PX_HD uint16_t float_to_half_bits(float f) {
 // -87 are clamped to -87 (the result stays a normal float, about 1.6e-38), which next to
 // the window maximum's weight of 1 changes no float32 sum.
 PX_HD float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+  x = x < limits::kExpArgMin ? limits::kExpArgMin : x;
+  x = x > limits::kExpArgMax ? limits::kExpArgMax : x;
   // round-to-nearest by the 1.5 * 2^23 trick: no branch, no conversion in a select,
   // so the host compiler vectorizes loops that call this
   float k = x * 1.44269504088896341f + 12582912.0f;

@@ -39,8 +39,7 @@
 
 #include <stdint.h>
 
-#define POOLEXPORT_BLOCK 256
-#define POOLEXPORT_MAX_GRID 65535
+#include "limits.h"  // POOLEXPORT_BLOCK, POOLEXPORT_MAX_GRID
 
 #ifdef __cplusplus
 extern "C" {

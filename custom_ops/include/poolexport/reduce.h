@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common.h"
+#include "limits.h"
 
 namespace poolexport {
 
@@ -80,7 +81,8 @@ PX_HD void for_each_in_reduce(const Reduce6& g, int64_t e, F&& f) {
 // sequential definition: 1.
 PX_HD int reduce_lanes(int64_t window, int32_t mask, int32_t sample) {
   if (sample || !(mask & 32)) return 1;
-  return window >= 1024 ? 256 : (window >= 32 ? 32 : 1);
+  return window >= limits::kReduceBlockWindow ? limits::kReduceBlockLanes
+         : (window >= limits::kReduceWarpWindow ? limits::kReduceWarpLanes : 1);
 }
 
 // The trailing reduced axes (kept axes of size 1 do not interrupt them) are contiguous in
