@@ -153,15 +153,68 @@ def plant(tree: Path, m: dict) -> str | None:
     return text
 
 
+class Worker:
+    """One copy of the tree with its own library build: mutants run on several at once."""
+
+    def __init__(self, root: Path, jobs: int):
+        self.tree = root / "repo"
+        copy_tree(self.tree)
+        self.lib = Library(self.tree, jobs)
+        self.env = pytest_env(self.tree, self.lib.build())
+        self.dirty = False  # the library was built from a mutated file
+
+    def check_import(self) -> None:
+        where = subprocess.run([sys.executable, "-c", "import poolexport; print(poolexport.__file__)"], cwd=self.tree,
+                               env=self.env, capture_output=True, text=True)
+        if where.returncode or not Path(where.stdout.strip()).resolve().is_relative_to(self.tree.resolve()):
+            sys.exit(f"poolexport is imported from {where.stdout.strip() or where.stderr.strip()[-300:]}, not from the "
+                     "copy: an editable install shadows PYTHONPATH; use `pip install .` (non-editable) to run this")
+
+    def run(self, m: dict, timeout: float) -> tuple[str, str, float]:
+        original = plant(self.tree, m)
+        if original is None:
+            return "stale", "the original text is not in the file (once); update the entry", 0.0
+        native = Path(m["file"]).suffix in NATIVE
+        try:
+            if native or self.dirty:
+                self.env = pytest_env(self.tree, self.lib.build())
+            status, detail, seconds = run_tests(self.tree, self.env, m["tests"], timeout)
+        except RuntimeError as exc:
+            # a mutant that does not compile is caught by the compiler, not by a test
+            status, detail, seconds = "build-error", str(exc).strip().splitlines()[-1][:300], 0.0
+        finally:
+            (self.tree / m["file"]).write_text(original)
+        self.dirty = native
+        verdict = {"pass": "SURVIVED", "fail": "killed", "timeout": "killed", "error": "error"}.get(status, status)
+        return verdict, detail, seconds
+
+
+def per_file_table(results) -> str:
+    """Kill rate per file: killed / (killed + survived); build errors and stale entries apart."""
+    rows = {}
+    for m, verdict, _, _ in results:
+        r = rows.setdefault(m["file"], {"killed": 0, "SURVIVED": 0, "other": 0})
+        r[verdict if verdict in ("killed", "SURVIVED") else "other"] += 1
+    lines = [f"{'file':52} killed survived  other  kill rate"]
+    for f in sorted(rows):
+        r = rows[f]
+        n = r["killed"] + r["SURVIVED"]
+        rate = f"{100 * r['killed'] / n:5.1f}%" if n else "    -"
+        lines.append(f"{f:52} {r['killed']:6} {r['SURVIVED']:8} {r['other']:6}  {rate}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="entries to run (default: all)")
     ap.add_argument("--file", type=Path, default=LIST, help="the mutation list (default: %(default)s)")
     ap.add_argument("--list", action="store_true", help="print the entries and exit")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary copy and print its path")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copies and print their path")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the tests")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per test run (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build jobs (default: %(default)s)")
+    ap.add_argument("--workers", type=int, default=1, help="mutants run at once, each in its own copy (default: 1)")
+    ap.add_argument("--report", type=Path, help="write every result (name, file, verdict, detail) as JSON")
     args = ap.parse_args(argv)
 
     entries = load(args.file)
@@ -175,55 +228,52 @@ def main(argv=None) -> int:
             print(f"{m['name']:28} {m['file']}\n{'':28} {m['description']}")
         return 0
 
+    import concurrent.futures
+    import json
+    import queue
+
     tmp = Path(tempfile.mkdtemp(prefix="poolexport-mutation-"))
-    tree = tmp / "repo"
+    results = []
     try:
-        copy_tree(tree)
-        print(f"copy: {tree}\nbuilding the CPU library ...", flush=True)
-        lib = Library(tree, args.jobs)
-        env = pytest_env(tree, lib.build())
-        where = subprocess.run([sys.executable, "-c", "import poolexport; print(poolexport.__file__)"], cwd=tree, env=env,
-                               capture_output=True, text=True)
-        if where.returncode or not Path(where.stdout.strip()).resolve().is_relative_to(tree.resolve()):
-            sys.exit(f"poolexport is imported from {where.stdout.strip() or where.stderr.strip()[-300:]}, not from the "
-                     "copy: an editable install shadows PYTHONPATH; use `pip install .` (non-editable) to run this")
+        print(f"copies under {tmp}; building the CPU library in {args.workers} ...", flush=True)
+        workers = [Worker(tmp / f"w{i}", args.jobs) for i in range(args.workers)]
+        workers[0].check_import()
         if not args.no_baseline:
             tests = list(dict.fromkeys(t for m in entries for t in m["tests"]))
-            status, detail, seconds = run_tests(tree, env, tests, args.timeout * 2)
+            status, detail, seconds = run_tests(workers[0].tree, workers[0].env, tests, args.timeout * 2)
             print(f"baseline (no mutation): {status} in {seconds:.0f} s: {detail}", flush=True)
             if status != "pass":
                 print("the unmutated tests must pass before mutations mean anything")
                 return 2
-        results = []
-        dirty = False  # the library was built from a mutated file
-        for m in entries:
-            original = plant(tree, m)
-            if original is None:
-                results.append((m, "stale", "the original text is not in the file (once); update the entry", 0.0))
-                print(f"[stale]    {m['name']}", flush=True)
-                continue
-            native = Path(m["file"]).suffix in NATIVE
+        idle: queue.Queue = queue.Queue()
+        for w in workers:
+            idle.put(w)
+
+        def one(m):
+            w = idle.get()
             try:
-                if native or dirty:
-                    env = pytest_env(tree, lib.build())
-                status, detail, seconds = run_tests(tree, env, m["tests"], args.timeout)
-            except RuntimeError as exc:
-                status, detail, seconds = "build-error", str(exc).splitlines()[-1][:300], 0.0
+                return m, *w.run(m, args.timeout)
             finally:
-                (tree / m["file"]).write_text(original)
-            dirty = native
-            verdict = {"pass": "SURVIVED", "fail": "killed", "timeout": "killed", "error": "error"}.get(status, status)
-            results.append((m, verdict, detail, seconds))
-            print(f"[{verdict}] {' ' * max(0, 8 - len(verdict))}{m['name']} ({seconds:.0f} s): {detail}", flush=True)
+                idle.put(w)
+
+        with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+            for m, verdict, detail, seconds in pool.map(one, entries):
+                results.append((m, verdict, detail, seconds))
+                print(f"[{verdict}] {' ' * max(0, 8 - len(verdict))}{m['name']} ({seconds:.0f} s): {detail}", flush=True)
     finally:
         if args.keep:
             print(f"kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    if args.report:
+        args.report.write_text(json.dumps([{"name": m["name"], "file": m["file"], "verdict": v, "detail": d,
+                                            "seconds": round(s, 1), "description": m["description"]}
+                                           for m, v, d, s in results], indent=1))
     survived = [m["name"] for m, v, _, _ in results if v == "SURVIVED"]
     other = [f"{m['name']} ({v})" for m, v, _, _ in results if v not in ("killed", "SURVIVED")]
     killed = sum(v == "killed" for _, v, _, _ in results)
+    print(f"\n{per_file_table(results)}")
     print(f"\n{len(results)} mutations: {killed} killed, {len(survived)} survived"
           + (f": {', '.join(survived)}" if survived else "") + (f"; not run cleanly: {', '.join(other)}" if other else ""))
     return 0 if not survived and not other else 1
