@@ -209,8 +209,11 @@ def _avg(k: int):
         spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         check_bool(name, "count_include_pad", count_include_pad)
         if count_include_pad and _torch_window(spec):
-            # exports as ONNX AveragePool with count_include_pad=1
-            return _TORCH_AVG[k](x, spec.kernel_shape, spec.strides, spec.pads[:k], spec.ceil_mode, True)
+            # exports as ONNX AveragePool with count_include_pad=1. torch has no CPU float16
+            # kernel for avg_pool3d (NotImplementedError): float32 there, cast back
+            xc = x.float() if k == 3 and x.dtype == torch.float16 and x.device.type == "cpu" else x
+            y = _TORCH_AVG[k](xc, spec.kernel_shape, spec.strides, spec.pads[:k], spec.ceil_mode, True)
+            return y.to(x.dtype)
         out, pad = _explicit_pads(spec, list(x.shape[2:]))
         return _safe_div(_window_sum(x, spec, pad, out), _window_count(x, spec, pad, out, count_include_pad))
 

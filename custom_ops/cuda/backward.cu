@@ -35,14 +35,12 @@ __global__ void window_state(const T* X, Window3 w, int64_t planes, int op, floa
     const T* xp = X + plane * in3;
     auto visit = [&](auto&& g) { for_each_in_window(w, od, oh, ow, [&](int64_t i) { g(ld(xp, i)); }); };
     if (op == 0) {
-      const SoftPoolStats s = soft_pool_stats(visit, beta);
-      ws[3 * o] = s.m;
-      ws[3 * o + 1] = s.s;
-      ws[3 * o + 2] = s.y;
+      soft_pool_pack(soft_pool_stats(visit, beta), ws + 3 * o);  // c, +-s, d
     } else if (op == 1) {
       const StochasticStats s = stochastic_expectation_stats(visit);
       ws[3 * o] = s.s1;
       ws[3 * o + 1] = s.y;
+      ws[3 * o + 2] = s.k;
     } else {
       int64_t pick, n = 0, at = -1;
       stochastic_sample_pick(visit, (uint64_t)o, lo, hi, &pick);
@@ -80,8 +78,8 @@ __global__ void window_gather(const T* X, const T* dY, Window3 w, int64_t planes
           if (!tap_output(iw, kw, w, 2, &ow)) continue;
           const int64_t o = plane * out3 + (od * w.out[1] + oh) * w.out[2] + ow;
           const float g = ld(dY, o);
-          if (op == 0) acc += soft_pool_grad(a, beta, SoftPoolStats{ws[3 * o], ws[3 * o + 1], ws[3 * o + 2]}, g);
-          else if (op == 1) acc += stochastic_expectation_grad(a, ws[3 * o], ws[3 * o + 1], g);
+          if (op == 0) acc += soft_pool_grad(a, beta, soft_pool_unpack(ws + 3 * o, beta), g);
+          else if (op == 1) acc += stochastic_expectation_grad(a, ws[3 * o], ws[3 * o + 1], ws[3 * o + 2], g);
           else if (reinterpret_cast<const int32_t*>(ws)[3 * o] == (int32_t)r) acc += g;
         }
       }
@@ -101,7 +99,7 @@ __global__ void reduce_backward(const T* X, const T* dY, Reduce6 g, int op, floa
       for_each_in_reduce(g, e, [&](int64_t i) { st(dX, i, soft_pool_grad(ld(X, i), beta, s, gv)); });
     } else if (op == 1) {
       const StochasticStats s = stochastic_expectation_stats(visit);
-      for_each_in_reduce(g, e, [&](int64_t i) { st(dX, i, stochastic_expectation_grad(ld(X, i), s.s1, s.y, gv)); });
+      for_each_in_reduce(g, e, [&](int64_t i) { st(dX, i, stochastic_expectation_grad(ld(X, i), s.s1, s.y, s.k, gv)); });
     } else {
       int64_t pick, n = 0;
       stochastic_sample_pick(visit, (uint64_t)e, lo, hi, &pick);

@@ -81,11 +81,13 @@ __device__ __forceinline__ void window_kernel(const T* X, const Window3& w, int6
 // expectation: s = sum r, t = sum r^2 (m unused). Merging two lanes rescales to the larger
 // maximum, so the result is the softmax-weighted mean whatever the order.
 struct Partial {
-  float m, s, t;
+  float m, s, t, amax;  // amax: max |a| (soft) or max r (expectation), for the scaled path's check
 };
 
 template <int Op>
 __device__ __forceinline__ void accumulate(Partial& p, float a, float beta) {
+  const float v = Op == 0 ? (a < 0.0f ? -a : a) : a;
+  p.amax = v > p.amax ? v : p.amax;
   if (Op == 0) {
     float z = beta * a;
     if (z > p.m) {
@@ -107,10 +109,11 @@ __device__ __forceinline__ void accumulate(Partial& p, float a, float beta) {
 
 template <int Op>
 __device__ __forceinline__ Partial merge(Partial a, Partial b) {
-  if (Op != 0) return Partial{0.0f, a.s + b.s, a.t + b.t};
+  const float amax = a.amax > b.amax ? a.amax : b.amax;
+  if (Op != 0) return Partial{0.0f, a.s + b.s, a.t + b.t, amax};
   float m = a.m > b.m ? a.m : b.m;
   float ca = fast_exp(a.m - m), cb = fast_exp(b.m - m);
-  return Partial{m, a.s * ca + b.s * cb, a.t * ca + b.t * cb};
+  return Partial{m, a.s * ca + b.s * cb, a.t * ca + b.t * cb, amax};
 }
 
 // One output per `lanes` consecutive threads of a block (reduce_lanes): each lane reads
@@ -125,7 +128,7 @@ __device__ __forceinline__ void reduce_cooperative(const T* X, const Reduce6& g,
   const int64_t run = reduce_run(g, &from), runs = g.window / run;
   for (int64_t first = (int64_t)blockIdx.x * groups; first < g.outputs; first += (int64_t)gridDim.x * groups) {
     const int64_t e = first + tid / lanes;
-    Partial p{-3.402823466e38f, 0.0f, 0.0f};
+    Partial p{-3.402823466e38f, 0.0f, 0.0f, 0.0f};
     if (e < g.outputs) {
       const int64_t base = reduce_base(g, e);
       for (int64_t q = 0; q < runs; ++q) {
@@ -141,7 +144,15 @@ __device__ __forceinline__ void reduce_cooperative(const T* X, const Reduce6& g,
     }
     if (lane == 0 && e < g.outputs) {
       Partial r = part[tid];
-      st(Y, e, r.s > 0.0f ? r.t / r.s : 0.0f);
+      float v = r.s > 0.0f ? r.t / r.s : 0.0f;
+      // above the scaled path's limit (or NaN): the lane sums may have overflowed (or, for
+      // SoftPool, weighed a clamped exp against a huge value): this output again, serially,
+      // through the shared math (soft_pool.h / stochastic_pool.h)
+      if (!(r.amax <= (Op == 0 ? limits::kSoftScaleAbove : limits::kMomentScaleAbove))) {
+        auto visit = [&](auto&& f) { for_each_in_reduce(g, e, [&](int64_t i) { f(ld(X, i)); }); };
+        v = Op == 0 ? soft_pool_value(visit, beta) : stochastic_expectation_value(visit);
+      }
+      st(Y, e, v);
     }
     __syncthreads();  // part[] is rewritten by the next round
   }

@@ -58,10 +58,15 @@ struct RowArgs {
 
 // Passes over one input row for output columns [lo, hi) (the reduce form uses them with
 // stride 1). Pass 1 of SoftPool: running max of beta*x.
+// am: running max |x| (the scaled path's check, soft_pool.h).
 PX_DISPATCH static void soft_max_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off, float beta,
-                                     float* __restrict m) {
+                                     float* __restrict m, float* __restrict am) {
   if (s == 1) {
-    for (int64_t o = lo; o < hi; ++o) { float z = beta * row[o + off]; m[o] = m[o] > z ? m[o] : z; }
+    for (int64_t o = lo; o < hi; ++o) {
+      float x = row[o + off], z = beta * x, v = x < 0.0f ? -x : x;
+      m[o] = m[o] > z ? m[o] : z;
+      am[o] = am[o] > v ? am[o] : v;
+    }
   } else if (s == 2) {
     for (int64_t o = lo; o < hi; ++o) { float z = beta * row[2 * o + off]; m[o] = m[o] > z ? m[o] : z; }
   } else {
@@ -126,16 +131,19 @@ PX_DISPATCH static void moment_pass(const float* __restrict row, int64_t lo, int
 // Contiguous segments of one window (reductions over the innermost axis, e.g. global
 // pooling over H x W): 8 independent lanes so the compiler vectorizes without
 // reassociating a single float sum (no -ffast-math).
-PX_DISPATCH static void seg_max(const float* __restrict x, int64_t n, float beta, float* __restrict lanes) {
+PX_DISPATCH static void seg_max(const float* __restrict x, int64_t n, float beta, float* __restrict lanes,
+                                float* __restrict am) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     for (int l = 0; l < 8; ++l) {
-      float z = beta * x[i + l];
+      float z = beta * x[i + l], v = x[i + l] < 0.0f ? -x[i + l] : x[i + l];
       lanes[l] = lanes[l] > z ? lanes[l] : z;
+      am[l] = am[l] > v ? am[l] : v;
     }
   for (; i < n; ++i) {
-    float z = beta * x[i];
+    float z = beta * x[i], v = x[i] < 0.0f ? -x[i] : x[i];
     lanes[0] = lanes[0] > z ? lanes[0] : z;
+    am[0] = am[0] > v ? am[0] : v;
   }
 }
 
@@ -170,6 +178,18 @@ PX_DISPATCH static void seg_moments(const float* __restrict x, int64_t n, float*
     s1[0] += r;
     s2[0] += r * r;
   }
+}
+
+// Whether any of n floats is inf or NaN: an integer OR over the exponent bits, so the loop
+// vectorizes (the expectation's finiteness check of each output row costs ~nothing).
+PX_DISPATCH static bool any_nonfinite(const float* __restrict y, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, y + i, sizeof b);
+    bad |= (uint32_t)((b & 0x7F800000u) == 0x7F800000u);
+  }
+  return bad != 0;
 }
 
 // Philox uniforms of n consecutive output elements from e0.
@@ -540,13 +560,27 @@ void run_reduce_inner(Op op, const T* x, T* y, int64_t row, const Reduce6& g, fl
     return sc.rows.data();
   };
   int64_t first = row * I;
+  auto exact = [&](int64_t e) {  // one output through the shared math (its scaled path)
+    auto visit = [&](auto&& f) { for_each_in_reduce(g, e, [&](int64_t i) { f(load(x, i)); }); };
+    return op == Op::kSoft ? soft_pool_value(visit, beta) : stochastic_expectation_value(visit);
+  };
   if (op == Op::kSoft) {
-    for_each_in_reduce(g, first, [&](int64_t off) { soft_max_pass(row_at(off), 0, I, 1, 0, beta, A); });
+    for_each_in_reduce(g, first, [&](int64_t off) { soft_max_pass(row_at(off), 0, I, 1, 0, beta, A, Cc); });
+    bool huge = false;  // max |x| above kSoftScaleAbove (or NaN): that output takes the shared math
+    for (int64_t i = 0; i < I; ++i) huge |= !(Cc[i] <= limits::kSoftScaleAbove);
+    std::vector<float> am;
+    if (huge) am.assign(Cc, Cc + I);
+    std::fill(Cc, Cc + I, 0.0f);
     for_each_in_reduce(g, first, [&](int64_t off) { soft_sum_pass(row_at(off), 0, I, 1, 0, beta, A, B, Cc); });
-    for (int64_t i = 0; i < I; ++i) store(y, first + i, Cc[i] / B[i]);
+    for (int64_t i = 0; i < I; ++i)
+      store(y, first + i, huge && !(am[i] <= limits::kSoftScaleAbove) ? exact(first + i) : Cc[i] / B[i]);
   } else {
     for_each_in_reduce(g, first, [&](int64_t off) { moment_pass(row_at(off), 0, I, 1, 0, A, B); });
-    for (int64_t i = 0; i < I; ++i) store(y, first + i, A[i] > 0.0f ? B[i] / A[i] : 0.0f);
+    for (int64_t i = 0; i < I; ++i) {
+      const float v = A[i] > 0.0f ? B[i] / A[i] : 0.0f;
+      // sum(r^2) overflowed (or NaN): the shared math's scaled path
+      store(y, first + i, v - v == 0.0f ? v : exact(first + i));
+    }
   }
 }
 
@@ -569,10 +603,19 @@ void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, f
     a[l] = op == Op::kSoft ? -3.402823466e38f : 0.0f;
     b[l] = 0.0f;
   }
+  auto exact = [&]() {  // the shared math (its scaled path)
+    auto visit = [&](auto&& f) { for_each_in_reduce(g, e, [&](int64_t i) { f(load(x, i)); }); };
+    return op == Op::kSoft ? soft_pool_value(visit, beta) : stochastic_expectation_value(visit);
+  };
   if (op == Op::kSoft) {
-    for_each_in_reduce(outer, e, [&](int64_t off) { seg_max(seg(off), n, beta, a); });
-    float m = a[0];
-    for (int l = 1; l < 8; ++l) m = a[l] > m ? a[l] : m;
+    for_each_in_reduce(outer, e, [&](int64_t off) { seg_max(seg(off), n, beta, a, b); });
+    float m = a[0], am = b[0];
+    for (int l = 1; l < 8; ++l) {
+      m = a[l] > m ? a[l] : m;
+      am = b[l] > am ? b[l] : am;
+    }
+    if (!(am <= limits::kSoftScaleAbove)) return store(y, e, exact());
+    for (int l = 0; l < 8; ++l) b[l] = 0.0f;
     for (int l = 0; l < 8; ++l) a[l] = 0.0f;
     for_each_in_reduce(outer, e, [&](int64_t off) { seg_sum(seg(off), n, beta, m, a, b); });
     float se = 0.0f, sa = 0.0f;
@@ -588,7 +631,8 @@ void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, f
       s1 += a[l];
       s2 += b[l];
     }
-    store(y, e, s1 > 0.0f ? s2 / s1 : 0.0f);
+    const float v = s1 > 0.0f ? s2 / s1 : 0.0f;
+    store(y, e, v - v == 0.0f ? v : exact());  // sum(r^2) overflowed: the scaled path
   }
 }
 
@@ -685,8 +729,19 @@ void soft_window_forward(const T* x, T* y, int64_t N, int64_t C, const RowArgs& 
         out_f.resize((q1 - q0) * out_w);
         yf = out_f.data();
       }
-      if (nrows > 0 && soft_shared_block(isa, blk, w, args.beta, yf, buf)) {
+      const SharedResult got = nrows > 0 ? soft_shared_block(isa, blk, w, args.beta, yf, buf) : SharedResult::kWide;
+      if (got == SharedResult::kDone) {
         if (!std::is_same<T, float>::value) from_floats(isa, yf, yb, (q1 - q0) * out_w);
+      } else if (got == SharedResult::kHuge) {
+        // max |x| above kSoftScaleAbove (or inf/NaN): every window through the shared
+        // math, whose scaled path keeps the sums finite
+        for (int64_t q = q0; q < q1; ++q)
+          for (int64_t ow = 0; ow < out_w; ++ow) {
+            auto visit = [&](auto&& f) {
+              for_each_in_window(w, q / w.out[1], q % w.out[1], ow, [&](int64_t i) { f(load(xp, i)); });
+            };
+            store(y, (plane * rows_per_plane + q) * out_w + ow, soft_pool_value(visit, args.beta));
+          }
       } else {
         for (int64_t q = q0; q < q1; ++q)
           run_row(Op::kSoft, xp, y + (plane * rows_per_plane + q) * out_w, plane * rows_per_plane + q, args, fallback,
@@ -710,8 +765,24 @@ void window_forward(Op kind, const T* x, T* y, int64_t N, int64_t C, const RowAr
   const int64_t cost = w.out[2] * w.k[0] * w.k[1] * w.k[2] + 1;
   pfor(rows, cost, [&](int64_t b, int64_t e) {
     Scratch sc;
-    for (int64_t r = b; r < e; ++r)
-      run_row(kind, x + r / rows_per_plane * plane_in, y + r * w.out[2], r, args, sc, isa);
+    for (int64_t r = b; r < e; ++r) {
+      const T* xp = x + r / rows_per_plane * plane_in;
+      T* yr = y + r * w.out[2];
+      run_row(kind, xp, yr, r, args, sc, isa);
+      if (kind != Op::kExpectation || !std::is_same<T, float>::value) continue;  // float16: r^2 <= 4.3e9
+      if (!any_nonfinite(reinterpret_cast<const float*>(yr), w.out[2])) continue;
+      // sum(r^2) overflowed (max r above ~2^64 / sqrt(window)) or NaN: that output again
+      // through the shared math, whose scaled path keeps the sums finite
+      const int64_t q = r % rows_per_plane;
+      for (int64_t ow = 0; ow < w.out[2]; ++ow) {
+        const float v = load(yr, ow);
+        if (v - v == 0.0f) continue;
+        auto visit = [&](auto&& f) {
+          for_each_in_window(w, q / w.out[1], q % w.out[1], ow, [&](int64_t i) { f(load(xp, i)); });
+        };
+        store(yr, ow, stochastic_expectation_value(visit));
+      }
+    }
   });
 }
 

@@ -47,6 +47,11 @@ struct SharedBlock {
   int64_t next_bytes;
 };
 
+// What soft_block did: wrote the block, or wrote nothing because the block's range of
+// beta*x exceeds kSharedRange (the per-window row kernels then), or because its max |x|
+// exceeds kSoftScaleAbove or it holds inf/NaN (the shared math's scaled path then).
+enum class SharedResult { kDone, kWide, kHuge };
+
 #define PX_SS_NS shared_portable
 #define PX_SS_TARGET
 #define PX_SS_LANES LanesPortable
@@ -77,7 +82,7 @@ struct SharedBlock {
 #pragma GCC diagnostic pop
 #endif
 
-inline bool soft_shared_block(Isa isa, const SharedBlock& blk, const Window3& w, float beta, float* y,
+inline SharedResult soft_shared_block(Isa isa, const SharedBlock& blk, const Window3& w, float beta, float* y,
                               std::vector<float>& buf) {
 #ifdef PX_HAVE_X86_LANES
   if (isa == Isa::kAvx512) return shared_avx512::soft_block(blk, w, beta, y, buf);

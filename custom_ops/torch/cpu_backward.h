@@ -14,6 +14,11 @@
 //   dx_j = e_j * sum_w (g_w / s_w) * (1 + beta * (a_j - y_w)).
 // With a larger range e_j could underflow, and the plane takes the per-window
 // path of the shared math (soft_pool_stats / soft_pool_grad: an exp per window element).
+// The shift path holds a - c (c: the plane's value whose beta * c is M) instead of a, so
+// window sums of e * (a - c) give d_w = y_w - c and a_j - y_w = (a_j - c) - d_w without
+// the cancellation of two large numbers. A plane whose max |a| exceeds kSoftScaleAbove
+// (SoftPool) or kMomentScaleAbove (expectation) takes the per-window path too, whose
+// scaled sums stay finite.
 //
 // Reduce forms: every input element lies in exactly one window, so each output's window
 // is finished by the work item that owns it (also deterministic).
@@ -95,49 +100,54 @@ PX_DISPATCH static void scatter_phase(const float* __restrict a, const float* __
   }
 }
 
-PX_DISPATCH static void exp_shift(const float* __restrict x, float* __restrict e, int64_t n, float beta, float m) {
-  for (int64_t j = 0; j < n; ++j) e[j] = fast_exp(beta * x[j] - m);
+// e = exp(beta * (x - c)) and x -> x - c in place (the shift path's centred values).
+PX_DISPATCH static void center_exp(float* __restrict x, float* __restrict e, int64_t n, float beta, float c) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float d = x[j] - c;
+    x[j] = d;
+    e[j] = fast_exp(beta * d);
+  }
 }
 
 #ifdef PX_HAVE_AVX2_PATH
-PX_AVX2 static void range_avx2(const float* x, int64_t n, float beta, float* hi, float* lo) {
-  const __m256 vb = _mm256_set1_ps(beta);
+PX_AVX2 static void range_avx2(const float* x, int64_t n, float* hi, float* lo) {
   __m256 h = _mm256_loadu_ps(hi), l = _mm256_loadu_ps(lo);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 z = _mm256_mul_ps(vb, _mm256_loadu_ps(x + i));
+    const __m256 z = _mm256_loadu_ps(x + i);
     h = _mm256_max_ps(z, h);
     l = _mm256_min_ps(z, l);
   }
   _mm256_storeu_ps(hi, h);
   _mm256_storeu_ps(lo, l);
   for (; i < n; ++i) {
-    const float z = beta * x[i];
+    const float z = x[i];
     hi[0] = z > hi[0] ? z : hi[0];
     lo[0] = z < lo[0] ? z : lo[0];
   }
 }
 #endif
 
-// Running max and min of beta * x in 8 lanes (vectorizes without reassociation flags).
-// NaN is skipped here; it still reaches the gradient through exp.
-PX_DISPATCH static void range_lanes(const float* __restrict x, int64_t n, float beta, float* __restrict hi,
+// Running max and min of x in 8 lanes (vectorizes without reassociation flags); those of
+// beta * x follow (monotonic, and rounding keeps the order). NaN is skipped here; it still
+// reaches the gradient through exp.
+PX_DISPATCH static void range_lanes(const float* __restrict x, int64_t n, float* __restrict hi,
                                     float* __restrict lo) {
   int64_t i = 0;
 #ifdef PX_HAVE_AVX2_PATH
   if (cpu_has_avx2_fma()) {  // max_ps(a, b) is a > b ? a : b lane-wise, as below
-    range_avx2(x, n, beta, hi, lo);
+    range_avx2(x, n, hi, lo);
     return;
   }
 #endif
   for (; i + 8 <= n; i += 8)
     for (int l = 0; l < 8; ++l) {
-      const float z = beta * x[i + l];
+      const float z = x[i + l];
       hi[l] = z > hi[l] ? z : hi[l];
       lo[l] = z < lo[l] ? z : lo[l];
     }
   for (; i < n; ++i) {
-    const float z = beta * x[i];
+    const float z = x[i];
     hi[0] = z > hi[0] ? z : hi[0];
     lo[0] = z < lo[0] ? z : lo[0];
   }
@@ -162,7 +172,7 @@ void plane_backward_windows(Op kind, const T* x, const T* gy, float* G, const Ro
         } else if (kind == Op::kExpectation) {
           const StochasticStats st = stochastic_expectation_stats(visit);
           for_each_in_window(w, od, oh, ow,
-                             [&](int64_t i) { G[i] += stochastic_expectation_grad(load(x, i), st.s1, st.y, g); });
+                             [&](int64_t i) { G[i] += stochastic_expectation_grad(load(x, i), st.s1, st.y, st.k, g); });
         } else {
           const int64_t out_plane = w.out[0] * w.out[1] * w.out[2];
           int64_t pick;
@@ -209,16 +219,23 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       else
         for (int64_t t = t0; t < t1; ++t) X[t] = load(src, s * t);
       for (int64_t t = t1; t < len; ++t) X[t] = 0.0f;
-      if (soft) range_lanes(X + t0, t1 - t0, beta, hi, lo);
+      range_lanes(X + t0, t1 - t0, hi, lo);
     }
   }
+  float xmax = zmax, xmin = zmin;  // of x, then of beta * x
   for (int l = 0; l < 8; ++l) {
-    zmax = hi[l] > zmax ? hi[l] : zmax;
-    zmin = lo[l] < zmin ? lo[l] : zmin;
+    xmax = hi[l] > xmax ? hi[l] : xmax;
+    xmin = lo[l] < xmin ? lo[l] : xmin;
   }
+  const float amax = -xmin > xmax ? -xmin : xmax;
+  const float cref = beta < 0.0f ? xmin : xmax;  // beta * cref = M, the plane's maximum of beta * x
+  zmax = beta * cref;
+  zmin = beta * (beta < 0.0f ? xmax : xmin);
   sc.g.assign(std::max(nrows * rs, plane_in), 0.0f);
   float* G = sc.g.data();
-  if (kind == Op::kSample || (soft && !(zmax - zmin <= kSoftShiftRange))) {
+  // max |x| above the scaled paths' limit (or inf): every window through the shared math
+  const bool huge = plane_in > 0 && !(amax <= (soft ? limits::kSoftScaleAbove : limits::kMomentScaleAbove));
+  if (kind == Op::kSample || huge || (soft && !(zmax - zmin <= kSoftShiftRange))) {
     plane_backward_windows(kind, x, gy, G, args, plane);
     for (int64_t i = 0; i < plane_in; ++i) store(gx, i, G[i]);
     return;
@@ -227,7 +244,7 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
   const float* E = X;  // expectation: unused
   if (soft) {
     sc.e.resize(nrows * rs);
-    exp_shift(X, sc.e.data(), nrows * rs, beta, zmax);
+    center_exp(sc.x.data(), sc.e.data(), nrows * rs, beta, cref);
     for (int64_t r = 0; r < nrows; ++r)  // padding columns weigh nothing
       for (int64_t p = 0; p < s; ++p) {
         float* Er = sc.e.data() + r * rs + p * len;
@@ -256,7 +273,7 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       window_sums(E, X, sc.rows.data(), taps, ow_n, sa, sb, soft);
       for (int64_t o = 0; o < ow_n; ++o) {
         const float g = load(gy, orow * ow_n + o);
-        // soft: sa = sum e, sb = sum e*a; expectation: sa = sum r, sb = sum r^2
+        // soft: sa = sum e, sb = sum e*(a - c), y = d; expectation: sa = sum r, sb = sum r^2
         const bool any = sa[o] > 0.0f;
         y[o] = any ? sb[o] / sa[o] : 0.0f;
         c[o] = any ? g / sa[o] : 0.0f;
@@ -306,7 +323,7 @@ void reduce_backward(Op kind, const T* x, const T* gy, T* gx, const Reduce6& g, 
         for_each_in_reduce(g, e, [&](int64_t i) { store(gx, i, soft_pool_grad(load(x, i), beta, st, gv)); });
       } else if (kind == Op::kExpectation) {
         const StochasticStats st = stochastic_expectation_stats(visit);
-        for_each_in_reduce(g, e, [&](int64_t i) { store(gx, i, stochastic_expectation_grad(load(x, i), st.s1, st.y, gv)); });
+        for_each_in_reduce(g, e, [&](int64_t i) { store(gx, i, stochastic_expectation_grad(load(x, i), st.s1, st.y, st.k, gv)); });
       } else {
         int64_t pick, n = 0;
         stochastic_sample_pick(visit, (uint64_t)e, lo, hi, &pick);

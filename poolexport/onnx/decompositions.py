@@ -130,8 +130,22 @@ def _windows(b: _Body, xf: str):
     return win, valid, out, nc, k
 
 
+# Finite limits (limits.h): a window whose max |x| (SoftPool) or max r (expectation) is
+# above these sums x * its scale (a power of two), then divides the result by it, so that no
+# sum overflows (issue 21).
+SOFT_SCALE_ABOVE, SOFT_SCALE = 2.0**64, 2.0**-64
+MOMENT_SCALE_ABOVE, MOMENT_SCALE = 2.0**48, 2.0**-80
+
+
+def _scale(b: _Body, amax: str, above: float, scale: float) -> str:
+    return b.op("Where", b.op("Greater", amax, b.const(above, np.float32)), b.const(scale, np.float32),
+                b.const(1.0, np.float32))
+
+
 def _soft_math(b: _Body, win: str, valid: str | None, axes: str, keepdims_ref: bool) -> str:
-    """sum(softmax(beta * w) * w) over ``axes``, stable; padding (valid False) excluded."""
+    """sum(softmax(beta * w) * w) over ``axes``, stable; padding (valid False) excluded.
+    Windows with max |w| > SOFT_SCALE_ABOVE sum w * SOFT_SCALE (finite for any finite w);
+    the result is clipped to [-max |w|, max |w|] (it is a convex combination) and scaled back."""
     beta = b.ref("value_float", "beta")
     z = b.op("Mul", win, beta)
     if valid is not None:
@@ -139,21 +153,39 @@ def _soft_math(b: _Body, win: str, valid: str | None, axes: str, keepdims_ref: b
     m = b.op("ReduceMax", z, axes, keepdims=1)
     m = b.op("Where", b.op("IsInf", m), b.const(0.0, np.float32), m)  # all-padding windows
     e = b.op("Exp", b.op("Sub", z, m))
+    amax = b.op("ReduceMax", b.op("Abs", win), axes, keepdims=1)  # padding is 0 in win
+    k = _scale(b, amax, SOFT_SCALE_ABOVE, SOFT_SCALE)
     refs = {"keepdims": (_INT, "keepdims")} if keepdims_ref else {}
     kw = {} if keepdims_ref else {"keepdims": 0}
     s = b.op_ref("ReduceSum", [e, axes], refs, **kw)
-    num = b.op_ref("ReduceSum", [b.op("Mul", e, win), axes], refs, **kw)
-    return _safe_div(b, num, s)
+    num = b.op_ref("ReduceSum", [b.op("Mul", e, b.op("Mul", win, k)), axes], refs, **kw)
+    k = b.op_ref("ReduceMax", [k, axes], refs, **kw)  # to the output's shape
+    ak = b.op("Mul", b.op_ref("ReduceMax", [amax, axes], refs, **kw), k)
+    yk = b.op("Min", b.op("Max", _safe_div(b, num, s), b.op("Neg", ak)), ak)
+    return b.op("Div", yk, k)
 
 
 def _stochastic_math(b: _Body, win: str, axes: str, keepdims_ref: bool, keepdims: int = 0) -> str:
-    """sum(r^2) / sum(r) with r = max(w, 0); padding is 0 so it never counts."""
+    """sum(r^2) / sum(r) with r = max(w, 0); padding is 0 so it never counts. Windows with
+    max r > MOMENT_SCALE_ABOVE sum r * MOMENT_SCALE, so sum(r^2) stays finite."""
     r = b.op("Relu", win)
+    rmax = b.op("ReduceMax", r, axes, keepdims=1)
+    k = _scale(b, rmax, MOMENT_SCALE_ABOVE, MOMENT_SCALE)
+    r = b.op("Mul", r, k)
     refs = {"keepdims": (_INT, "keepdims")} if keepdims_ref else {}
     kw = {} if keepdims_ref else {"keepdims": keepdims}
     s1 = b.op_ref("ReduceSum", [r, axes], refs, **kw)
     s2 = b.op_ref("ReduceSum", [b.op("Mul", r, r), axes], refs, **kw)
-    return _safe_div(b, s2, s1)
+    k = b.op_ref("ReduceMax", [k, axes], refs, **kw)
+    rk = b.op("Mul", b.op_ref("ReduceMax", [rmax, axes], refs, **kw), k)
+    return b.op("Div", b.op("Min", _safe_div(b, s2, s1), rk), k)
+
+
+def _all_finite(b: _Body, t: str) -> str:
+    """A bool scalar: no inf or NaN in t."""
+    bad = b.op("Or", b.op("IsInf", t), b.op("IsNaN", t))
+    return b.op("Equal", b.op("ReduceMax", b.op("Cast", bad, to=TensorProto.FLOAT), keepdims=0),
+                b.const(0.0, np.float32))
 
 
 def _safe_div(b: _Body, num: str, den: str) -> str:
@@ -189,7 +221,9 @@ def shared_shift_soft(b: _Body, xf: str, z: str, axes: str, pool) -> tuple[str, 
     e = b.op("Exp", b.op("Sub", z, b.op("ReduceMax", z, axes, keepdims=1)))
     den = pool(e)
     kept = b.op("GreaterOrEqual", b.op("ReduceMin", den, keepdims=0), b.const(MIN_MEAN_WEIGHT, np.float32))
-    return pool(b.op("Mul", xf, e)), den, kept
+    num = pool(b.op("Mul", xf, e))
+    # a window sum of x * e above float32's range (|x| near its maximum): the generic form
+    return num, den, b.op("And", kept, _all_finite(b, num))
 
 
 UNSHIFTED_MAX = 60.0  # z = beta*x at most this: exp(z) <= 1.1e26, no overflow anywhere below
@@ -207,15 +241,20 @@ def unshifted_soft(b: _Body, xf: str, z: str, pool) -> tuple[str, str, str]:
     den = pool(e)
     small = b.op("LessOrEqual", b.op("ReduceMax", z, keepdims=0), b.const(UNSHIFTED_MAX, np.float32))
     weighty = b.op("GreaterOrEqual", b.op("ReduceMin", den, keepdims=0), b.const(MIN_MEAN_WEIGHT, np.float32))
-    return pool(b.op("Mul", xf, e)), den, b.op("And", small, weighty)
+    num = pool(b.op("Mul", xf, e))
+    return num, den, b.op("And", b.op("And", small, weighty), _all_finite(b, num))
 
 
-def expectation_ratio(b: _Body, xf: str, pool) -> str:
+def expectation_ratio(b: _Body, xf: str, pool) -> tuple[str, str]:
     """StochasticPool's expectation as pool(r^2) / pool(r), r = relu(x): the counts cancel.
-    A window without a positive value gives 0/0 = NaN, which the Where replaces by 0."""
+    A window without a positive value gives 0/0 = NaN, which the Where replaces by 0.
+    Returns (y, kept): ``kept`` (a bool scalar) says every y is finite, i.e. no sum of r^2
+    overflowed (r above ~2^64 / sqrt(window)); otherwise the caller takes the generic
+    decomposition, whose per-window scale keeps the sums finite."""
     r = b.op("Relu", xf)
     s1, s2 = pool(r), pool(b.op("Mul", r, r))
-    return b.op("Where", b.op("Greater", s1, b.const(0.0, np.float32)), b.op("Div", s2, s1), b.const(0.0, np.float32))
+    y = b.op("Where", b.op("Greater", s1, b.const(0.0, np.float32)), b.op("Div", s2, s1), b.const(0.0, np.float32))
+    return y, _all_finite(b, y)
 
 
 _POOL_REFS = {"kernel_shape": (_INTS, "kernel_shape"), "strides": (_INTS, "strides"), "pads": (_INTS, "pads"),
@@ -320,12 +359,21 @@ def stochastic_pool_function(opset: int = D.OPSET, sample: bool = False, fast: b
     b = _Body("stp")
     if not sample:
         # fast: AveragePool(r^2)/AveragePool(r), exact; else the one-hot Conv windows
-        def generic():
-            return _generic_windowed("stp_g", lambda g, win, valid: _stochastic_math(
+        def generic_in(prefix="stp_g"):
+            return _generic_windowed(prefix, lambda g, win, valid: _stochastic_math(
                 g, win, g.const([1]), keepdims_ref=False))  # Conv zero-pads: relu(0) = 0 never counts
 
+        def generic():
+            return generic_in()
+
         if fast:
-            y = _fast_or_generic(b, expectation_ratio, generic)
+            def ratio(f, xf, pool):
+                y_fast, kept = expectation_ratio(f, xf, pool)
+                keep = _Body("stp_keep")
+                (out,) = _if(f, kept, (keep, [keep.op("Identity", y_fast)]), generic_in("stp_g2"), [TensorProto.FLOAT])
+                return out
+
+            y = _fast_or_generic(b, ratio, generic)
         else:
             body, (y,) = generic()
             b.nodes += body.nodes

@@ -8,7 +8,9 @@ runtime runs fast:
 
 * StochasticPool, mode "expectation": sum(r^2)/sum(r) over a window is
   AveragePool(r^2)/AveragePool(r) (the counts cancel; ``count_include_pad=0`` keeps
-  padding out of the window). Exact, no stability question.
+  padding out of the window). Exact while every sum of r^2 stays finite; an ``If`` on
+  the outputs' finiteness takes the generic decomposition otherwise (its per-window scale
+  keeps the sums finite for any finite input).
 * SoftPool: softmax is shift-invariant, so one exp per input element under one shift per
   (N, C) plane, e = exp(beta*x - max_plane), gives y = AveragePool(x*e)/AveragePool(e):
   the naive formula's cost plus one ReduceMax and one Sub. It is exact to float32
@@ -103,13 +105,19 @@ def fast_form(node, model_opset: int, index: int, elem_type=None):
     is_float = elem_type == TensorProto.FLOAT
     xf = x if is_float else g.op("Cast", x, to=TensorProto.FLOAT)
     generic_inits = []
+    rank = len(a["kernel_shape"]) + 2  # a typed output of known rank satisfies onnx.checker
+    graph = lambda nodes, name, out: helper.make_graph(  # noqa: E731
+        nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None] * rank)])
     if node.op_type == D.STOCHASTIC_POOL:
-        y = expectation_ratio(g, xf, _pool(g, a))
+        # the ratio where every output is finite, else (a sum of r^2 overflowed) the generic
+        # decomposition, whose per-window scale keeps the sums finite
+        y_fast, ok = expectation_ratio(g, xf, _pool(g, a))
+        generic_nodes, generic_inits, y_generic = _generic_branch(node, model_opset, g.prefix, xf)
+        kept = f"{g.prefix}/ratio_y"
+        y = g.op("If", ok, then_branch=graph([helper.make_node("Identity", [y_fast], [kept])], "ratio", kept),
+                 else_branch=graph(generic_nodes, "per_window", y_generic))
     else:
         z = xf if a["beta"] == 1.0 else g.op("Mul", xf, g.const(a["beta"], np.float32))
-        rank = len(a["kernel_shape"]) + 2  # a typed output of known rank satisfies onnx.checker
-        graph = lambda nodes, name, out: helper.make_graph(  # noqa: E731
-            nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None] * rank)])
         # shifted: one shift per plane, else the generic decomposition
         s = _Body(f"{g.prefix}_shifted")
         num, den, ok = shared_shift_soft(s, xf, z, s.const(list(range(2, len(a["kernel_shape"]) + 2))), _pool(s, a))

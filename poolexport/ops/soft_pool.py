@@ -33,8 +33,14 @@ def _check_input(op: str, x: torch.Tensor) -> None:
         raise ValueError(f"{op}: input must be a floating-point tensor, got {x.dtype}")
 
 
-def _weights(windows: torch.Tensor, valid: Optional[torch.Tensor], beta: float):
-    """Normalised softmax weights (float32 or wider) over the last axis."""
+SCALE_ABOVE = 2.0**64  # limits.h kSoftScaleAbove: windows with a larger max |a| sum scaled values
+
+
+def _stats(windows: torch.Tensor, valid: Optional[torch.Tensor], beta: float):
+    """(w, c, d, k): normalised softmax weights over the last axis (float32 or wider), the
+    value c whose beta * c is the window maximum, d = k * (y - c) = sum w * (a - c) * k and
+    the per-window power of two k (1, or 2^-64 where max |a| > SCALE_ABOVE) that keeps
+    the sums finite (soft_pool.h's math)."""
     z = windows * beta
     if valid is not None:
         z = z.masked_fill(~valid, float("-inf"))
@@ -42,21 +48,29 @@ def _weights(windows: torch.Tensor, valid: Optional[torch.Tensor], beta: float):
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-padding rows
     e = torch.exp(z - m)
     s = e.sum(dim=-1, keepdim=True)
-    return e / torch.where(s > 0, s, torch.ones_like(s))
+    w = e / torch.where(s > 0, s, torch.ones_like(s))
+    a = windows if valid is None else windows.masked_fill(~valid, 0.0)
+    c = a.gather(-1, z.argmax(dim=-1, keepdim=True))
+    amax = a.abs().amax(dim=-1, keepdim=True)
+    k = torch.where(amax > SCALE_ABOVE, torch.full_like(amax, 2.0**-64), torch.ones_like(amax))
+    diff = a * k - c * k
+    d = torch.where(w > 0, w * diff, torch.zeros_like(diff)).sum(dim=-1, keepdim=True)
+    return w, c, d, k, amax, diff
 
 
 def soft_pool_windows(windows, valid, beta):
-    w = _weights(windows, valid, beta)
-    return (w * windows).sum(dim=-1)
+    w, c, d, k, amax, _ = _stats(windows, valid, beta)
+    yk = torch.minimum(torch.maximum(c * k + d, -amax * k), amax * k)  # a convex combination
+    y = torch.where(k < 1, yk / k, c + d)
+    return y.squeeze(-1)
 
 
 def soft_pool_windows_backward(grad, windows, valid, beta):
-    w = _weights(windows, valid, beta)
-    y = (w * windows).sum(dim=-1, keepdim=True)
-    return grad.unsqueeze(-1) * w * (1 + beta * (windows - y))
+    w, c, d, k, amax, diff = _stats(windows, valid, beta)
+    t = beta * (diff - d) / k  # beta * (a - y), no overflow where the weight is not 0
+    return grad.unsqueeze(-1) * torch.where(w > 0, w * (1 + t), torch.zeros_like(w))
 
 
-# ---------------------------------------------------------------- windowed form
 def soft_pool_reference(
     X: torch.Tensor,
     kernel_shape: list[int],

@@ -66,13 +66,25 @@ def _rows(windows: torch.Tensor) -> torch.Tensor:
     return windows.reshape(-1, windows.shape[-1])
 
 
+SCALE_ABOVE = 2.0**48  # limits.h kMomentScaleAbove: windows with a larger max r sum r * 2^-80
+
+
+def _scaled(r: torch.Tensor):
+    """r * k and k per window (stochastic_pool.h): k = 2^-80 where max r > SCALE_ABOVE."""
+    rmax = r.amax(-1, keepdim=True)
+    k = torch.where(rmax > SCALE_ABOVE, torch.full_like(rmax, 2.0**-80), torch.ones_like(rmax))
+    return r * k, k, rmax
+
+
 def stochastic_windows(windows, mode, seed):
     """windows (..., K) with padding as 0 -> (...)."""
     r = windows.clamp_min(0)
     if mode == "expectation":
-        s1 = r.sum(-1)
-        s2 = (r * r).sum(-1)
-        return torch.where(s1 > 0, s2 / torch.where(s1 > 0, s1, torch.ones_like(s1)), torch.zeros_like(s1))
+        rk, k, rmax = _scaled(r)
+        s1 = rk.sum(-1, keepdim=True)
+        s2 = (rk * rk).sum(-1, keepdim=True)
+        y = torch.minimum(s2 / torch.where(s1 > 0, s1, torch.ones_like(s1)), rmax * k) / k
+        return torch.where(s1 > 0, y, torch.zeros_like(y)).squeeze(-1)
     rows = _rows(r.to(torch.float32))
     pick = sample_positions(rows, seed)
     picked = _rows(windows).gather(1, pick.clamp_min(0)[:, None])[:, 0]
@@ -83,11 +95,12 @@ def stochastic_windows(windows, mode, seed):
 def stochastic_windows_backward(grad, windows, mode, seed):
     r = windows.clamp_min(0)
     if mode == "expectation":
-        s1 = r.sum(-1, keepdim=True)
-        s2 = (r * r).sum(-1, keepdim=True)
+        rk, k, rmax = _scaled(r)
+        s1 = rk.sum(-1, keepdim=True)
+        s2 = (rk * rk).sum(-1, keepdim=True)
         safe = torch.where(s1 > 0, s1, torch.ones_like(s1))
-        y = s2 / safe
-        g = (windows > 0) * (2 * r - y) / safe
+        y = torch.minimum(s2 / safe, rmax * k)  # y * k
+        g = (windows > 0) * (2 * rk - y) / safe
         return grad.unsqueeze(-1) * torch.where(s1 > 0, g, torch.zeros_like(g))
     pick = sample_positions(_rows(r.to(torch.float32)), seed)
     onehot = torch.zeros_like(_rows(windows))

@@ -44,6 +44,18 @@ constexpr int64_t kReduceBlockWindow = 1024;
 constexpr int kReduceWarpLanes = 32;
 constexpr int kReduceBlockLanes = 256;
 
+// Finite limits (issue 21). A SoftPool window (or shared-shift block, or backward plane)
+// whose max |x| exceeds kSoftScaleAbove (2^64) computes its weighted sums on x * kSoftScale
+// (2^-64, exact but for subnormal bits far below the result's ulp) and flushes weights
+// exp(t), t < kExpArgMin, to 0; the result is scaled back. Below it, |x| <= 2^64 keeps
+// every sum of up to 2^63 terms finite.
+constexpr float kSoftScaleAbove = 18446744073709551616.0f;  // 2^64
+constexpr float kSoftScale = 5.42101086242752217e-20f;     // 2^-64
+// StochasticPool expectation: a window whose max r exceeds kMomentScaleAbove (2^48) sums
+// r * kMomentScale (2^-80) and r^2 of that, so sum(r^2) stays finite for 2^32 terms.
+constexpr float kMomentScaleAbove = 281474976710656.0f;  // 2^48
+constexpr float kMomentScale = 8.27180612553027675e-25f;  // 2^-80
+
 }  // namespace limits
 }  // namespace poolexport
 #endif

@@ -9,20 +9,34 @@
 
 namespace poolexport {
 
-// One window's expectation state: s1 = sum(r), y = sum(r^2) / s1 (0 when s1 is 0).
+// One window's expectation state: s1 = k * sum(r), y = sum(r^2) / sum(r) (0 when s1 is 0),
+// k = 1, or limits::kMomentScale when max r exceeds limits::kMomentScaleAbove: then the
+// sums run over r * k (a power of two; exact but for subnormal bits far below the result's
+// ulp) so that sum(r^2) stays finite, and y is kept <= max r before scaling back.
 struct StochasticStats {
-  float s1, y;
+  float s1, y, k;
 };
 
 template <class Visit>
 PX_HD StochasticStats stochastic_expectation_stats(Visit&& visit) {
-  float s1 = 0.0f, s2 = 0.0f;
+  float s1 = 0.0f, s2 = 0.0f, rmax = 0.0f;
   visit([&](float a) {
     float r = a > 0.0f ? a : 0.0f;
     s1 += r;
     s2 += r * r;
+    rmax = r > rmax ? r : rmax;
   });
-  return StochasticStats{s1, s1 > 0.0f ? s2 / s1 : 0.0f};
+  if (rmax <= limits::kMomentScaleAbove) return StochasticStats{s1, s1 > 0.0f ? s2 / s1 : 0.0f, 1.0f};
+  const float k = limits::kMomentScale;
+  s1 = 0.0f;
+  s2 = 0.0f;
+  visit([&](float a) {
+    float r = (a > 0.0f ? a : 0.0f) * k;
+    s1 += r;
+    s2 += r * r;
+  });
+  float yk = s2 / s1, rk = rmax * k;  // s1 > 0 here
+  return StochasticStats{s1, (yk > rk ? rk : yk) / k, k};
 }
 
 template <class Visit>
@@ -30,10 +44,11 @@ PX_HD float stochastic_expectation_value(Visit&& visit) {
   return stochastic_expectation_stats(visit).y;
 }
 
-// g * dy/da for one window element a, given the window's s1 = sum(r) and output y:
-// [a > 0] * (2 a - y) / s1; 0 for a window whose r sums to 0.
-PX_HD float stochastic_expectation_grad(float a, float s1, float y, float g) {
-  return a > 0.0f && s1 > 0.0f ? g * (2.0f * a - y) / s1 : 0.0f;
+// g * dy/da for one window element a, given the window's s1 = k * sum(r), output y and
+// scale k: [a > 0] * (2 a - y) / sum(r), computed as (2 a k - y k) / s1 (no overflow);
+// 0 for a window whose r sums to 0.
+PX_HD float stochastic_expectation_grad(float a, float s1, float y, float k, float g) {
+  return a > 0.0f && s1 > 0.0f ? g * (2.0f * (a * k) - y * k) / s1 : 0.0f;
 }
 
 // The sampled pick for the uniform u of the window's output element: its value, and (when
