@@ -85,16 +85,19 @@ def replace_pools(
     if not isinstance(pool, str):
         raise TypeError(f"replace_pools: pool must be a pool name such as 'soft', got {type(pool).__name__}")
     types = tuple(types) if types is not None else None
-    plan = []
-    for name, module in model.named_modules():  # parents before their children
+    plan, made = [], {}  # made: id(old pool) -> its replacement, so an aliased pool stays one module
+    # every name a module is registered under (a pool reachable under two names is
+    # replaced under both); parents before their children
+    for name, module in model.named_modules(remove_duplicate=False):
         if not name or (types is not None and not isinstance(module, types)):
             continue
         if any(name.startswith(done + ".") for done, _ in plan):
             continue  # inside a pool already replaced (timm's SelectAdaptivePool2d.pool)
         if filter is not None and not filter(name, module):
             continue
-        new = _replacement(module, pool, pool_kwargs)
+        new = made[id(module)] if id(module) in made else _replacement(module, pool, pool_kwargs)
         if new is not None:
+            made[id(module)] = new
             plan.append((name, new))
     for name, new in plan:
         parent_name, _, child = name.rpartition(".")

@@ -158,10 +158,27 @@ def _name_dims(model: onnx.ModelProto, axes: dict[int, str]) -> None:
              if not d.HasField("dim_value") and d.dim_param not in known]
     if not loose:
         return
+    # infer without the exporter's names: shape inference keeps a name already written
+    # (the TorchScript exporter's ``SoftPooloutput_dim_2`` on the output and on every value
+    # before it) over the one it proves (``height``), so those are cleared for the probe
+    # and restored where inference proves nothing better
+    kept_info = onnx.GraphProto()
+    kept_info.value_info.extend(graph.value_info)
+    names = {(i, j): graph.output[i].type.tensor_type.shape.dim[j].dim_param for i, j in loose}
+    del graph.value_info[:]
+    for i, j in loose:
+        graph.output[i].type.tensor_type.shape.dim[j].ClearField("dim_param")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
-        return  # names stay as the exporter wrote them
+        inferred = None  # names stay as the exporter wrote them
+    finally:
+        graph.value_info.extend(kept_info.value_info)
+        for (i, j), name in names.items():
+            if name:
+                graph.output[i].type.tensor_type.shape.dim[j].dim_param = name
+    if inferred is None:
+        return
     for i, j in loose:
         dims = inferred.graph.output[i].type.tensor_type.shape.dim
         if j < len(dims):
