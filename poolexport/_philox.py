@@ -13,7 +13,8 @@ Every backend reproduces these picks bit for bit, so the definition is exact:
 * The pick (see ``poolexport.ops.stochastic_pool``): r_i = max(a_i, 0) in float32 in
   window order; cum_i are sequential float32 prefix sums; total = cum_last;
   t = float32(u * total); the pick is the first i with cum_i > t, or the last i with
-  r_i > 0 if rounding leaves none. A window with total == 0 outputs 0.
+  r_i > 0 if rounding leaves none. A window with total == 0 outputs 0; one holding NaN
+  (r keeps it, so total is NaN) outputs NaN and picks nothing.
 
 This module computes it with int64 tensor arithmetic that never overflows (products are
 split into 16-bit halves), so it runs unchanged on any torch device.

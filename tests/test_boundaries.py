@@ -36,7 +36,7 @@ Tolerances (float32; the kernels compute in float32 from float32 inputs):
   +-inf (and no NaN) is not checked: its value is not specified, and the runtimes differ
   (native: -inf for [1, 2, -inf] at beta 1, NaN or the finite limit from the reference).
 
-Run time: about 20 s on 2 shared cores (46 tests + 5 xfail, 2026-12-03).
+Run time: about 20 s on 2 shared cores (2026-12-03).
 """
 from __future__ import annotations
 
@@ -285,11 +285,6 @@ def soft_case(draw, finite=False, max_rank=3):
         plane = x.reshape(shape[0] * shape[1], -1)[n]
         plane[pos] = _special_value(kind, plane[pos], beta, delta)
     x = x.astype(np.float32)
-    fin = x[np.isfinite(x)]
-    if np.isnan(x).any() and fin.size and abs(beta) * float(fin.max() - fin.min()) > L.SHARED_RANGE - 1:
-        # NaN next to a block range past the limit: the known bug of
-        # test_nan_in_first_column_stays_in_its_windows (below); +inf takes its place here
-        x[np.isnan(x)] = np.inf
     return dict(x=x, attrs=attrs, beta=beta)
 
 
@@ -568,10 +563,6 @@ def test_backward_shift_range_limit_picks_the_path(R):
 
 
 # ------------------------------------------------------------- NaN in stochastic windows
-@pytest.mark.xfail(strict=True, reason="issue 21 finding: a NaN in a StochasticPool window is read as r = 0 by the "
-                   "native kernels (ORT and torch CPU float32: `a > 0 ? a : 0`) but propagates through clamp_min in "
-                   "the pure-torch reference (float64, bfloat16, other devices), whose window then outputs 0; "
-                   "the runtimes disagree (expectation 1.667 vs 0 for [1, 2, NaN])")
 @pytest.mark.parametrize("mode", ["expectation", "sample"])
 def test_stochastic_nan_window_same_on_every_runtime(mode):
     x = np.float32([[[1, 2, np.nan, 3, 4, 0, 5, 6]]])
@@ -583,12 +574,6 @@ def test_stochastic_nan_window_same_on_every_runtime(mode):
 
 
 # ------------------------------------------------------------- NaN in a row's first column
-@pytest.mark.xfail(strict=True, reason="issue 21 finding: soft_shared.inc block_range fills a row's tail vector with "
-                   "the row's first value x[0]; when x[0] is NaN the fill turns the lanes that held the block's "
-                   "extremes into NaN (max/min keep the NaN operand), the NaN is then dropped by the reduction, the "
-                   "range check passes with a too small range and the block takes the shared shift under a too "
-                   "small M: windows WITHOUT the NaN get wrong finite values or inf (every path, e.g. width 17; on the AVX2 path also a NaN at "
-                   "column 14 of a 16-wide row, whose lane reduction drops the 90 of column 8)")
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("width", [max(L.LANES.values()) + 1])
 def test_nan_in_first_column_stays_in_its_windows(path, width):
@@ -599,3 +584,165 @@ def test_nan_in_first_column_stays_in_its_windows(path, width):
     with cpu_path(path):
         got = ort_run("SoftPool", x, attrs, beta=1.0)
     check_soft(f"ort-{path}", got, O.soft_forward(x, attrs, 1.0, exp_arg_min=L.EXP_ARG_MIN), f" width {width}")
+
+
+# ------------------------------------------------------------- NaN in stochastic windows, every form
+# The rule (README "Finite limits", stochastic_pool.h): a window holding NaN outputs NaN in
+# both modes (the sample picks nothing) and passes no gradient; every other window is
+# unchanged. Checked on the native kernels through ORT and the torch op (every CPU path:
+# the portable loops, the AVX2 row and separable moment kernels, the reduce inner/segment
+# forms), the pure-torch reference, and the ONNX forms in plain ONNX Runtime (the ``ort``
+# target's run-time fast form, the ``portable`` file's fast form and the generic
+# decomposition), windowed and reduce, NaN at the first, an interior and the last
+# position of a window.
+ST_WIDTH = 21  # more than a vector of every path: the row kernels' SIMD bodies run
+ST_CASES = {  # name: (attrs, NaN columns: first / interior / last of a window, and the row's ends)
+    "k3s1": (dict(kernel_shape=[2, 3], strides=[1, 1]), [0, 9, ST_WIDTH - 1]),
+    "k3s2": (dict(kernel_shape=[2, 3], strides=[1, 2]), [4, 7, 10, ST_WIDTH - 1]),
+}
+
+
+def _st_input(nan_cols, seed=3):
+    x = np.random.default_rng(seed).uniform(-1.0, 2.0, (1, 2, 4, ST_WIDTH)).astype(np.float32)
+    for j, col in enumerate(nan_cols):
+        x[0, j % 2, (j * 2) % 4, col] = np.nan
+    return x
+
+
+def _st_windows(x, attrs):
+    """(N, C, OH, OW, K) float64 windows of a 2-D pool without pads."""
+    kh, kw = attrs["kernel_shape"]
+    sh, sw = attrs["strides"]
+    v = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    return v.reshape(*v.shape[:4], kh * kw)
+
+
+def _st_expect64(windows):
+    r = np.where(windows <= 0, 0.0, windows)  # NaN kept
+    s1 = r.sum(-1)
+    with np.errstate(all="ignore"):
+        return np.where(s1 <= 0, 0.0, (r * r).sum(-1) / np.where(s1 > 0, s1, 1.0))
+
+
+def _plain_ort(model, x):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x})[0]
+
+
+def _onnx_forms(op, attrs, rank, out_rank=None):
+    """(name, model) of the ONNX forms of one node: the ort target (run-time fast form), the
+    portable file (its fast form, or the generic form for sample) and the generic body."""
+    from test_export_decomposition import one_node, shaped
+
+    for target in ("ort", "portable", "generic"):
+        yield f"onnx-{target}", shaped(one_node(op, attrs, rank, out_rank=out_rank), target)
+
+
+def _check_nan_rule(name, got, want_nan, want, mode):
+    assert got.shape == want_nan.shape, f"{name}: shape {got.shape} != {want_nan.shape}"
+    assert np.array_equal(np.isnan(got), want_nan), (
+        f"{name} ({mode}): NaN at {np.argwhere(np.isnan(got) & ~want_nan)[:5].tolist()} (no NaN in those windows), "
+        f"finite at {np.argwhere(~np.isnan(got) & want_nan)[:5].tolist()} (windows holding NaN)")
+    if mode == "sample":  # bit for bit with the reference's picks
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    else:
+        ok = ~want_nan
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("case", sorted(ST_CASES))
+@pytest.mark.parametrize("mode", ["expectation", "sample"])
+def test_stochastic_nan_windowed_every_form(case, mode):
+    attrs, cols = ST_CASES[case]
+    x = _st_input(cols)
+    seed = 7
+    windows = _st_windows(x, attrs)
+    want_nan = np.isnan(windows).any(-1)
+    assert want_nan.any() and not want_nan.all()
+    with reference_kernels():
+        ref_y = torch_stochastic(x, attrs, mode, seed)
+    want = _st_expect64(windows) if mode == "expectation" else ref_y
+    _check_nan_rule("torch-reference", ref_y, want_nan, want, mode)
+    for path in PATHS:
+        with cpu_path(path):
+            _check_nan_rule(f"ort-{path}", ort_run("StochasticPool", x, attrs, mode=mode, seed=seed), want_nan, want,
+                            mode)
+            _check_nan_rule(f"torch-{path}", torch_stochastic(x, attrs, mode, seed), want_nan, want, mode)
+    a = {**_full(attrs, 2), "mode": mode, "seed": seed}
+    for name, model in _onnx_forms("StochasticPool", a, 4):
+        _check_nan_rule(name, _plain_ort(model, x), want_nan, want, mode)
+
+
+@pytest.mark.parametrize("mode", ["expectation", "sample"])
+def test_stochastic_nan_window_passes_no_gradient(mode):
+    """Native backward (every path, both the plane and the per-window code) equals the
+    reference's: 0 from each window holding NaN, the usual gradient elsewhere, no NaN."""
+    attrs, cols = ST_CASES["k3s2"]
+    x = _st_input(cols)
+    g = np.random.default_rng(4).uniform(-1, 1, torch_stochastic(x, attrs, mode, 7).shape).astype(np.float32)
+    with reference_kernels():
+        _, want = torch_stochastic(x, attrs, mode, 7, g)
+    assert np.isfinite(want).all()
+    # an input whose only windows hold NaN gets 0: the NaN itself and its row neighbours here
+    assert (want[np.isnan(x)] == 0).all()
+    for path in PATHS:
+        with cpu_path(path):
+            _, got = torch_stochastic(x, attrs, mode, 7, g)
+        assert np.isfinite(got).all(), f"torch-{path} ({mode}): non-finite gradient"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"torch-{path} ({mode})")
+
+
+REDUCE_CASES = {  # name: (shape, axes, NaN positions (flat)): the inner (kept axis >= 8) and segment (reduced >= 16) forms
+    "inner": ((2, 4, 3, 16), [1], [0, 16 * 3 + 5, 2 * 4 * 3 * 16 - 1]),
+    "segments": ((2, 3, 2, 24), [3], [0, 24 * 2 + 11, 2 * 3 * 2 * 24 - 1]),
+    "all-spatial": ((2, 3, 4, 5), [2, 3], [0, 20 + 7, 2 * 3 * 20 - 1]),
+}
+
+
+def _reduce_session_run(x, axes, mode, seed):
+    import onnxruntime as ort
+
+    node = helper.make_node("ReduceStochasticPool", ["X"], ["Y"], domain="poolexport", axes=axes, keepdims=0,
+                            mode=mode, seed=seed)
+    model = helper.make_model(helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                                                [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]),
+                              ir_version=10, opset_imports=[helper.make_opsetid("", 18),
+                                                            helper.make_opsetid("poolexport", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return pxort.session(model.SerializeToString(), options=so).run(None, {"X": x})[0]
+
+
+@pytest.mark.parametrize("case", sorted(REDUCE_CASES))
+@pytest.mark.parametrize("mode", ["expectation", "sample"])
+def test_stochastic_nan_reduce_every_form(case, mode):
+    shape, axes, nans = REDUCE_CASES[case]
+    x = np.random.default_rng(5).uniform(-1.0, 2.0, shape).astype(np.float32)
+    x.reshape(-1)[nans] = np.nan
+    seed = 3
+    kept = [d for d in range(x.ndim) if d not in axes]
+    w = np.transpose(x.astype(np.float64), kept + axes)
+    w = w.reshape(*w.shape[:len(kept)], -1)
+    want_nan = np.isnan(w).any(-1)
+    assert want_nan.any() and not want_nan.all()
+    t = lambda: torch.from_numpy(x.copy())  # noqa: E731
+    with reference_kernels():
+        ref_y = torch.ops.poolexport.reduce_stochastic_pool(t(), axes, False, mode, seed).numpy()
+    want = _st_expect64(w) if mode == "expectation" else ref_y
+    _check_nan_rule("torch-reference", ref_y, want_nan, want, mode)
+    for path in PATHS:
+        with cpu_path(path):
+            _check_nan_rule(f"ort-{path}", _reduce_session_run(x, axes, mode, seed), want_nan, want, mode)
+            got = torch.ops.poolexport.reduce_stochastic_pool(t(), axes, False, mode, seed).numpy()
+            _check_nan_rule(f"torch-{path}", got, want_nan, want, mode)
+            tg = t().requires_grad_(True)
+            torch.ops.poolexport.reduce_stochastic_pool(tg, axes, False, mode, seed).sum().backward()
+            assert np.isfinite(tg.grad.numpy()).all(), f"torch-{path} reduce backward ({mode}): non-finite gradient"
+            assert (tg.grad.numpy()[np.isnan(x)] == 0).all()
+    a = dict(axes=axes, keepdims=0, mode=mode, seed=seed)
+    for name, model in _onnx_forms("ReduceStochasticPool", a, 4, out_rank=4 - len(axes)):
+        _check_nan_rule(name, _plain_ort(model, x), want_nan, want, mode)

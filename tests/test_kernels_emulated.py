@@ -343,3 +343,39 @@ def test_sampled_pick_ties(emu):
         np.testing.assert_array_equal(y[0], expected[:, None])
         y = launch_reduce(emu, 1, x, [1], False, 1, seed)
         np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_stochastic_nan_reaches_exactly_its_windows(emu, dtype):
+    """A NaN in a StochasticPool window (first, interior, last position) gives NaN there in
+    both modes (stochastic_pool.h stochastic_r keeps it), on the windowed kernel and every
+    reduce kernel (per output, warp and block cooperative: the lanes' partial sums and
+    their max-r check carry the NaN); every other window is unchanged. The reduce kernels'
+    SoftPool too (its lanes' max-|a| check must keep the NaN: the online softmax drops it)."""
+    emu.px_emu_set_grid_cap(2)
+    nan_any = lambda v, e: float(np.isnan(v).any())  # noqa: E731
+    x = np.random.default_rng(6).uniform(-1, 2, (2, 3, 9, 36)).astype(dtype)
+    x[0, 0, 0, 0] = x[0, 1, 4, 17] = x[1, 2, 8, 35] = np.nan
+    a = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    mask = _pool_ref(x, nan_any, a) > 0
+    for mode, fn in ((0, lambda v, e: ref.stochastic_expectation_window(v)),
+                     (1, lambda v, e: ref.stochastic_sample_window(v, 9, e))):
+        y = launch_window(emu, 1, x, a, mode, 9)
+        want = _pool_ref(x, fn, a)
+        assert np.array_equal(np.isnan(y), mask), f"windowed, sample={mode}"
+        np.testing.assert_allclose(y[~mask].astype(np.float64), want[~mask], **TOL[dtype])
+    # reduce: per output (strided axis), warp (innermost window of 36 >= 32) and block
+    # (innermost window of 1100 >= 1024) lanes
+    for shape, axes in (((2, 3, 9, 36), [1]), ((2, 3, 9, 36), [3]), ((2, 3, 1100), [2])):
+        xr = np.random.default_rng(7).uniform(-1, 2, shape).astype(dtype)
+        flat = xr.reshape(-1)
+        flat[[0, flat.size // 2 + 3, flat.size - 1]] = np.nan
+        mask = ref.reduce(xr, nan_any, axes, False) > 0
+        for op, mode, fn in ((1, 0, lambda v, e: ref.stochastic_expectation_window(v)),
+                             (1, 1, lambda v, e: ref.stochastic_sample_window(v, 5, e)),
+                             (0, _beta_bits(1.5), lambda v, e: ref.soft_window(v, 1.5))):
+            y = launch_reduce(emu, op, xr, axes, False, mode, 5)
+            want = ref.reduce(xr.astype(np.float64), fn, axes, False)
+            assert mask.any() and not mask.all()
+            assert np.array_equal(np.isnan(y), mask), f"reduce {shape} {axes}, op {op}, scalar {mode}"
+            np.testing.assert_allclose(y[~mask].astype(np.float64), want[~mask], **TOL[dtype])

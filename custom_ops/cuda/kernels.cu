@@ -81,13 +81,16 @@ __device__ __forceinline__ void window_kernel(const T* X, const Window3& w, int6
 // expectation: s = sum r, t = sum r^2 (m unused). Merging two lanes rescales to the larger
 // maximum, so the result is the softmax-weighted mean whatever the order.
 struct Partial {
-  float m, s, t, amax;  // amax: max |a| (soft) or max r (expectation), for the scaled path's check
+  float m, s, t, amax;  // amax: max |a| (soft) or max r (expectation), for the scaled path's check; NaN sticks
 };
+
+// max(a, b) that keeps a NaN of either (a NaN amax sends the output to the shared math)
+__device__ __forceinline__ float max_keep_nan(float a, float b) { return a > b || a != a ? a : b; }
 
 template <int Op>
 __device__ __forceinline__ void accumulate(Partial& p, float a, float beta) {
   const float v = Op == 0 ? (a < 0.0f ? -a : a) : a;
-  p.amax = v > p.amax ? v : p.amax;
+  p.amax = max_keep_nan(v, p.amax);
   if (Op == 0) {
     float z = beta * a;
     if (z > p.m) {
@@ -101,7 +104,7 @@ __device__ __forceinline__ void accumulate(Partial& p, float a, float beta) {
       p.t += w * a;
     }
   } else {
-    float r = a > 0.0f ? a : 0.0f;
+    float r = stochastic_r(a);  // NaN kept (stochastic_pool.h)
     p.s += r;
     p.t += r * r;
   }
@@ -109,7 +112,7 @@ __device__ __forceinline__ void accumulate(Partial& p, float a, float beta) {
 
 template <int Op>
 __device__ __forceinline__ Partial merge(Partial a, Partial b) {
-  const float amax = a.amax > b.amax ? a.amax : b.amax;
+  const float amax = max_keep_nan(a.amax, b.amax);
   if (Op != 0) return Partial{0.0f, a.s + b.s, a.t + b.t, amax};
   float m = a.m > b.m ? a.m : b.m;
   float ca = fast_exp(a.m - m), cb = fast_exp(b.m - m);
@@ -144,7 +147,7 @@ __device__ __forceinline__ void reduce_cooperative(const T* X, const Reduce6& g,
     }
     if (lane == 0 && e < g.outputs) {
       Partial r = part[tid];
-      float v = r.s > 0.0f ? r.t / r.s : 0.0f;
+      float v = Op == 0 ? (r.s > 0.0f ? r.t / r.s : 0.0f) : stochastic_ratio(r.t, r.s);
       // above the scaled path's limit (or NaN): the lane sums may have overflowed (or, for
       // SoftPool, weighed a clamped exp against a huge value): this output again, serially,
       // through the shared math (soft_pool.h / stochastic_pool.h)

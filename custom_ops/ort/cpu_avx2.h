@@ -87,19 +87,20 @@ PX_AVX2 static void soft_row_avx2(const float* const* zrow, const float* const* 
   }
 }
 
-// StochasticPool expectation: sum(r^2) / sum(r), r = max(x, 0), 0 where sum(r) is 0.
+// StochasticPool expectation: sum(r^2) / sum(r), r = max(x, 0), 0 where sum(r) is 0; r
+// keeps NaN and so does the ratio (stochastic_pool.h stochastic_r / stochastic_ratio).
 PX_AVX2 static void moment_row_avx2(const float* const* xrow, int64_t taps, int64_t o0, int64_t o1, float* out) {
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t o = o0; o < o1; o += 8) {
     __m256 s1 = zero, s2 = zero;
     for (int64_t i = 0; i < taps; ++i) {
       __m256 v = _mm256_loadu_ps(xrow[i] + o);
-      __m256 r = _mm256_and_ps(v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));  // v > 0 ? v : 0
+      __m256 r = _mm256_andnot_ps(_mm256_cmp_ps(v, zero, _CMP_LE_OQ), v);  // v <= 0 ? 0 : v (NaN kept)
       s1 = _mm256_add_ps(s1, r);
       s2 = _mm256_fmadd_ps(r, r, s2);
     }
-    __m256 pos = _mm256_cmp_ps(s1, zero, _CMP_GT_OQ);
-    _mm256_storeu_ps(out + o, _mm256_and_ps(_mm256_div_ps(s2, s1), pos));
+    __m256 none = _mm256_cmp_ps(s1, zero, _CMP_LE_OQ);  // NaN s1 (a NaN in the window) is not
+    _mm256_storeu_ps(out + o, _mm256_andnot_ps(none, _mm256_div_ps(s2, s1)));
   }
 }
 
@@ -185,7 +186,7 @@ PX_AVX2 static void accum_moments_avx2(const float* src, int64_t n, bool first, 
       const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
       v = _mm256_maskload_ps(src + i, _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(n - i)), lane));
     }
-    __m256 r = _mm256_and_ps(v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+    __m256 r = _mm256_andnot_ps(_mm256_cmp_ps(v, zero, _CMP_LE_OQ), v);  // NaN kept
     if (first) {
       _mm256_storeu_ps(acc1 + i, r);
       _mm256_storeu_ps(acc2 + i, _mm256_mul_ps(r, r));
@@ -209,8 +210,8 @@ PX_AVX2 static void moments_split2_avx2(const float* const* rows, int64_t nrows,
     if (c0 >= 0 && c0 + 16 <= in_w) {
       for (int64_t r = 0; r < nrows; ++r) {
         __m256 lo = _mm256_loadu_ps(rows[r] + c0), hi = _mm256_loadu_ps(rows[r] + c0 + 8);
-        lo = _mm256_and_ps(lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
-        hi = _mm256_and_ps(hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
+        lo = _mm256_andnot_ps(_mm256_cmp_ps(lo, zero, _CMP_LE_OQ), lo);
+        hi = _mm256_andnot_ps(_mm256_cmp_ps(hi, zero, _CMP_LE_OQ), hi);
         a1 = _mm256_add_ps(a1, lo);
         b1 = _mm256_add_ps(b1, hi);
         a2 = _mm256_fmadd_ps(lo, lo, a2);
@@ -224,8 +225,8 @@ PX_AVX2 static void moments_split2_avx2(const float* const* rows, int64_t nrows,
       __m256i m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), i1), _mm256_cmpgt_epi32(lim, i1));
       for (int64_t r = 0; r < nrows; ++r) {
         __m256 lo = _mm256_maskload_ps(rows[r] + c0, m0), hi = _mm256_maskload_ps(rows[r] + c0 + 8, m1);
-        lo = _mm256_and_ps(lo, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
-        hi = _mm256_and_ps(hi, _mm256_cmp_ps(hi, zero, _CMP_GT_OQ));
+        lo = _mm256_andnot_ps(_mm256_cmp_ps(lo, zero, _CMP_LE_OQ), lo);
+        hi = _mm256_andnot_ps(_mm256_cmp_ps(hi, zero, _CMP_LE_OQ), hi);
         a1 = _mm256_add_ps(a1, lo);
         b1 = _mm256_add_ps(b1, hi);
         a2 = _mm256_fmadd_ps(lo, lo, a2);
@@ -253,7 +254,7 @@ PX_AVX2 static void moment_sums_row_avx2(const float* const* t1, const float* co
       s1 = _mm256_add_ps(s1, _mm256_loadu_ps(t1[k] + o));
       s2 = _mm256_add_ps(s2, _mm256_loadu_ps(t2[k] + o));
     }
-    _mm256_storeu_ps(out + o, _mm256_and_ps(_mm256_div_ps(s2, s1), _mm256_cmp_ps(s1, zero, _CMP_GT_OQ)));
+    _mm256_storeu_ps(out + o, _mm256_andnot_ps(_mm256_cmp_ps(s1, zero, _CMP_LE_OQ), _mm256_div_ps(s2, s1)));
   }
 }
 

@@ -101,27 +101,27 @@ PX_DISPATCH static void soft_sum_pass(const float* __restrict row, int64_t lo, i
   }
 }
 
-// Stochastic expectation: accumulate r and r^2 with r = max(x, 0).
+// Stochastic expectation: accumulate r and r^2 with r = max(x, 0), NaN kept (stochastic_r).
 PX_DISPATCH static void moment_pass(const float* __restrict row, int64_t lo, int64_t hi, int64_t s, int64_t off,
                                    float* __restrict s1, float* __restrict s2) {
   if (s == 1) {
     for (int64_t o = lo; o < hi; ++o) {
       float v = row[o + off];
-      float r = v > 0.0f ? v : 0.0f;
+      float r = stochastic_r(v);
       s1[o] += r;
       s2[o] += r * r;
     }
   } else if (s == 2) {
     for (int64_t o = lo; o < hi; ++o) {
       float v = row[2 * o + off];
-      float r = v > 0.0f ? v : 0.0f;
+      float r = stochastic_r(v);
       s1[o] += r;
       s2[o] += r * r;
     }
   } else {
     for (int64_t o = lo; o < hi; ++o) {
       float v = row[o * s + off];
-      float r = v > 0.0f ? v : 0.0f;
+      float r = stochastic_r(v);
       s1[o] += r;
       s2[o] += r * r;
     }
@@ -169,12 +169,12 @@ PX_DISPATCH static void seg_moments(const float* __restrict x, int64_t n, float*
   for (; i + 8 <= n; i += 8)
     for (int l = 0; l < 8; ++l) {
       float v = x[i + l];
-      float r = v > 0.0f ? v : 0.0f;
+      float r = stochastic_r(v);
       s1[l] += r;
       s2[l] += r * r;
     }
   for (; i < n; ++i) {
-    float r = x[i] > 0.0f ? x[i] : 0.0f;
+    float r = stochastic_r(x[i]);
     s1[0] += r;
     s2[0] += r * r;
   }
@@ -413,7 +413,7 @@ static inline void sample_total_t(const float* __restrict x, int64_t n, int64_t 
   const int64_t st = S ? S : s;
   for (int64_t o = 0; o < n; ++o) {
     const float a = x[o * st];
-    total[o] = add_rn(total[o], a > 0.0f ? a : 0.0f);
+    total[o] = add_rn(total[o], stochastic_r(a));
   }
 }
 template <int S>
@@ -422,7 +422,7 @@ static inline void sample_pick_t(const float* __restrict x, int64_t n, int64_t s
   const int64_t st = S ? S : s;
   for (int64_t o = 0; o < n; ++o) {
     const float a = x[o * st];
-    const float r = a > 0.0f ? a : 0.0f;
+    const float r = stochastic_r(a);
     const bool was_below = cum[o] <= t[o];
     cum[o] = add_rn(cum[o], r);
     picked[o] = was_below && cum[o] > t[o] ? a : picked[o];
@@ -457,7 +457,9 @@ inline void sample_row(const float* xp, size_t nrows, int64_t wp, const Window3&
   for (size_t r = 0; r < nrows; ++r)
     for (int64_t kw = 0; kw < w.k[2]; ++kw) sample_pick_pass(xp + r * wp + kw * w.dil[2], n, s, t, cum, picked, last);
   sc.c.resize(n);
-  for (int64_t o = 0; o < n; ++o) sc.c[o] = !(total[o] > 0.0f) ? 0.0f : cum[o] > t[o] ? picked[o] : last[o];
+  // total 0: no pick (0); NaN (a NaN in the window): NaN, as stochastic_sample_pick_u
+  for (int64_t o = 0; o < n; ++o)
+    sc.c[o] = !(total[o] > 0.0f) ? (total[o] == total[o] ? 0.0f : total[o]) : cum[o] > t[o] ? picked[o] : last[o];
 }
 
 template <class T>
@@ -536,7 +538,7 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
   } else {
     for (size_t r = 0; r < nrows; ++r)
       for (int64_t kw = 0; kw < w.k[2]; ++kw) moment_pass(sc.xp.data() + r * wp, 0, owp, s2, kw * w.dil[2], A, B);
-    for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, A[ow] > 0.0f ? B[ow] / A[ow] : 0.0f);
+    for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, stochastic_ratio(B[ow], A[ow]));
   }
 }
 
@@ -577,7 +579,7 @@ void run_reduce_inner(Op op, const T* x, T* y, int64_t row, const Reduce6& g, fl
   } else {
     for_each_in_reduce(g, first, [&](int64_t off) { moment_pass(row_at(off), 0, I, 1, 0, A, B); });
     for (int64_t i = 0; i < I; ++i) {
-      const float v = A[i] > 0.0f ? B[i] / A[i] : 0.0f;
+      const float v = stochastic_ratio(B[i], A[i]);
       // sum(r^2) overflowed (or NaN): the shared math's scaled path
       store(y, first + i, v - v == 0.0f ? v : exact(first + i));
     }
@@ -631,7 +633,7 @@ void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, f
       s1 += a[l];
       s2 += b[l];
     }
-    const float v = s1 > 0.0f ? s2 / s1 : 0.0f;
+    const float v = stochastic_ratio(s2, s1);
     store(y, e, v - v == 0.0f ? v : exact());  // sum(r^2) overflowed: the scaled path
   }
 }

@@ -56,7 +56,7 @@ PX_DISPATCH static void window_sums(const float* __restrict e, const float* __re
       }
     } else {
       for (int64_t o = 0; o < n; ++o) {
-        float r = xi[o] > 0.0f ? xi[o] : 0.0f;
+        float r = stochastic_r(xi[o]);  // NaN kept: a window holding NaN gets sa = NaN, no gradient
         sa[o] += r;
         sb[o] += r * r;
       }
@@ -74,12 +74,18 @@ PX_DISPATCH static void scatter_terms(const float* __restrict x, float* __restri
       for (int64_t o = 0; o < n; ++o) gi[o] += c[o] * (1.0f + beta * (xi[o] - y[o]));
     } else {
       for (int64_t o = 0; o < n; ++o) {
+        // NaN read as 0 here: a window holding NaN has c = y = 0 and adds exactly 0
         float r = xi[o] > 0.0f ? xi[o] : 0.0f;
         gi[o] += c[o] * (2.0f * r - y[o]);
       }
     }
   }
 }
+
+// dX of the shift path, e * G: 0 where G is 0. An input in no window (stride above the
+// window span) has G = 0 but e = exp(NaN) for a NaN x; one in a window holding NaN has a
+// NaN G, so NaN still reaches exactly the windows' inputs that hold it.
+PX_HD float soft_dx(float e, float g) { return g == 0.0f ? 0.0f : e * g; }
 
 // Strided row copies between an input row and one stride phase (float rows; s = 2
 // spelled out so the compiler vectorizes it with shuffles).
@@ -90,10 +96,11 @@ PX_DISPATCH static void gather_phase(const float* __restrict src, int64_t s, int
 }
 PX_DISPATCH static void scatter_phase(const float* __restrict a, const float* __restrict b, int64_t s, int64_t n,
                                       bool soft, float* __restrict dst) {
-  // soft: dst = a * b (e * G); expectation: dst = [a > 0] * b (x, G)
+  // soft: dst = a * b (e * G), exactly 0 where G is 0 (an input in no window, whose e may
+  // be NaN: a NaN x); expectation: dst = [a > 0] * b (x, G)
   if (soft) {
-    if (s == 2) for (int64_t t = 0; t < n; ++t) dst[2 * t] = a[t] * b[t];
-    else for (int64_t t = 0; t < n; ++t) dst[s * t] = a[t] * b[t];
+    if (s == 2) for (int64_t t = 0; t < n; ++t) dst[2 * t] = soft_dx(a[t], b[t]);
+    else for (int64_t t = 0; t < n; ++t) dst[s * t] = soft_dx(a[t], b[t]);
   } else {
     if (s == 2) for (int64_t t = 0; t < n; ++t) dst[2 * t] = (float)(a[t] > 0.0f) * b[t];
     else for (int64_t t = 0; t < n; ++t) dst[s * t] = (float)(a[t] > 0.0f) * b[t];
@@ -289,7 +296,7 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
       if (std::is_same<T, float>::value)
         scatter_phase((soft ? E : X) + at + t0, G + at + t0, s, t1 - t0, soft, reinterpret_cast<float*>(dst) + s * t0);
       else if (soft)
-        for (int64_t t = t0; t < t1; ++t) store(dst, s * t, E[at + t] * G[at + t]);
+        for (int64_t t = t0; t < t1; ++t) store(dst, s * t, soft_dx(E[at + t], G[at + t]));
       else
         for (int64_t t = t0; t < t1; ++t) store(dst, s * t, (float)(X[at + t] > 0.0f) * G[at + t]);
     }

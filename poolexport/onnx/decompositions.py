@@ -189,9 +189,10 @@ def _all_finite(b: _Body, t: str) -> str:
 
 
 def _safe_div(b: _Body, num: str, den: str) -> str:
-    pos = b.op("Greater", den, b.const(0.0, np.float32))
-    q = b.op("Div", num, b.op("Where", pos, den, b.const(1.0, np.float32)))
-    return b.op("Where", pos, q, b.const(0.0, np.float32))
+    """num / den, 0 where den <= 0; a NaN den (a NaN in the window) gives NaN, not 0."""
+    none = b.op("LessOrEqual", den, b.const(0.0, np.float32))
+    q = b.op("Div", num, b.op("Where", none, b.const(1.0, np.float32), den))
+    return b.op("Where", none, b.const(0.0, np.float32), q)
 
 
 def _function(name: str, body: _Body, attrs: list[str], opset: int) -> onnx.FunctionProto:
@@ -247,14 +248,18 @@ def unshifted_soft(b: _Body, xf: str, z: str, pool) -> tuple[str, str, str]:
 
 def expectation_ratio(b: _Body, xf: str, pool) -> tuple[str, str]:
     """StochasticPool's expectation as pool(r^2) / pool(r), r = relu(x): the counts cancel.
-    A window without a positive value gives 0/0 = NaN, which the Where replaces by 0.
-    Returns (y, kept): ``kept`` (a bool scalar) says every y is finite, i.e. no sum of r^2
+    A window without a positive value gives 0/0 = NaN, which the Where replaces by 0; a
+    window holding NaN (Relu keeps it) gives NaN, as every runtime does.
+    Returns (y, kept): ``kept`` (a bool scalar) says no sum of r^2 is inf, i.e. none
     overflowed (r above ~2^64 / sqrt(window)); otherwise the caller takes the generic
     decomposition, whose per-window scale keeps the sums finite."""
     r = b.op("Relu", xf)
     s1, s2 = pool(r), pool(b.op("Mul", r, r))
-    y = b.op("Where", b.op("Greater", s1, b.const(0.0, np.float32)), b.op("Div", s2, s1), b.const(0.0, np.float32))
-    return y, _all_finite(b, y)
+    y = _safe_div(b, s2, s1)
+    # an overflow (or an inf input) makes some sum of r^2 inf; a NaN input makes it NaN,
+    # which the ratio keeps (not an overflow: no generic form for it)
+    inf = b.op("Cast", b.op("IsInf", s2), to=TensorProto.FLOAT)
+    return y, b.op("Equal", b.op("ReduceMax", inf, keepdims=0), b.const(0.0, np.float32))
 
 
 _POOL_REFS = {"kernel_shape": (_INTS, "kernel_shape"), "strides": (_INTS, "strides"), "pads": (_INTS, "pads"),
@@ -468,7 +473,9 @@ def _rows_pick(b: _Body, rows: str, kdim: str, seed: str) -> str:
     last = b.op("ArgMax", positive, axis=1, keepdims=1, select_last_index=1)
     pick = b.op("Where", any_hit, first, last)
     picked = b.op("Squeeze", b.op("GatherElements", rows, pick, axis=1), b.const([1]))
-    return b.op("Where", b.op("Greater", total, b.const(0.0, np.float32)), picked, b.const(0.0, np.float32))
+    # total 0: no pick, 0; NaN (a NaN in the row, Relu keeps it): NaN
+    none = b.op("Where", b.op("IsNaN", total), total, b.const(0.0, np.float32))
+    return b.op("Where", b.op("Greater", total, b.const(0.0, np.float32)), picked, none)
 
 
 def reduce_soft_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:

@@ -9,8 +9,9 @@ runtime runs fast:
 * StochasticPool, mode "expectation": sum(r^2)/sum(r) over a window is
   AveragePool(r^2)/AveragePool(r) (the counts cancel; ``count_include_pad=0`` keeps
   padding out of the window). Exact while every sum of r^2 stays finite; an ``If`` on
-  the outputs' finiteness takes the generic decomposition otherwise (its per-window scale
-  keeps the sums finite for any finite input).
+  the sums (none inf; a NaN input's NaN stays in its windows, as on every runtime) takes
+  the generic decomposition otherwise (its per-window scale keeps the sums finite for any
+  finite input).
 * SoftPool: softmax is shift-invariant, so one exp per input element under one shift per
   (N, C) plane, e = exp(beta*x - max_plane), gives y = AveragePool(x*e)/AveragePool(e):
   the naive formula's cost plus one ReduceMax and one Sub. It is exact to float32

@@ -9,6 +9,9 @@ With r = max(a, 0) over a window's valid positions and p_i = r_i / sum(r):
   gradient [a_j > 0] * (2 r_j - y) / sum(r).
 
 A window whose r sums to 0 (all zero, negative or padding) outputs 0 with zero gradient.
+A window holding NaN outputs NaN in both modes (r keeps the NaN, so sum(r) is NaN; the
+sample picks nothing) and passes no gradient to any of its elements; windows without NaN
+are unaffected. Every runtime (native kernels, CUDA, ONNX forms) follows this rule.
 
 The functions below are the pure-torch reference (any device, any float dtype); on CPU
 float32/float16 the ops run the library's native kernels instead (``_native.py``).
@@ -39,7 +42,8 @@ def _code(mode: str) -> int:
 
 
 def sample_positions(r: torch.Tensor, seed: int) -> torch.Tensor:
-    """Index of the picked position in each row of r (M, K), float32; -1 if sum(r) == 0.
+    """Index of the picked position in each row of r (M, K), float32; -1 if sum(r) == 0
+    or is NaN (a NaN in the row).
 
     Sequential float32 prefix sums, exactly as the C++/CUDA kernels compute them (a
     vectorised cumsum could reassociate and change a pick).
@@ -76,24 +80,33 @@ def _scaled(r: torch.Tensor):
     return r * k, k, rmax
 
 
+def _r(windows):
+    """r = max(a, 0) with NaN kept (clamp_min propagates NaN; stochastic_pool.h stochastic_r)."""
+    return windows.clamp_min(0)
+
+
 def stochastic_windows(windows, mode, seed):
-    """windows (..., K) with padding as 0 -> (...)."""
-    r = windows.clamp_min(0)
+    """windows (..., K) with padding as 0 -> (...). A window holding NaN gives NaN."""
+    r = _r(windows)
     if mode == "expectation":
         rk, k, rmax = _scaled(r)
         s1 = rk.sum(-1, keepdim=True)
         s2 = (rk * rk).sum(-1, keepdim=True)
-        y = torch.minimum(s2 / torch.where(s1 > 0, s1, torch.ones_like(s1)), rmax * k) / k
-        return torch.where(s1 > 0, y, torch.zeros_like(y)).squeeze(-1)
+        none = s1 <= 0  # not for a NaN s1: its ratio stays NaN
+        y = torch.minimum(s2 / torch.where(none, torch.ones_like(s1), s1), rmax * k) / k
+        return torch.where(none, torch.zeros_like(y), y).squeeze(-1)
     rows = _rows(r.to(torch.float32))
     pick = sample_positions(rows, seed)
     picked = _rows(windows).gather(1, pick.clamp_min(0)[:, None])[:, 0]
-    picked = torch.where(pick >= 0, picked, torch.zeros_like(picked))
+    nan = rows.isnan().any(dim=1)
+    picked = torch.where(pick >= 0, picked, torch.where(nan, torch.full_like(picked, float("nan")),
+                                                        torch.zeros_like(picked)))
     return picked.reshape(windows.shape[:-1])
 
 
 def stochastic_windows_backward(grad, windows, mode, seed):
-    r = windows.clamp_min(0)
+    """A window holding NaN (s1 NaN, no pick) passes no gradient."""
+    r = _r(windows)
     if mode == "expectation":
         rk, k, rmax = _scaled(r)
         s1 = rk.sum(-1, keepdim=True)
