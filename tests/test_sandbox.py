@@ -617,3 +617,37 @@ def test_other_platforms_enforce_nothing(scratch, monkeypatch):
     assert conf.landlock_abi is None and not conf.seccomp and not conf.no_new_privs
     assert [m.split(":")[0] for m in conf.missing] == ["writes", "exec", "sockets"]
     assert conf.describe().startswith("sandbox: NOT enforced on darwin: writes: ")
+
+
+# ---------------------------------------------------------------- constants from their definitions
+def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
+    """include/uapi/asm-generic/ioctl.h: dir << 30 | size << 16 | type << 8 | nr."""
+    return direction << 30 | size << 16 | ord(kind) << 8 | nr
+
+
+def test_denied_ioctl_numbers_are_the_kernels():
+    """Each refused ioctl number, computed again from the kernel's _IO/_IOW definitions: a
+    wrong digit would leave the real command open and refuse a harmless one."""
+    from poolexport._untrusted.sandbox import DENIED_IOCTLS
+
+    write = 1  # _IOC_WRITE
+    assert DENIED_IOCTLS == {
+        "TIOCSTI": 0x5412, "TIOCLINUX": 0x541C,  # asm-generic/ioctls.h: plain numbers
+        "FS_IOC_SETFLAGS": _ioc(write, "f", 2, 8),     # _IOW('f', 2, long), 64-bit long
+        "FS_IOC32_SETFLAGS": _ioc(write, "f", 2, 4),   # _IOW('f', 2, int)
+        "FS_IOC_FSSETXATTR": _ioc(write, "X", 32, 28),  # _IOW('X', 32, struct fsxattr), 28 bytes
+    }
+
+
+@pytest.mark.parametrize("errno_name, words", [("ENOSYS", "has no Landlock"), ("EOPNOTSUPP", "disabled at boot"),
+                                              ("EPERM", "on kernel")])
+def test_landlock_error_names_the_cause(errno_name, words):
+    import errno as errno_mod
+
+    from poolexport._untrusted.sandbox import _landlock_error
+
+    code = getattr(errno_mod, errno_name)
+    text = _landlock_error(OSError(code, "x"), "6.1")
+    assert words in text and "6.1" in text
+    others = {"ENOSYS": "has no Landlock", "EOPNOTSUPP": "disabled at boot"}
+    assert all(w not in text for name, w in others.items() if name != errno_name)
