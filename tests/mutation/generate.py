@@ -47,17 +47,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # The files the issue names, and the tests that must catch a change there (the fast ones
 # that exercise each file; run.py stops at the first failure). Not test_fuzz_native.py:
 # its AddressSanitizer build (about 2 minutes) would be redone for every native mutant.
+_KERNEL_TESTS = [  # quickest and most pointed first: run.py stops at the first failure
+    "tests/test_half_conversion.py", "tests/test_boundaries.py", "tests/test_ort_ops.py",
+    "tests/test_finite_limits.py", "tests/test_torch_native.py", "tests/test_cpu_isa.py",
+    "tests/test_kernels_emulated.py", "tests/test_soft_pool.py", "tests/test_stochastic_pool.py"]
 TARGETS: dict[str, list[str]] = {
-    "custom_ops/include/poolexport/*.h": [
-        "tests/test_boundaries.py", "tests/test_finite_limits.py", "tests/test_cpu_isa.py",
-        "tests/test_torch_native.py", "tests/test_ort_ops.py", "tests/test_half_conversion.py",
-        "tests/test_kernels_emulated.py"],
-    "custom_ops/ort/*": [
-        "tests/test_boundaries.py", "tests/test_finite_limits.py", "tests/test_cpu_isa.py",
-        "tests/test_ort_ops.py", "tests/test_torch_native.py"],
-    "custom_ops/torch/*": [
-        "tests/test_boundaries.py", "tests/test_finite_limits.py", "tests/test_torch_native.py",
-        "tests/test_cpu_isa.py", "tests/test_soft_pool.py", "tests/test_stochastic_pool.py"],
+    "custom_ops/include/poolexport/*.h": _KERNEL_TESTS,
+    "custom_ops/ort/*": _KERNEL_TESTS,
+    "custom_ops/torch/*": _KERNEL_TESTS,
     "poolexport/onnx/domain.py": [
         "tests/test_shape_inference_grid.py", "tests/test_export_ops.py", "tests/test_ort_ops.py"],
     "poolexport/nn/replace.py": ["tests/test_replace_generated.py", "tests/test_layers.py"],
