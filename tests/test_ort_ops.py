@@ -377,6 +377,23 @@ def test_invalid_attributes_give_error_status(op, shape, attrs, needle):
     assert op in msg and needle in msg, msg
 
 
+@pytest.mark.parametrize("groups", [5, 6, 7])
+def test_reduce_alternating_groups_limit(groups):
+    """At most 6 alternating groups of reduced and kept axes (the kernels' 6 padded axes):
+    6 runs and matches float64, 7 is an error status, not a write past the 6 axes."""
+    shape = (2, 3) * 4
+    shape = shape[:groups]
+    axes = list(range(0, groups, 2))  # reduced, kept, reduced, ...: `groups` groups
+    x = _input(shape, "float32")
+    model = one_node("ReduceSoftPool", TensorProto.FLOAT, {"axes": axes, "keepdims": 1})
+    if groups > 6:
+        with pytest.raises(Exception, match="at most 6"):
+            run_lib(model, x)
+        return
+    y = run_lib(model, x)
+    np.testing.assert_allclose(y.astype(np.float64), reduce64(x, axes, 1, lambda w: soft64(w, 1.0)), **TOL["float32"])
+
+
 def test_unsupported_dtype_is_rejected():
     with pytest.raises(Exception, match="SoftPool"):
         run_lib(one_node("SoftPool", TensorProto.DOUBLE, dict(kernel_shape=[2, 2])), np.ones((1, 1, 4, 4)))
