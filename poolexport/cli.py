@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 PROG = "poolexport"
+EXIT_UNVERIFIED = 3  # parity passed where it ran, but the target's own runtime did not run
 CONTAINED_ENV = "POOLEXPORT_CONTAINED"  # child.CONTAINED_ENV, without importing it here
 # the contained child's confinement (set by _untrusted/child.py); None in other processes
 CONFINEMENT = None
@@ -134,9 +135,21 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                         f"evaluator is skipped for models above {REFERENCE_MAX_PARAMS / 1e6:g}M parameters unless "
                         "named here)")
     p.add_argument("--no-parity", action="store_true", help="export only")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help=f"exit 0 when parity passed on the runtimes that ran but the target's own runtime did not "
+                        f"run (e.g. --target tensorrt without TensorRT); without it that exits {EXIT_UNVERIFIED}")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter (auto: dynamo, or TorchScript for TorchScript archives)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    p.add_argument("--version", action="version", version=version_text())
+
+
+def version_text() -> str:
+    """``poolexport --version``: the package and the ONNX domain version its files use."""
+    from . import __version__
+    from .onnx.domain import DOMAIN, VERSION
+
+    return f"{PROG} {__version__} (ONNX domain {DOMAIN} version {VERSION})"
 
 
 def _check_writable(path: Path, flag: str) -> None:
@@ -241,12 +254,21 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             why = next((r.reason for r in parity.summary() if r.runtime == runtime), "not run")
             out.print(f"[bold yellow]parity: pass on the runtimes that ran; target {args.target} not verified on "
-                      f"{runtime}[/] ({why})")
+                      f"{runtime}[/] ({why})", soft_wrap=True)
+            if args.allow_unverified:
+                out.print("exit 0: --allow-unverified given", soft_wrap=True)
+            else:
+                out.print(f"exit {EXIT_UNVERIFIED}: the target was not verified (pass --allow-unverified to accept a "
+                          "file checked only on the runtimes that ran)", soft_wrap=True)
     report["passed"] = passed
     report["target_verified"] = verified
     if write_json:
         write_json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if passed else 1
+    if not passed:
+        return 1
+    if parity is not None and not verified and not args.allow_unverified:
+        return EXIT_UNVERIFIED
+    return 0
 
 
 def _run_contained(args: argparse.Namespace, output: Path) -> int:
@@ -285,7 +307,7 @@ def _run_contained(args: argparse.Namespace, output: Path) -> int:
             proc.wait()
         if proc.returncode < 0 and proc.returncode != -signal.SIGKILL:
             raise UsageError(f"{args.model}: the contained export process died (signal {-proc.returncode})")
-        if proc.returncode not in (0, 1):
+        if proc.returncode not in (0, 1, EXIT_UNVERIFIED):
             return proc.returncode  # it printed its one-line error
         onnx_bytes = _read_plain(scratch / "out", output.name)
         if onnx_bytes is None:
@@ -485,6 +507,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("torch").setLevel(logging.ERROR)
     try:
+        if argv[:1] == ["--version"]:
+            print(version_text())
+            return 0
         _discover()
         if argv and argv[0] in _COMMANDS:
             cmd = _COMMANDS[argv[0]]

@@ -255,8 +255,12 @@ def _unpadded_index(idx: torch.Tensor, spatial, padded, pad: list) -> torch.Tens
     rest = idx
     scale = 1
     for i in reversed(range(k)):
-        coord = rest % padded[i] - pad[2 * (k - 1 - i)]
-        rest = rest // padded[i]
+        # rest - q * size, not rest % size: with a dynamic (symbolic) size, % is
+        # aten.remainder.Scalar, which torch.onnx cannot translate (issue 23); the
+        # indices are >= 0, so both are the same
+        quotient = rest // padded[i]
+        coord = rest - quotient * padded[i] - pad[2 * (k - 1 - i)]
+        rest = quotient
         flat = flat + coord * scale
         scale = scale * spatial[i]
     return flat

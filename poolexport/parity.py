@@ -143,7 +143,7 @@ def _has_custom_nodes(model: onnx.ModelProto) -> bool:
 
 def _needs_functions(model: onnx.ModelProto, runtime: str) -> None:
     if _has_custom_nodes(model) and not any(f.domain == "poolexport" for f in model.functions):
-        raise Skip(f"{runtime}: the file carries poolexport nodes without local functions (tensorrt target)")
+        raise Skip("the file carries poolexport nodes without local functions (tensorrt target)")  # the table names the runtime
 
 
 def _tensorrt_runner(model: onnx.ModelProto, input_shapes) -> Callable[[np.ndarray], np.ndarray]:

@@ -16,7 +16,9 @@ front of it. Errors raised by the model callable travel through PyTriton's proxy
 HTTP: a threaded HTTP/1.1 proxy (keep-alive, one upstream connection per client
 connection). Infer requests for the served model are read whole (at most
 max_request_bytes, after gzip/deflate decoding), checked, and forwarded unchanged;
-infer requests for any other model get 404 here; GET/HEAD pass through; other POSTs
+infer requests for any other model get 404 here, and so do GETs about another model
+(metadata, ready, config, stats: tritonserver would say 400); other GET/HEAD requests
+pass through; other POSTs
 (model repository control, shared-memory registration, trace and log settings) are
 refused with 403 (PyTriton's tritonserver wants an access token for them anyway).
 
@@ -36,6 +38,7 @@ import socket
 import threading
 import time
 import zlib
+from urllib.parse import unquote
 
 import grpc
 
@@ -45,6 +48,8 @@ from .validation import (Limits, RequestError, check_inputs, grpc_infer_inputs, 
 LOG = logging.getLogger("poolexport.serve")
 
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]*))?/(infer|generate|generate_stream)/?")
+# a GET about one model: metadata, ready, config, stats, trace settings (KServe v2 and Triton)
+_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]*)?(?:/(?:ready|config|stats|trace/setting))?/?")
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailer", "trailers", "transfer-encoding", "upgrade", "expect", "host",
                "content-length"}
@@ -299,6 +304,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- the two kinds of requests -------------------------------------------------------
     def _get(self):
         self._read_body(MAX_SMALL_BODY)  # a GET body means nothing to Triton: dropped
+        path = self.path.split("?", 1)[0]
+        m = _MODEL_PATH.fullmatch(path)
+        every_model = path.rstrip("/") == "/v2/models/stats"  # statistics of all models, not a model "stats"
+        if m is not None and not every_model and unquote(m.group(1)) != self.gate.model_name:
+            # tritonserver answers 400 for a model it does not know; KServe v2 says 404
+            raise _Reply(404, f"unknown model {m.group(1)[:100]!r}; this server serves {self.gate.model_name!r}")
         self._forward(None, drop=())
 
     def _post(self):

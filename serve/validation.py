@@ -299,8 +299,9 @@ def _all_scalars(lst: list) -> bool:
     return lst.count(_NUMBER) == len(lst) or set(map(type, lst)) <= _SCALARS
 
 
-def _count_values(data, rank: int, name: str) -> int:
-    """Scalars in `data`, a flat or nested list at most `rank` deep (KServe v2 allows both)."""
+def _count_values(data, rank: int, name: str, kinds: set | None = None) -> int:
+    """Scalars in `data`, a flat or nested list at most `rank` deep (KServe v2 allows both);
+    `kinds` (when given) collects the Python types of the scalars."""
     if not isinstance(data, list):
         raise RequestError(400, f"input {name!r}: 'data' must be a list")
     count = 0
@@ -309,6 +310,8 @@ def _count_values(data, rank: int, name: str) -> int:
         lst, depth = stack.pop()
         if _all_scalars(lst):
             count += len(lst)
+            if kinds is not None and lst:
+                kinds.update(map(type, lst))
             continue
         nested = [v for v in lst if isinstance(v, list)]
         if nested:
@@ -322,7 +325,22 @@ def _count_values(data, rank: int, name: str) -> int:
             if isinstance(v, (dict, type(None))):
                 raise RequestError(400, f"input {name!r}: 'data' holds {type(v).__name__ if v is not None else 'null'}")
         count += len(lst)
+        if kinds is not None:
+            kinds.update(map(type, lst))
     return count
+
+
+_JSON_KIND = {str: "string", bool: "boolean"}
+
+
+def _check_value_kinds(name: str, datatype: str, kinds: set) -> None:
+    """A numeric input's JSON values must be numbers: tritonserver answers a string or a
+    boolean there with a 500 ("attempt to access JSON non-number as double")."""
+    if datatype in ("BYTES", "BOOL"):
+        return
+    bad = sorted(_JSON_KIND[k] for k in kinds if k in _JSON_KIND)
+    if bad:
+        raise RequestError(400, f"input {name!r}: 'data' holds {' and '.join(bad)} values; {datatype} takes numbers")
 
 
 def parse_http_infer(body: bytes, header_length: int | None = None,
@@ -388,8 +406,10 @@ def parse_http_infer(body: bytes, header_length: int | None = None,
             out.append(DeclaredInput(name, datatype, tuple(shape), byte_size=size))
         else:
             rank = len(shape)
-            out.append(DeclaredInput(name, datatype, tuple(shape),
-                                     values=_count_values(inp["data"], rank, name)))
+            kinds: set = set()
+            values = _count_values(inp["data"], rank, name, kinds)
+            _check_value_kinds(name, datatype, kinds)
+            out.append(DeclaredInput(name, datatype, tuple(shape), values=values))
     tail = len(body) - header_length
     if binary_total != tail:
         raise RequestError(400, f"binary data is {tail} bytes, the inputs declare {binary_total}")

@@ -164,7 +164,8 @@ def test_tensorrt_target_not_verified_without_tensorrt(tmp_path, capfd):
     code = cli.main([str(ts), "-o", str(tmp_path / "x.onnx"), "--target", "tensorrt", "--json", str(report),
                      "--runtimes", "torch,onnxruntime,tensorrt"])
     out = capfd.readouterr().out
-    assert code == 0
+    assert code == cli.EXIT_UNVERIFIED  # issue 23: not 0 without --allow-unverified; the file is still written
+    assert "--allow-unverified" in out
     data = json.loads(report.read_text())
     assert data["target_verified"] is False and data["passed"] is True
     assert "not verified on tensorrt" in out

@@ -240,6 +240,24 @@ def test_parse_flat_and_nested_data():
         assert parse_http_infer(body) == [DeclaredInput("t", "FP32", (2, 3), values=6)]
 
 
+@pytest.mark.parametrize("value, kind", [("a", "string"), (True, "boolean"), (False, "boolean")])
+def test_parse_non_numeric_values_refused(value, kind):
+    data = [0.5, 1, [2.5][0], value]
+    body = _body([{"name": "t", "shape": [1, 4], "datatype": "FP32", "data": data}])
+    with pytest.raises(RequestError) as e:
+        parse_http_infer(body)
+    assert e.value.status == 400 and f"holds {kind} values; FP32 takes numbers" in e.value.message
+    nested = _body([{"name": "t", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, value]]}])
+    with pytest.raises(RequestError):
+        parse_http_infer(nested)
+
+
+def test_parse_values_of_their_own_kind_pass():
+    assert parse_http_infer(_body([{"name": "t", "shape": [3], "datatype": "FP32", "data": [1, 2.5, 0]}]))[0].values == 3
+    assert parse_http_infer(_body([{"name": "b", "shape": [2], "datatype": "BOOL", "data": [True, False]}]))[0].values == 2
+    assert parse_http_infer(_body([{"name": "s", "shape": [1], "datatype": "BYTES", "data": ["x"]}]))[0].values == 1
+
+
 def test_parse_data_nested_deeper_than_shape_refused():
     body = _body([{"name": "t", "shape": [1, 2], "datatype": "FP32", "data": [[[1.0, 2.0]]]}])
     with pytest.raises(RequestError, match="nested deeper than its shape"):
@@ -759,3 +777,42 @@ def test_zz_server_memory_stayed_small(server):
             continue
         assert rss_kb < 2 << 20, (pid, rss_kb)
 
+
+
+def _get(server, path, method="GET"):
+    conn = http.client.HTTPConnection("127.0.0.1", server.http, timeout=60)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def test_unknown_model_get_requests_get_404(server, session):
+    """Issue 23: KServe v2 documents 404 for an unknown model's ready/metadata (tritonserver
+    alone answers 400); the served model and server-wide GETs still pass through."""
+    for path in ("/v2/models/nope/ready", "/v2/models/nope", "/v2/models/nope/versions/1/ready",
+                 "/v2/models/nope/config"):
+        status, text = _get(server, path)
+        message = _assert_clean_4xx(server, status, text, 404)
+        assert "unknown model 'nope'" in message
+    assert _get(server, "/v2/models/nope/ready", "HEAD")[0] == 404
+    assert _get(server, f"/v2/models/{MODEL}/ready")[0] == 200
+    assert _get(server, f"/v2/models/{MODEL}")[0] == 200
+    assert _get(server, "/v2/health/ready")[0] == 200
+    assert _get(server, "/v2/models/stats")[0] != 404  # every model's stats: passed on (PyTriton refuses it)
+
+
+@pytest.mark.parametrize("value", ["a", True])
+def test_non_numeric_json_values_get_400(server, session, value):
+    """Issue 23: a string or boolean in an FP32 input's data was tritonserver's 500 ("attempt
+    to access JSON non-number as double"); the gate answers 400. (Every data-length mismatch,
+    flat, nested, empty, gRPC contents or raw, was already a 400: the tests above.)"""
+    x = _x((1, 3, 32, 32), 2)
+    data = x.ravel().tolist()
+    data[7] = value
+    status, text = _post(server, _json_body(x, data))
+    message = _assert_clean_4xx(server, status, text, 400)
+    assert "takes numbers" in message
+    _still_correct(server, session)

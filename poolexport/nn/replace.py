@@ -76,7 +76,8 @@ def replace_pools(
     * timm's ``SelectAdaptivePool2d`` becomes the global form with its flatten kept.
 
     ``types`` limits the replacement to modules of those classes; ``filter(name, module)``
-    returning False leaves a module alone. ``pool_kwargs`` go to ``create_pool`` (``beta``,
+    returning False leaves a module alone. Each new pool takes the train/eval mode of the
+    module it replaces. ``pool_kwargs`` go to ``create_pool`` (``beta``,
     ``seed``, ``p``, ...). Padded positions are never part of a window in poolexport's pools
     (``count_include_pad=False``), which only matters for average pools with padding.
     """
@@ -97,6 +98,9 @@ def replace_pools(
             continue
         new = made[id(module)] if id(module) in made else _replacement(module, pool, pool_kwargs)
         if new is not None:
+            # a fresh module is in train mode: take the replaced module's mode (an eval
+            # model's stochastic pools must not sample, issue 23)
+            new.train(module.training)
             made[id(module)] = new
             plan.append((name, new))
     for name, new in plan:

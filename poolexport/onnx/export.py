@@ -60,8 +60,20 @@ def program_static_axes(program) -> set[int]:
     return set()
 
 
+def training_flags(model) -> list:
+    """(module, training) of every submodule, for :func:`restore_training`."""
+    modules = getattr(model, "modules", None)
+    return [(m, m.training) for m in modules()] if callable(modules) else []
+
+
+def restore_training(flags: list) -> None:
+    for m, training in flags:
+        m.training = training
+
+
 def prepare_module(model, fp16: bool):
-    """An eval-mode module in the export dtype (programs become their unlifted module)."""
+    """An eval-mode module in the export dtype (programs become their unlifted module).
+    This puts the caller's module in eval mode: :func:`export_model` restores it."""
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     else:
@@ -200,7 +212,8 @@ def export_model(
     verbose: bool = False,
 ) -> onnx.ModelProto:
     """Export ``model`` at ``example``'s shape; returns the ONNX model shaped for ``target``
-    (``None``: as torch.onnx wrote it, for :func:`apply_target` on copies)."""
+    (``None``: as torch.onnx wrote it, for :func:`apply_target` on copies). The model is
+    exported in eval mode; the caller's module gets its own train/eval flags back."""
     if opset < D.OPSET:
         raise ValueError(f"opset: must be >= {D.OPSET}, got {opset}")
     x = example.to(torch.float16 if fp16 else torch.float32)
@@ -209,6 +222,17 @@ def export_model(
         # a program's dynamism is fixed: its module asserts the static sizes
         static = program_static_axes(model)
         axes = {i: n for i, n in axes.items() if i not in static}
+    flags = training_flags(model)  # the caller's module leaves as it came (issue 23)
+    try:
+        proto = _export(model, x, axes, fp16, opset, exporter, verbose)
+    finally:
+        restore_training(flags)
+    _flatten_reshapes(proto)
+    _name_dims(proto, axes)
+    return proto if target is None else apply_target(proto, target)
+
+
+def _export(model, x, axes, fp16, opset, exporter, verbose) -> onnx.ModelProto:
     module = prepare_module(model, fp16)
     if 0 in axes and x.shape[0] == 1:
         x = torch.cat([x, x])  # torch.export specializes size-1 dims: trace a dynamic batch at 2
@@ -230,6 +254,4 @@ def export_model(
             proto = onnx.load_from_string(buf.getvalue())
         else:
             raise ValueError(f"exporter: must be auto, dynamo or torchscript, got {exporter!r}")
-    _flatten_reshapes(proto)
-    _name_dims(proto, axes)
-    return proto if target is None else apply_target(proto, target)
+    return proto

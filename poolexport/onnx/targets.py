@@ -12,8 +12,10 @@
   int32 ``seed_lo``/``seed_hi``, and no local functions (the parser would prefer a local
   function over the plugin).
 
-Every target writes the node attributes explicitly (AveragePool's defaults filled in) and
-an IR version that onnxruntime >= 1.17 reads.
+Every target writes the node attributes explicitly (AveragePool's defaults filled in), an
+IR version that onnxruntime >= 1.17 reads, no initializer or value_info that nothing uses
+(ONNX Runtime warns ``Removing initializer ...`` at load for each), and ``metadata_props``
+saying what made the file and what it needs (:data:`METADATA_KEYS`).
 """
 from __future__ import annotations
 
@@ -141,6 +143,72 @@ def attach_functions(model: onnx.ModelProto, fast: bool = True) -> onnx.ModelPro
     return model
 
 
+def _names_read(graph: onnx.GraphProto, names: set) -> set:
+    """Every name a node of ``graph`` or of its subgraphs (If/Loop/Scan bodies, which may read
+    outer-scope values) reads, and the graph's outputs."""
+    for node in graph.node:
+        names.update(node.input)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _names_read(a.g, names)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    _names_read(g, names)
+    names.update(o.name for o in graph.output)
+    return names
+
+
+def prune_unused(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop initializers no node (subgraphs included) reads and value_info of names no node
+    of the main graph produces (what rewriting left behind, e.g. the shape constant of a
+    Reshape that became a Flatten); in place, also returned."""
+    graph = model.graph
+    read = _names_read(graph, set())
+    inputs = {i.name for i in graph.input}  # an initializer that is also an input stays overridable
+    kept = [t for t in graph.initializer if t.name in read or t.name in inputs]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    kept_sparse = [t for t in graph.sparse_initializer if t.values.name in read or t.values.name in inputs]
+    if len(kept_sparse) != len(graph.sparse_initializer):
+        del graph.sparse_initializer[:]
+        graph.sparse_initializer.extend(kept_sparse)
+    produced = {o for n in graph.node for o in n.output}
+    info = [vi for vi in graph.value_info if vi.name in produced]
+    if len(info) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(info)
+    return model
+
+
+# metadata_props of every exported file
+METADATA_KEYS = ("poolexport.version", "poolexport.target", "poolexport.custom_op_library",
+                 "poolexport.domain_version")
+
+
+def required_library(target: str, has_custom: bool) -> str:
+    """What a runtime must load to run the file's poolexport nodes ("none": nothing)."""
+    if not has_custom or target == "portable":
+        return "none"  # an ort file runs its local functions without the library, but slowly
+    if target == "tensorrt":
+        return "poolexport.tensorrt plugins (tensorrt.plugin, namespace poolexport, version 1)"
+    from ..ort import LIBRARY_NAME
+
+    return LIBRARY_NAME
+
+
+def set_metadata(model: onnx.ModelProto, target: str, has_custom: bool) -> onnx.ModelProto:
+    from .. import __version__
+
+    values = dict(zip(METADATA_KEYS, (__version__, target, required_library(target, has_custom), str(D.VERSION))))
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    return model
+
+
 def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto:
     """Shape an exported model for ``target`` (in place; also returned)."""
     if target not in TARGETS:
@@ -169,4 +237,6 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
     else:
         _set_opset(model, D.DOMAIN, D.VERSION if has_custom else None)
     model.ir_version = IR_VERSION
+    prune_unused(model)
+    set_metadata(model, target, has_custom)
     return model

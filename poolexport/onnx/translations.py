@@ -5,7 +5,10 @@ Both exporters give the same node with the same, fully explicit attributes (PyTo
 default that differs between PyTorch and ONNX):
 
 * ``torch.onnx.export(dynamo=True)``: :func:`custom_translation_table`, onnxscript
-  functions that onnxscript resolves through the registered OpSchemas;
+  functions that onnxscript resolves through the registered OpSchemas. They are also put
+  in torch.onnx's default registry (:func:`register_with_torch_onnx`, run by
+  ``import poolexport`` as soon as torch.onnx's exporter loads), so a plain
+  ``torch.onnx.export(model, args, dynamo=True)`` needs no ``custom_translation_table``;
 * ``torch.onnx.export(dynamo=False)`` (TorchScript): :func:`register_torchscript_symbolics`.
 """
 from __future__ import annotations
@@ -64,6 +67,36 @@ def custom_translation_table() -> dict:
         ops.reduce_soft_pool.default: reduce_soft_pool,
         ops.reduce_stochastic_pool.default: reduce_stochastic_pool,
     }
+
+
+# torch 2.13 has no public registry for default translations: ``torch.onnx.export``
+# builds a fresh ``ONNXRegistry.from_torchlib()`` per call from the list
+# ``_torchlib_registry._registry`` (what torchlib's own ``onnx_impl`` decorator appends to),
+# then adds ``custom_translation_table``. Entries appended there are marked custom, exactly
+# as ``custom_translation_table`` would mark them, so they win over nothing else and a
+# caller's own table (inserted first) still wins over them.
+TORCHLIB_REGISTRY_MODULE = "torch.onnx._internal.exporter._torchlib._torchlib_registry"
+
+
+def register_with_torch_onnx(registry_module=None) -> bool:
+    """Add the four ops to torch.onnx's default (dynamo) registry; idempotent. Returns
+    False when this torch has no such registry (then pass :func:`custom_translation_table`)."""
+    try:
+        if registry_module is None:
+            import importlib
+
+            registry_module = importlib.import_module(TORCHLIB_REGISTRY_MODULE)
+        from torch.onnx._internal.exporter import _registration
+
+        entries = registry_module._registry
+    except (ImportError, AttributeError):
+        return False
+    if getattr(registry_module, "_poolexport_registered", False):
+        return True
+    for op, fn in custom_translation_table().items():
+        entries.append(_registration.OnnxDecompMeta(onnx_function=fn, fx_target=op, signature=None, is_custom=True))
+    registry_module._poolexport_registered = True
+    return True
 
 
 # ------------------------------------------------------------------ TorchScript exporter

@@ -8,4 +8,63 @@ from .soft_pool import reduce_soft_pool, soft_pool
 from .stochastic_pool import MODES as STOCHASTIC_MODES
 from .stochastic_pool import reduce_stochastic_pool, stochastic_pool
 
+
+def _install_torch_onnx_hook() -> None:
+    """Register the ops' ONNX translations with torch.onnx's exporter when it loads (or
+    now, if it is loaded), so plain ``torch.onnx.export(..., dynamo=True)`` knows them
+    without ``custom_translation_table``; lazy so that ``import poolexport`` does not pull
+    in torch.onnx and onnxscript."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    # the registry list lives in _torchlib._torchlib_registry, which _registration imports
+    # before it defines OnnxDecompMeta: register once _registration has finished loading
+    name = "torch.onnx._internal.exporter._registration"
+
+    def register(module) -> None:
+        try:
+            from ..onnx.translations import register_with_torch_onnx
+
+            register_with_torch_onnx()
+        except Exception as exc:  # never break torch.onnx's own import
+            import warnings
+
+            warnings.warn(f"poolexport: could not register its ONNX translations with torch.onnx ({exc}); pass "
+                          "custom_translation_table=poolexport.onnx.translations.custom_translation_table()",
+                          RuntimeWarning, stacklevel=2)
+
+    if name in sys.modules:
+        register(sys.modules[name])
+        return
+
+    class _Loader(importlib.abc.Loader):
+        def __init__(self, loader):
+            self._loader = loader
+
+        def create_module(self, spec):
+            return self._loader.create_module(spec)
+
+        def exec_module(self, module):
+            self._loader.exec_module(module)
+            register(module)
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Loader(spec.loader)
+            return spec
+
+    if not any(type(f).__name__ == "_Finder" and getattr(f, "_poolexport", False) for f in sys.meta_path):
+        finder = _Finder()
+        finder._poolexport = True
+        sys.meta_path.insert(0, finder)
+
+
+_install_torch_onnx_hook()
+
 __all__ = ["soft_pool", "reduce_soft_pool", "stochastic_pool", "reduce_stochastic_pool", "STOCHASTIC_MODES"]
