@@ -575,6 +575,28 @@ def test_older_landlock_abis(scratch, tmp_path, abi):
 
 
 @linux
+@pytest.mark.parametrize("abi", [2, 3, 4])
+def test_seccomp_refused_reports_what_landlock_alone_misses(scratch, abi):
+    """Without the seccomp filter, Landlock below ABI 3 cannot stop truncate(2): ``missing``
+    says so exactly below 3 (ABI 3 added LANDLOCK_ACCESS_FS_TRUNCATE), and always lists
+    sockets and file metadata."""
+    if abi > KERNEL_ABI:
+        pytest.skip(f"the kernel has Landlock ABI {KERNEL_ABI}")
+    out = run_child(f"""
+        sb.landlock_abi = lambda: {abi}
+        def refuse(program):
+            raise OSError(22, "refused for the test")
+        sb._install_seccomp = refuse
+        conf = sb.confine(SCRATCH)
+        out["missing"] = list(conf.missing)
+    """, scratch, confine=None)
+    missing = out["missing"]
+    assert any(m.startswith("sockets: seccomp off") for m in missing), missing
+    assert any(m.startswith("file metadata") for m in missing), missing
+    assert any(m.startswith("truncate(2)") for m in missing) == (abi < 3), missing
+
+
+@linux
 def test_landlock_unavailable_is_reported(scratch, tmp_path):
     out = run_child(f"""
         def no_landlock():
