@@ -429,3 +429,28 @@ def test_eval_model_stochastic_is_deterministic_and_exports():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
     program = torch.export.export(model, (x,))
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+class _FastGlobalMean(nn.Module):
+    """timm's FastAdaptiveAvgPool: always global, and without an ``output_size``."""
+
+    def __init__(self, flatten):
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=not self.flatten)
+
+
+def test_timm_fast_pool_without_output_size_is_global():
+    """timm's pool_type 'fast' holds a pool with no output_size: it is global, so it is
+    replaced (and the replacement flattens when timm's did)."""
+    for flatten in (False, True):
+        timm_pool = SelectAdaptivePool2d("avg", flatten=flatten)
+        timm_pool.pool_type = "fast"
+        timm_pool.pool = _FastGlobalMean(flatten)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), timm_pool)
+        x = torch.randn(2, 3, 9, 9)
+        want = model(x).shape
+        assert pnn.replace_pools(model, "soft") == ["1"]
+        assert type(model[1]).__module__.startswith("poolexport") and model(x).shape == want
