@@ -394,6 +394,18 @@ def test_reduce_alternating_groups_limit(groups):
     np.testing.assert_allclose(y.astype(np.float64), reduce64(x, axes, 1, lambda w: soft64(w, 1.0)), **TOL["float32"])
 
 
+@pytest.mark.parametrize("op", ["SoftPool", "StochasticPool", "ReduceSoftPool", "ReduceStochasticPool"])
+def test_domain_version_0_is_not_ours(op):
+    """The library registers each op from poolexport domain version 1: a file that imports
+    version 0 names no op of ours and must not run on our kernels."""
+    attrs = {"kernel_shape": [2, 2]} if not op.startswith("Reduce") else {}
+    model = one_node(op, TensorProto.FLOAT, attrs)
+    del model.opset_import[1]
+    model.opset_import.append(helper.make_opsetid("poolexport", 0))
+    with pytest.raises(Exception, match="not a registered function/op"):
+        run_lib(model, np.ones((1, 1, 4, 4), np.float32))
+
+
 def test_unsupported_dtype_is_rejected():
     with pytest.raises(Exception, match="SoftPool"):
         run_lib(one_node("SoftPool", TensorProto.DOUBLE, dict(kernel_shape=[2, 2])), np.ones((1, 1, 4, 4)))
