@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +51,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import _limits as L
+from _cpu import cpu_paths
 import _oracle as O
 import poolexport.ops  # noqa: F401  (registers torch.ops.poolexport)
 from poolexport import ort as pxort
@@ -67,27 +67,7 @@ if not _native.available():  # pragma: no cover - the library is part of the bui
 
 
 # ------------------------------------------------------------------------ paths, runtimes
-def _cpu_flags() -> set:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _paths() -> list[str]:
-    flags = _cpu_flags()
-    paths = ["portable"]
-    if {"avx2", "fma"} <= flags:
-        paths.append("avx2")
-        if "avx512f" in flags:
-            paths.append("avx512")
-    return paths
-
-
-PATHS = _paths()
+PATHS = cpu_paths()
 
 
 @contextlib.contextmanager

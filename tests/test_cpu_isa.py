@@ -22,6 +22,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import _reference as ref
+from _cpu import cpu_flags, cpu_paths
 from poolexport import ort as pxort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,23 +30,10 @@ PATHS = ["avx512", "avx2", "portable"]
 RANK = {p: i for i, p in enumerate(reversed(PATHS))}  # portable 0 < avx2 1 < avx512 2
 
 
-def cpu_flags() -> set:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def best_path() -> str:
     if os.environ.get("POOLEXPORT_EMULATED_AVX512") == "1":  # the SIMDe build below
         return "avx512"
-    flags = cpu_flags()
-    if {"avx2", "fma"} <= flags:
-        return "avx512" if "avx512f" in flags else "avx2"
-    return "portable"
+    return cpu_paths()[-1]
 
 
 def library():
