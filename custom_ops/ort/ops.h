@@ -126,7 +126,7 @@ struct WindowedOp {
 
   WindowedOp(const OrtApi*, const OrtKernelInfo* info) {
     try {
-      wa.read(info, op);
+      read_window_attrs(info, op, &wa);
       error = wa.error;
       pa.read(info, op, &error);
     } catch (const std::exception& e) {
@@ -193,7 +193,7 @@ struct ReduceOp {
 
   ReduceOp(const OrtApi*, const OrtKernelInfo* info) {
     try {
-      ra.read(info, op);
+      read_reduce_attrs(info, op, &ra);
       error = ra.error;
       pa.read(info, op, &error);
     } catch (const std::exception& e) {

@@ -3,7 +3,7 @@
 
 #include <exception>
 
-#include "cpu_backward.h"
+#include "cpu_entry.h"
 #include "thread_pool.h"
 
 namespace {
@@ -24,16 +24,9 @@ template <class T>
 int window(cpu::Op op, const void* X, const void* dY, void* out, const int64_t* p, float beta, int64_t seed,
            int threads) {
   const Window3 w = window_from_params(p);
-  const int64_t N = p[0], C = p[1];
-  const int64_t in_n = N * C * w.in[0] * w.in[1] * w.in[2], out_n = N * C * w.out[0] * w.out[1] * w.out[2];
   const cpu::RowArgs args{w, beta, (uint32_t)(uint64_t)seed, (uint32_t)((uint64_t)seed >> 32)};
-  const T* x = static_cast<const T*>(X);
   Pool pool{threads};
-  if (!dY) {
-    if (out_n > 0) cpu::window_forward(op, x, static_cast<T*>(out), N, C, args, pool);
-  } else if (in_n > 0) {
-    cpu::window_backward(op, x, static_cast<const T*>(dY), static_cast<T*>(out), N, C, args, pool);
-  }
+  cpu::run_window(op, static_cast<const T*>(X), static_cast<const T*>(dY), static_cast<T*>(out), p[0], p[1], args, pool);
   return pool.ok ? 0 : 2;
 }
 
@@ -42,13 +35,8 @@ int reduce(cpu::Op op, const void* X, const void* dY, void* out, const int64_t* 
            int64_t seed, int threads) {
   const Reduce6 g = make_reduce6(dims, mask);
   const uint32_t lo = (uint32_t)(uint64_t)seed, hi = (uint32_t)((uint64_t)seed >> 32);
-  const T* x = static_cast<const T*>(X);
   Pool pool{threads};
-  if (!dY) {
-    if (g.outputs > 0) cpu::reduce_forward(op, x, static_cast<T*>(out), g, beta, lo, hi, pool);
-  } else if (g.outputs > 0 && g.window > 0) {
-    cpu::reduce_backward(op, x, static_cast<const T*>(dY), static_cast<T*>(out), g, beta, lo, hi, pool);
-  }
+  cpu::run_reduce(op, static_cast<const T*>(X), static_cast<const T*>(dY), static_cast<T*>(out), g, beta, lo, hi, pool);
   return pool.ok ? 0 : 2;
 }
 

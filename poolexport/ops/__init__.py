@@ -1,8 +1,9 @@
 """torch.library custom ops of the ``poolexport`` namespace.
 
-One op per file; each defines the forward op, its backward op, a fake (meta) kernel for
-torch.compile/torch.export and the autograd wiring. Argument names are the ONNX
-attribute names of the ``poolexport`` ONNX domain.
+One op per file (``soft_pool.py``, ``stochastic_pool.py``): its math as the pure-torch
+reference, its Python kernels and fake kernels; ``_registry.py`` registers every op the
+same way (schemas, the compiled CPU kernels of the custom-op library, CUDA, autograd).
+Argument names are the ONNX attribute names of the ``poolexport`` ONNX domain.
 """
 from .soft_pool import reduce_soft_pool, soft_pool
 from .stochastic_pool import MODES as STOCHASTIC_MODES

@@ -1,19 +1,19 @@
-"""The torch ops' native kernels: the library's CPU (and CUDA) code through a plain C ABI.
+"""The torch ops' native kernels through a plain C ABI (ctypes).
 
 ``libpoolexport_ort.so`` (built by ``pip install .``) carries the ONNX Runtime kernels and,
-beside them, ``custom_ops/torch/torch_abi.h``: the same CPU forward code plus the backward
-kernels, behind ``extern "C"`` functions. They are called here through ``ctypes``, so the
-wheel is tied to no torch build (a torch C++ extension would be) and the torch op and the
-ONNX Runtime kernel give the same bits. ctypes costs a few microseconds per call; see
-the README's benchmark section.
+beside them, the torch ops' kernels: the same CPU forward code plus the backward kernels.
+On CPU the ops normally reach them through the compiled registration
+(``custom_ops/torch/stable_ops.cc``, see ``_registry.py``); this module is the other
+way in, through ``extern "C"`` functions (``custom_ops/torch/torch_abi.h``) called with
+ctypes: the CPU path where the compiled registration is unavailable (torch older than
+2.10), and the CUDA path.
 
 On CUDA tensors (library built with nvcc) the ops launch the ONNX Runtime CUDA build's
 forward kernels (launch.h) and the backward kernels of custom_ops/cuda/backward.cu on
 torch's current stream. The pure-torch implementation in ``soft_pool.py`` /
 ``stochastic_pool.py`` stays the reference, and the fallback for float64, bfloat16 and
-devices without a kernel. Select
-it everywhere with ``POOLEXPORT_TORCH_KERNELS=reference`` or, in code (tests),
-``with reference_kernels(): ...``.
+devices without a kernel. Select it everywhere with ``POOLEXPORT_TORCH_KERNELS=reference``
+or, in code (tests), ``with reference_kernels(): ...``.
 """
 from __future__ import annotations
 
@@ -39,12 +39,19 @@ _state = threading.local()
 @contextlib.contextmanager
 def reference_kernels(enabled: bool = True):
     """Run the ops' pure-torch reference implementation in this thread (tests, debugging)."""
+    from ._registry import compiled_cpu_kernels
+
     old = getattr(_state, "reference", False)
     _state.reference = enabled
+    compiled = compiled_cpu_kernels()[0]
+    if compiled:  # the compiled kernels keep their own per-thread choice
+        old_compiled = _library().poolexport_torch_select_reference(int(enabled))
     try:
         yield
     finally:
         _state.reference = old
+        if compiled:
+            _library().poolexport_torch_select_reference(old_compiled)
 
 
 def _reference_selected() -> bool:

@@ -22,6 +22,7 @@ import torch
 
 from .._window import output_spatial
 from . import _native
+from ._registry import REDUCE_ARGS, WINDOW_ARGS, define_pair
 from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
 
 OP = "SoftPool"
@@ -86,29 +87,6 @@ def soft_pool_reference(
     return pool_forward(OP, X, attrs, lambda windows, valid: soft_pool_windows(windows, valid, beta))
 
 
-@torch.library.custom_op("poolexport::soft_pool", mutates_args=())
-def soft_pool(
-    X: torch.Tensor,
-    kernel_shape: list[int],
-    strides: list[int],
-    pads: list[int],
-    dilations: list[int],
-    ceil_mode: bool,
-    auto_pad: str,
-    beta: float,
-) -> torch.Tensor:
-    return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
-
-
-@soft_pool.register_kernel(("cpu", "cuda"))
-def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
-    if not _native.use_native(X):
-        return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
-    _check_input(OP, X)
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    return _native.window(OP, _native.SOFT, X, spec, beta)
-
-
 def soft_pool_backward_reference(
     grad: torch.Tensor,
     X: torch.Tensor,
@@ -124,55 +102,36 @@ def soft_pool_backward_reference(
     return pool_backward(OP, grad, X, attrs, lambda g, windows, valid: soft_pool_windows_backward(g, windows, valid, beta))
 
 
-@torch.library.custom_op("poolexport::soft_pool_backward", mutates_args=())
-def soft_pool_backward(
-    grad: torch.Tensor,
-    X: torch.Tensor,
-    kernel_shape: list[int],
-    strides: list[int],
-    pads: list[int],
-    dilations: list[int],
-    ceil_mode: bool,
-    auto_pad: str,
-    beta: float,
-) -> torch.Tensor:
-    return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+def _kernel(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+    """The CUDA kernel (and the CPU one without the compiled registration)."""
+    if not _native.use_native(X):
+        return soft_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
+    _check_input(OP, X)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _native.SOFT, X, spec, beta)
 
 
-@soft_pool_backward.register_kernel(("cpu", "cuda"))
-def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+def _backward_kernel(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
     if not _native.use_native(X):
         return soft_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
     spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
     return _native.window(OP, _native.SOFT, X, spec, beta, grad=grad)
 
 
-def _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+def _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, *_):
     spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
     return X.new_empty((X.shape[0], X.shape[1], *output_spatial(spec, X.shape[2:])))
 
 
-@soft_pool.register_fake
-def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
-    return _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-
-
-@soft_pool_backward.register_fake
-def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta):
+def _input_like_fake(grad, X, *_):
     return torch.empty_like(X)
 
 
-def _setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-    ctx.attrs = inputs[1:]
-
-
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return (soft_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
-
-
-soft_pool.register_autograd(_backward, setup_context=_setup)
+soft_pool, soft_pool_backward = define_pair(
+    "soft_pool", f"{WINDOW_ARGS}, float beta",
+    (soft_pool_reference, _kernel, _windowed_fake),
+    (soft_pool_backward_reference, _backward_kernel, _input_like_fake),
+)
 
 
 # ---------------------------------------------------------------- reduction form
@@ -181,13 +140,12 @@ def reduce_soft_pool_reference(X, axes, keepdims, beta):
     return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: soft_pool_windows(windows, None, beta))
 
 
-@torch.library.custom_op("poolexport::reduce_soft_pool", mutates_args=())
-def reduce_soft_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float) -> torch.Tensor:
-    return reduce_soft_pool_reference(X, axes, keepdims, beta)
+def reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta):
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: soft_pool_windows_backward(g, windows, None, beta))
 
 
-@reduce_soft_pool.register_kernel(("cpu", "cuda"))
-def _(X, axes, keepdims, beta):
+def _reduce_kernel(X, axes, keepdims, beta):
     _check_input(REDUCE_OP, X)
     if _native.use_native(X):
         reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
@@ -197,20 +155,7 @@ def _(X, axes, keepdims, beta):
     return reduce_soft_pool_reference(X, axes, keepdims, beta)
 
 
-def reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta):
-    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
-                           lambda g, windows: soft_pool_windows_backward(g, windows, None, beta))
-
-
-@torch.library.custom_op("poolexport::reduce_soft_pool_backward", mutates_args=())
-def reduce_soft_pool_backward(
-    grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, beta: float
-) -> torch.Tensor:
-    return reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta)
-
-
-@reduce_soft_pool_backward.register_kernel(("cpu", "cuda"))
-def _(grad, X, axes, keepdims, beta):
+def _reduce_backward_kernel(grad, X, axes, keepdims, beta):
     if _native.use_native(X):
         reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
         dx = _native.reduce(REDUCE_OP, _native.SOFT, X, reduced, out_shape, beta, grad=grad)
@@ -219,20 +164,13 @@ def _(grad, X, axes, keepdims, beta):
     return reduce_soft_pool_backward_reference(grad, X, axes, keepdims, beta)
 
 
-@reduce_soft_pool.register_fake
-def _(X, axes, keepdims, beta):
+def _reduced_fake(X, axes, keepdims, *_):
     _, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
     return X.new_empty(out_shape)
 
 
-@reduce_soft_pool_backward.register_fake
-def _(grad, X, axes, keepdims, beta):
-    return torch.empty_like(X)
-
-
-def _reduce_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return (reduce_soft_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
-
-
-reduce_soft_pool.register_autograd(_reduce_backward, setup_context=_setup)
+reduce_soft_pool, reduce_soft_pool_backward = define_pair(
+    "reduce_soft_pool", f"{REDUCE_ARGS}, float beta",
+    (reduce_soft_pool_reference, _reduce_kernel, _reduced_fake),
+    (reduce_soft_pool_backward_reference, _reduce_backward_kernel, _input_like_fake),
+)

@@ -25,7 +25,8 @@ import torch
 from .._philox import uniform_for_elements
 from . import _native
 from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
-from .soft_pool import _check_input, _setup, _windowed_fake
+from ._registry import REDUCE_ARGS, WINDOW_ARGS, define_pair
+from .soft_pool import _check_input, _input_like_fake, _reduced_fake, _windowed_fake
 
 OP = "StochasticPool"
 REDUCE_OP = "ReduceStochasticPool"
@@ -140,31 +141,6 @@ def stochastic_pool_reference(
     return pool_forward(OP, X, attrs, lambda windows, valid: stochastic_windows(windows, mode, seed))
 
 
-@torch.library.custom_op("poolexport::stochastic_pool", mutates_args=())
-def stochastic_pool(
-    X: torch.Tensor,
-    kernel_shape: list[int],
-    strides: list[int],
-    pads: list[int],
-    dilations: list[int],
-    ceil_mode: bool,
-    auto_pad: str,
-    mode: str,
-    seed: int,
-) -> torch.Tensor:
-    return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
-
-
-@stochastic_pool.register_kernel(("cpu", "cuda"))
-def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
-    if not _native.use_native(X):
-        return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
-    _check_input(OP, X)
-    _check_mode(OP, mode)
-    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-    return _native.window(OP, _code(mode), X, spec, seed=seed)
-
-
 def stochastic_pool_backward_reference(
     grad: torch.Tensor,
     X: torch.Tensor,
@@ -182,25 +158,17 @@ def stochastic_pool_backward_reference(
                          lambda g, windows, valid: stochastic_windows_backward(g, windows, mode, seed))
 
 
-@torch.library.custom_op("poolexport::stochastic_pool_backward", mutates_args=())
-def stochastic_pool_backward(
-    grad: torch.Tensor,
-    X: torch.Tensor,
-    kernel_shape: list[int],
-    strides: list[int],
-    pads: list[int],
-    dilations: list[int],
-    ceil_mode: bool,
-    auto_pad: str,
-    mode: str,
-    seed: int,
-) -> torch.Tensor:
-    return stochastic_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad,
-                                              mode, seed)
+def _kernel(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    """The CUDA kernel (and the CPU one without the compiled registration)."""
+    if not _native.use_native(X):
+        return stochastic_pool_reference(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
+    _check_input(OP, X)
+    _check_mode(OP, mode)
+    spec = spec_from_attrs(OP, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+    return _native.window(OP, _code(mode), X, spec, seed=seed)
 
 
-@stochastic_pool_backward.register_kernel(("cpu", "cuda"))
-def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+def _backward_kernel(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
     if not _native.use_native(X):
         return stochastic_pool_backward_reference(grad, X, kernel_shape, strides, pads, dilations, ceil_mode,
                                                   auto_pad, mode, seed)
@@ -208,22 +176,11 @@ def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode
     return _native.window(OP, _code(mode), X, spec, seed=seed, grad=grad)
 
 
-@stochastic_pool.register_fake
-def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
-    return _windowed_fake(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
-
-
-@stochastic_pool_backward.register_fake
-def _(grad, X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
-    return torch.empty_like(X)
-
-
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return (stochastic_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
-
-
-stochastic_pool.register_autograd(_backward, setup_context=_setup)
+stochastic_pool, stochastic_pool_backward = define_pair(
+    "stochastic_pool", f"{WINDOW_ARGS}, str mode, int seed",
+    (stochastic_pool_reference, _kernel, _windowed_fake),
+    (stochastic_pool_backward_reference, _backward_kernel, _input_like_fake),
+)
 
 
 # ---------------------------------------------------------------- reduction form
@@ -233,13 +190,12 @@ def reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed):
     return reduce_forward(REDUCE_OP, X, axes, keepdims, lambda windows: stochastic_windows(windows, mode, seed))
 
 
-@torch.library.custom_op("poolexport::reduce_stochastic_pool", mutates_args=())
-def reduce_stochastic_pool(X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int) -> torch.Tensor:
-    return reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed)
+def reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed):
+    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
+                           lambda g, windows: stochastic_windows_backward(g, windows, mode, seed))
 
 
-@reduce_stochastic_pool.register_kernel(("cpu", "cuda"))
-def _(X, axes, keepdims, mode, seed):
+def _reduce_kernel(X, axes, keepdims, mode, seed):
     _check_input(REDUCE_OP, X)
     _check_mode(REDUCE_OP, mode)
     if _native.use_native(X):
@@ -250,20 +206,7 @@ def _(X, axes, keepdims, mode, seed):
     return reduce_stochastic_pool_reference(X, axes, keepdims, mode, seed)
 
 
-def reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed):
-    return reduce_backward(REDUCE_OP, grad, X, axes, keepdims,
-                           lambda g, windows: stochastic_windows_backward(g, windows, mode, seed))
-
-
-@torch.library.custom_op("poolexport::reduce_stochastic_pool_backward", mutates_args=())
-def reduce_stochastic_pool_backward(
-    grad: torch.Tensor, X: torch.Tensor, axes: Optional[list[int]], keepdims: bool, mode: str, seed: int
-) -> torch.Tensor:
-    return reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed)
-
-
-@reduce_stochastic_pool_backward.register_kernel(("cpu", "cuda"))
-def _(grad, X, axes, keepdims, mode, seed):
+def _reduce_backward_kernel(grad, X, axes, keepdims, mode, seed):
     if _native.use_native(X):
         reduced, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
         dx = _native.reduce(REDUCE_OP, _code(mode), X, reduced, out_shape, seed=seed, grad=grad)
@@ -272,20 +215,8 @@ def _(grad, X, axes, keepdims, mode, seed):
     return reduce_stochastic_pool_backward_reference(grad, X, axes, keepdims, mode, seed)
 
 
-@reduce_stochastic_pool.register_fake
-def _(X, axes, keepdims, mode, seed):
-    _, _, _, out_shape = reduce_layout(tuple(X.shape), axes, keepdims, REDUCE_OP)
-    return X.new_empty(out_shape)
-
-
-@reduce_stochastic_pool_backward.register_fake
-def _(grad, X, axes, keepdims, mode, seed):
-    return torch.empty_like(X)
-
-
-def _reduce_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return (reduce_stochastic_pool_backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
-
-
-reduce_stochastic_pool.register_autograd(_reduce_backward, setup_context=_setup)
+reduce_stochastic_pool, reduce_stochastic_pool_backward = define_pair(
+    "reduce_stochastic_pool", f"{REDUCE_ARGS}, str mode, int seed",
+    (reduce_stochastic_pool_reference, _reduce_kernel, _reduced_fake),
+    (reduce_stochastic_pool_backward_reference, _reduce_backward_kernel, _input_like_fake),
+)
