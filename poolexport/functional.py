@@ -34,8 +34,37 @@ _TORCH_AVG = {1: TF.avg_pool1d, 2: TF.avg_pool2d, 3: TF.avg_pool3d}
 
 
 def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, padding, dilation, ceil_mode):
+    """The op's window arguments, checked against x. A small layer's call costs less than
+    these checks, so a plain tensor's arguments are remembered per (arguments with their
+    types, spatial size): a repeated call skips them; anything else is checked afresh."""
+    if type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        try:
+            key = (name, k, _typed(kernel_size), _typed(stride), _typed(padding), _typed(dilation), _typed(ceil_mode),
+                   x.dim(), x.is_floating_point(), tuple(x.shape[2:]))
+            hit = _WINDOW_ARGS.get(key)
+        except TypeError:  # an unhashable argument: no memo
+            key = hit = None
+        if hit is not None:
+            return hit
+    else:
+        key = None
     spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
-    return list(spec.kernel_shape), list(spec.strides), list(spec.pads), list(spec.dilations), spec.ceil_mode, spec.auto_pad
+    args = list(spec.kernel_shape), list(spec.strides), list(spec.pads), list(spec.dilations), spec.ceil_mode, spec.auto_pad
+    if key is not None:
+        if len(_WINDOW_ARGS) >= 1024:
+            _WINDOW_ARGS.clear()
+        _WINDOW_ARGS[key] = args
+    return args
+
+
+_WINDOW_ARGS: dict = {}
+
+
+def _typed(v):
+    """v with the type of each value in it, so that 2 and 2.0, or True and 1, differ."""
+    if isinstance(v, (tuple, list)):
+        return (type(v),) + tuple((type(e), e) for e in v)
+    return type(v), v
 
 
 def _soft(k: int):

@@ -198,3 +198,24 @@ def test_kernels_run_on_torchs_threads_not_their_own():
     assert child.returncode == 0, child.stderr[-2000:]
     before, after = map(int, child.stdout.split())
     assert after == before, (before, after)
+
+
+def test_remembered_window_arguments_keep_every_check():
+    # a valid call is remembered; each near-identical invalid call must still be refused
+    x = torch.randn(1, 2, 7, 7)
+    F.soft_pool2d(x, 2)
+    F.soft_pool2d(x, (2, 2), ceil_mode=True)
+    for bad, error in [
+        (lambda: F.soft_pool2d(x, 2.0), TypeError),  # 2.0 == 2 and hashes alike
+        (lambda: F.soft_pool2d(x, True), TypeError),  # True == 1
+        (lambda: F.soft_pool2d(x, (2.0, 2)), TypeError),
+        (lambda: F.soft_pool2d(x, (2, 2), ceil_mode=1), TypeError),
+        (lambda: F.soft_pool2d(x.long(), 2), ValueError),
+        (lambda: F.soft_pool2d(torch.randn(1, 2, 1, 1), 2), ValueError),  # the window no longer fits
+        (lambda: F.soft_pool2d(torch.randn(2, 7, 7), 2), ValueError),
+    ]:
+        with pytest.raises(error):
+            bad()
+    # and the remembered arguments are the checked ones
+    torch.testing.assert_close(F.soft_pool2d(x, 3, 2, 1), torch.ops.poolexport._reference_soft_pool.default(
+        x, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], False, "NOTSET", 1.0))
