@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .._cuda_driver import torch_cuda_kernels_usable
 from .._window import WindowSpec
 
 _ENV = "POOLEXPORT_TORCH_KERNELS"  # "reference": pure torch everywhere
@@ -103,8 +104,8 @@ _INT32_MAX = 2**31 - 1
 def use_native(x: torch.Tensor) -> bool:
     if x.dtype not in _DTYPES or _reference_selected() or not available():
         return False
-    if x.device.type == "cuda":  # the CUDA kernels take int32 sizes
-        return _library().cuda and x.numel() <= _INT32_MAX
+    if x.device.type == "cuda":  # the CUDA kernels take int32 sizes, and a driver as new as their runtime
+        return _library().cuda and x.numel() <= _INT32_MAX and torch_cuda_kernels_usable()
     return x.device.type == "cpu"
 
 

@@ -34,6 +34,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from .._cuda_driver import driver_version  # noqa: F401  (one driver query; check_driver uses it)
+
 DEFAULT_ARCH = "compute_75"  # the oldest virtual arch nvcc 13 still accepts
 DEFAULT_ISA = "8.0"  # CUDA 12.0: read by every CUDA 12 and 13 driver
 # PTX ISA version -> the CUDA version whose driver reads it first (NVIDIA's PTX ISA notes)
@@ -142,20 +144,6 @@ def compile_ptx(output: Path, arch: str = DEFAULT_ARCH, nvcc: str | None = None,
         if proc.returncode != 0:
             raise PTXUnavailable(f"the kernels need a newer PTX ISA than {isa} (ptxas: {proc.stderr.strip()})")
     return output
-
-
-def driver_version() -> tuple[int, int] | None:
-    """CUDA version of the installed driver (cuDriverGetVersion), None without a driver."""
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    v = ctypes.c_int(0)
-    if cuda.cuDriverGetVersion(ctypes.byref(v)) != 0 or v.value <= 0:
-        return None
-    return v.value // 1000, (v.value % 1000) // 10
 
 
 def check_driver(text: str, driver: tuple[int, int] | None = None) -> None:
