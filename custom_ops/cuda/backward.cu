@@ -5,10 +5,24 @@
 //   2. one thread per input element: a gather over the windows that contain it (per axis,
 //      the taps k with (i + pad - k * dil) divisible by the stride), summing the shared
 //      per-element gradient in a fixed order.
-// Reduce forms: every input element lies in exactly one window, so one thread per output
-// computes its window's state and writes its window's gradients.
+// Reduce forms: every input element lies in exactly one window. With the innermost axis
+// reduced, the soft and expectation forms take the forward's lanes per output (reduce.h
+// reduce_lanes: 32 or 256): each lane reads every lanes-th element of the window's
+// contiguous runs (coalesced), the lanes' partial state is merged in shared memory, and
+// each lane writes its own elements' gradients. Otherwise (innermost axis kept: neighbouring
+// threads already read neighbouring elements; and sample mode, sequential by definition)
+// one thread per output computes its window's state and writes its window's gradients.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+// POOLEXPORT_HOST_EMULATION: tests/test_backward_emulated.py compiles this file as C++
+// against the CUDA shim of tests/test_kernels_emulated.py, which runs every thread of the
+// real launch grid on the CPU (blocks' threads as fibers meeting at __syncthreads).
+#ifdef POOLEXPORT_HOST_EMULATION
+#define PX_LAUNCH(kernel, grid, block, stream) px_emulated_launch(kernel, grid, block)
+#else
+#define PX_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
 
 #include "backward.h"
 #include "poolexport/kernel_abi.h"
@@ -108,6 +122,99 @@ __global__ void reduce_backward(const T* X, const T* dY, Reduce6 g, int op, floa
   }
 }
 
+// The lanes' shared memory of reduce_backward_lanes: one slot per thread.
+struct LaneSlots {
+  float f[5][POOLEXPORT_BLOCK];
+  int64_t pos[POOLEXPORT_BLOCK];
+};
+
+// Soft and expectation reduce backward with `lanes` threads per output (lanes > 1, a
+// divisor of blockDim.x). The state equals soft_pool_stats / stochastic_expectation_stats
+// of the shared headers but for the sums' order: SoftPool's c is the first maximal beta*a
+// in window order, so c, m and the scaled path's choice are the serial loop's bits. The
+// loop over outputs advances whole blocks, so every thread of a block reaches every
+// __syncthreads.
+template <class T>
+__global__ void reduce_backward_lanes(const T* X, const T* dY, Reduce6 g, int op, int lanes, float beta, T* dX) {
+  __shared__ LaneSlots sh;
+  const int tid = threadIdx.x, lane = tid % lanes, groups = blockDim.x / lanes, head = tid - lane;
+  int from;
+  const int64_t run = reduce_run(g, &from), runs = g.window / run;
+  for (int64_t first = (int64_t)blockIdx.x * groups; first < g.outputs; first += (int64_t)gridDim.x * groups) {
+    const int64_t e = first + tid / lanes;
+    const bool live = e < g.outputs;
+    const int64_t base = live ? reduce_base(g, e) : 0;
+    // f(input offset, window position) for this lane's elements, in window order
+    auto each = [&](auto&& f) {
+      if (!live) return;
+      for (int64_t q = 0; q < runs; ++q) {
+        const int64_t at = base + reduce_run_offset(g, from, q);
+        for (int64_t r = lane; r < run; r += lanes) f(at + r, q * run + r);
+      }
+    };
+    auto merge = [&](auto&& combine) {  // a tree over the output's lanes; the result in slot `head`
+      __syncthreads();
+      for (int half = lanes / 2; half > 0; half /= 2) {
+        if (lane < half) combine(tid, tid + half);
+        __syncthreads();
+      }
+    };
+    const float gv = live ? ld(dY, e) : 0.0f;
+    if (op == 0) {
+      float m = -3.402823466e38f, c = 0.0f, amax = 0.0f;
+      int64_t at = -1;  // window position of the lane's first maximum; -1: none (or only NaN beta*a)
+      each([&](int64_t i, int64_t p) {
+        const float a = ld(X, i), z = beta * a, v = a < 0.0f ? -a : a;
+        if (z == z && (at < 0 || z > m)) m = z, c = a, at = p;
+        amax = v > amax ? v : amax;
+      });
+      sh.f[0][tid] = m, sh.f[1][tid] = c, sh.f[2][tid] = amax, sh.pos[tid] = at;
+      merge([&](int i, int j) {
+        if (sh.pos[j] >= 0 && (sh.pos[i] < 0 || sh.f[0][j] > sh.f[0][i] || (sh.f[0][j] == sh.f[0][i] && sh.pos[j] < sh.pos[i])))
+          sh.f[0][i] = sh.f[0][j], sh.f[1][i] = sh.f[1][j], sh.pos[i] = sh.pos[j];
+        sh.f[2][i] = sh.f[2][j] > sh.f[2][i] ? sh.f[2][j] : sh.f[2][i];
+      });
+      // (the serial loop keeps a NaN beta*a of the first element as m; here NaN is skipped,
+      // but its weight turns s NaN either way, so every gradient of the window is NaN)
+      m = sh.f[0][head], c = sh.f[1][head], amax = sh.f[2][head];
+      const bool scaled = !(amax <= limits::kSoftScaleAbove);
+      const float k = scaled ? limits::kSoftScale : 1.0f, ck = c * k;
+      float s = 0.0f, sd = 0.0f;
+      each([&](int64_t i, int64_t) {
+        const float a = ld(X, i), w = soft_weight(beta * a - m, scaled);
+        s += w;
+        sd += w == 0.0f ? 0.0f : w * (a * k - ck);
+      });
+      __syncthreads();  // every lane has read slot `head` of the first merge
+      sh.f[0][tid] = s, sh.f[1][tid] = sd;
+      merge([&](int i, int j) { sh.f[0][i] += sh.f[0][j], sh.f[1][i] += sh.f[1][j]; });
+      const SoftPoolStats st_{m, sh.f[0][head], 0.0f, c, sh.f[1][head] / sh.f[0][head], scaled};
+      each([&](int64_t i, int64_t) { st(dX, i, soft_pool_grad(ld(X, i), beta, st_, gv)); });
+    } else {
+      const float K = limits::kMomentScale;
+      float s1 = 0.0f, s2 = 0.0f, s1k = 0.0f, s2k = 0.0f, rmax = 0.0f;
+      each([&](int64_t i, int64_t) {
+        const float r = stochastic_r(ld(X, i)), rk = r * K;
+        s1 += r, s2 += r * r, s1k += rk, s2k += rk * rk;
+        rmax = r > rmax ? r : rmax;  // skips NaN: the sums carry it
+      });
+      sh.f[0][tid] = s1, sh.f[1][tid] = s2, sh.f[2][tid] = s1k, sh.f[3][tid] = s2k, sh.f[4][tid] = rmax;
+      merge([&](int i, int j) {
+        for (int q = 0; q < 4; ++q) sh.f[q][i] += sh.f[q][j];
+        sh.f[4][i] = sh.f[4][j] > sh.f[4][i] ? sh.f[4][j] : sh.f[4][i];
+      });
+      rmax = sh.f[4][head];
+      StochasticStats ss{sh.f[0][head], stochastic_ratio(sh.f[1][head], sh.f[0][head]), 1.0f};
+      if (!(rmax <= limits::kMomentScaleAbove)) {  // the scaled sums (stochastic_pool.h)
+        const float yk = sh.f[3][head] / sh.f[2][head], rk = rmax * K;
+        ss = StochasticStats{sh.f[2][head], (yk > rk ? rk : yk) / K, K};
+      }
+      each([&](int64_t i, int64_t) { st(dX, i, stochastic_expectation_grad(ld(X, i), ss.s1, ss.y, ss.k, gv)); });
+    }
+    __syncthreads();  // the slots are rewritten by the next round
+  }
+}
+
 template <class T>
 void launch_window(int op, const void* X, const void* dY, void* dX, float* ws, const int32_t* p, cudaStream_t s) {
   const Window3 w = window_from_params(p);
@@ -115,11 +222,24 @@ void launch_window(int op, const void* X, const void* dY, void* dX, float* ws, c
   const float beta = bits_to_float(p[20]);
   const uint32_t lo = (uint32_t)p[21], hi = (uint32_t)p[22];
   if (outputs > 0)
-    window_state<T><<<poolexport_launch_grid(outputs), POOLEXPORT_BLOCK, 0, s>>>((const T*)X, w, planes, op, beta, lo,
-                                                                                 hi, ws);
+    PX_LAUNCH(window_state<T>, dim3(poolexport_launch_grid(outputs)), dim3(POOLEXPORT_BLOCK), s)((const T*)X, w, planes,
+                                                                                                 op, beta, lo, hi, ws);
   if (inputs > 0)
-    window_gather<T><<<poolexport_launch_grid(inputs), POOLEXPORT_BLOCK, 0, s>>>((const T*)X, (const T*)dY, w, planes,
-                                                                                 op, beta, ws, (T*)dX);
+    PX_LAUNCH(window_gather<T>, dim3(poolexport_launch_grid(inputs)), dim3(POOLEXPORT_BLOCK), s)((const T*)X,
+                                                                                                 (const T*)dY, w, planes,
+                                                                                                 op, beta, ws, (T*)dX);
+}
+
+template <class T>
+void launch_reduce(int op, const void* X, const void* dY, void* dX, const Reduce6& g, float beta, uint32_t lo,
+                   uint32_t hi, cudaStream_t s) {
+  // the forward's launch rule (kernel_abi.h): one thread per lane of each output
+  const int lanes = reduce_lanes(g.window, g.mask, op == 2);
+  const dim3 grid(poolexport_launch_grid(g.outputs * lanes)), block(POOLEXPORT_BLOCK);
+  if (lanes > 1)
+    PX_LAUNCH(reduce_backward_lanes<T>, grid, block, s)((const T*)X, (const T*)dY, g, op, lanes, beta, (T*)dX);
+  else
+    PX_LAUNCH(reduce_backward<T>, grid, block, s)((const T*)X, (const T*)dY, g, op, beta, lo, hi, (T*)dX);
 }
 
 }  // namespace
@@ -148,13 +268,8 @@ __attribute__((visibility("default"))) int poolexport_cuda_launch_reduce_backwar
   const float beta = bits_to_float(p[8]);
   const uint32_t lo = (uint32_t)p[9], hi = (uint32_t)p[10];
   cudaStream_t s = (cudaStream_t)stream;
-  const int grid = poolexport_launch_grid(g.outputs);
-  if (dtype == 0)
-    reduce_backward<float><<<grid, POOLEXPORT_BLOCK, 0, s>>>((const float*)X, (const float*)dY, g, op, beta, lo, hi,
-                                                             (float*)dX);
-  else
-    reduce_backward<__half><<<grid, POOLEXPORT_BLOCK, 0, s>>>((const __half*)X, (const __half*)dY, g, op, beta, lo, hi,
-                                                              (__half*)dX);
+  if (dtype == 0) launch_reduce<float>(op, X, dY, dX, g, beta, lo, hi, s);
+  else launch_reduce<__half>(op, X, dY, dX, g, beta, lo, hi, s);
   return (int)cudaGetLastError();
 }
 
