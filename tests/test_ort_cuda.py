@@ -76,3 +76,23 @@ def test_node_runs_on_our_cuda_kernel(op, attrs, dtype):
         np.testing.assert_array_equal(y_gpu, y_cpu)
     else:
         np.testing.assert_allclose(y_gpu.astype(np.float64), y_cpu.astype(np.float64), **TOL[dtype])
+
+
+# innermost windows at the CUDA reduce kernels' lane limits: 1023 (32 lanes per output),
+# 1024 (256 lanes: a whole block), and a kept innermost axis (a thread per output)
+@pytest.mark.parametrize("shape,attrs", [((2, 3, 1023), dict(axes=[2], keepdims=0)),
+                                         ((2, 3, 1024), dict(axes=[2], keepdims=1)),
+                                         ((2, 1100, 3), dict(axes=[1], keepdims=0))], ids=["1023", "1024", "kept-inner"])
+@pytest.mark.parametrize("op,extra", [("ReduceSoftPool", dict(beta=1.0)), ("ReduceStochasticPool", dict(mode="expectation"))])
+def test_reduce_lanes_on_our_cuda_kernel(op, extra, shape, attrs):
+    import onnxruntime as ort
+
+    model = _model(op, dict(attrs, **extra), np.float32)
+    so = pxort.session_options()
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    gpu = ort.InferenceSession(model, so, providers=["CUDAExecutionProvider"])
+    x = np.random.default_rng(1).uniform(-2, 3, shape).astype(np.float32)
+    y_gpu = gpu.run(None, {"X": x})[0]
+    y_cpu = pxort.session(model).run(None, {"X": x})[0]
+    np.testing.assert_allclose(y_gpu.astype(np.float64), y_cpu.astype(np.float64), rtol=2e-5, atol=2e-6)

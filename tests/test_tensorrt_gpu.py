@@ -2,7 +2,7 @@
 
 Same PTX (``poolexport.tensorrt.ptx``), same entry points, same int32 arguments
 (``shapes.kernel_args``) and the same grid rule (``abi.launch_grid`` of ``shapes.launch_total``), loaded with CuPy's
-``RawModule`` instead of TensorRT, and compared with the PyTorch ops for every op in
+``RawModule`` instead of TensorRT, and compared with the PyTorch ops on CPU tensors (the CPU kernels) for every op in
 float32 and float16. Needs a CUDA GPU, CuPy and nvcc (a lent GPU machine has them).
 """
 import numpy as np
@@ -68,6 +68,10 @@ CASES = [
     ("ReduceStochasticPool", [2, 16, 6, 6], dict(axes=[1], keepdims=1, mode="sample", seed=123)),
     ("ReduceStochasticPool", [2, 3, 2, 3, 2, 2, 3], dict(axes=[0, 2, 3, 6], keepdims=0, mode="sample", seed=5)),
     ("ReduceStochasticPool", [4, 9], dict(axes=[1], keepdims=0, mode="expectation")),
+    # innermost windows of 1023 (32 lanes per output) and 1024 (256 lanes: a whole block)
+    ("ReduceSoftPool", [2, 3, 1023], dict(axes=[2], keepdims=0, beta=1.0)),
+    ("ReduceSoftPool", [2, 3, 1024], dict(axes=[2], keepdims=1, beta=1.0)),
+    ("ReduceStochasticPool", [3, 1100], dict(axes=[1], keepdims=0, mode="expectation")),
 ]
 
 
