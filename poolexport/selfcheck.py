@@ -13,13 +13,21 @@ optional). In one run, each part skipped with its reason when something is missi
 each against the torch ops on the CPU (sampled picks bit for bit), then the time of each
 backend at 8x64x112x112 and 32x256x56x56 against a device-to-device copy of the input.
 Writes one JSON report and prints a summary; exits 1 when a check fails, else 0 (also
-where there is no GPU: the report then says "no GPU").
+where there is no GPU: the report then says "no GPU"). The report's ``steps`` holds each
+step's seconds; ``--estimate`` prints what each step should cost on a GPU machine, without
+one.
+
+Every GPU access goes through one device layer (:class:`CudaDevice`: torch CUDA tensors,
+CuPy). ``--device-layer module:factory`` swaps it for a stand-in: tests/fake_gpu.py runs
+the whole check on the CPU over the CUDA kernels compiled for host emulation, with a fake
+CuPy whose ``RawModule`` follows CuPy 13's signature.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import datetime
+import importlib
 import json
 import platform
 import sys
@@ -90,52 +98,136 @@ def _compare(got: np.ndarray, ref: np.ndarray, x: np.ndarray, a: dict, dtype: st
     return {"status": "pass" if ok else "fail", "max_abs_err": err}
 
 
-# ------------------------------------------------------------------ backends
-class LibraryBackend:
-    """The ORT library's C launchers on torch CUDA tensors (``launch.h``)."""
+# ------------------------------------------------------------------ the device layer
+class CudaDevice:
+    """The real GPU: torch CUDA tensors for the library and torch backends, CuPy for the
+    PTX. Each method is one thing a backend needs from a device."""
 
-    name = "library"
+    def name(self):
+        try:
+            import torch
 
-    def __init__(self):
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        except Exception:  # noqa: BLE001 - a broken torch install counts as no torch
+            pass
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        except Exception:  # noqa: BLE001 - no CuPy or no driver
+            pass
+        return None
+
+    # -- torch CUDA tensors: the library's C launchers and the torch ops
+    def torch_ready(self) -> None:
         import torch
-
-        from .ort import get_library_path
 
         if not torch.cuda.is_available():
             raise RuntimeError("torch without CUDA (install a CUDA build of torch)")
-        lib = ctypes.CDLL(get_library_path())
+
+    def library(self) -> ctypes.CDLL:
+        from .ort import get_library_path
+
+        return ctypes.CDLL(get_library_path())
+
+    def to_device(self, x_np):
+        import torch
+
+        return torch.from_numpy(x_np).cuda()
+
+    def nan_like_output(self, shape, like):
+        import torch
+
+        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
+
+    def ptr(self, t) -> int:
+        return t.data_ptr()
+
+    def stream(self):
+        import torch
+
+        return torch.cuda.current_stream().cuda_stream
+
+    def to_host(self, t):
+        return t.cpu().numpy()
+
+    def sync(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+    def torch_op(self, op, x, a):
+        """The torch op on a device tensor (poolexport.ops: the CUDA kernels via _native)."""
+        return _torch_ref(op, x, a)
+
+    def copy_seconds(self, x_np, iters: int):
+        """Seconds of one device-to-device copy of x (the bandwidth yardstick)."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        src = self.to_device(x_np)
+        dst = torch.empty_like(src)
+        return _time(self.sync, lambda: dst.copy_(src), iters)
+
+    # -- CuPy: the TensorRT plugins' PTX
+    def cupy(self):
+        import cupy
+
+        return cupy
+
+
+def load_device_layer(spec: str):
+    """``module:factory`` -> the factory's device layer (a stand-in for tests)."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr or "Device")()
+
+
+# ------------------------------------------------------------------ backends
+class LibraryBackend:
+    """The ORT library's C launchers on device tensors (``launch.h``)."""
+
+    name = "library"
+
+    def __init__(self, dev):
+        dev.torch_ready()
+        lib = dev.library()
         if not hasattr(lib, "poolexport_cuda_launch_window"):
             raise RuntimeError("the custom-op library was built without CUDA (nvcc missing at `pip install` time)")
-        lib.poolexport_cuda_version_error.restype = ctypes.c_char_p
-        why = lib.poolexport_cuda_version_error()
+        from ._cuda_driver import library_cuda_problem
+
+        why = library_cuda_problem(lib)
         if why:
-            raise RuntimeError(why.decode())
+            raise RuntimeError(why)
         for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
             f = getattr(lib, name)
             f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32),
                           ctypes.c_void_p]
             f.restype = ctypes.c_int
-        self.lib, self.torch = lib, torch
+        lib.poolexport_cuda_error_string.restype = ctypes.c_char_p  # the error's name, not a pointer as an int
+        self.lib, self.dev = lib, dev
 
     def prepare(self, op, x_np, a):
-        torch = self.torch
-        x = torch.from_numpy(x_np).cuda()
-        args, out_shape = shapes.kernel_args(op, list(x.shape), a)
-        y = torch.full(out_shape, float("nan"), dtype=x.dtype, device="cuda")
+        dev = self.dev
+        x = dev.to_device(x_np)
+        args, out_shape = shapes.kernel_args(op, list(x_np.shape), a)
+        y = dev.nan_like_output(out_shape, x)
         p = (ctypes.c_int32 * len(args))(*args)
         launch = self.lib.poolexport_cuda_launch_window if op in shapes.WINDOWED_OPS else self.lib.poolexport_cuda_launch_reduce
         kind = 0 if op in ("SoftPool", "ReduceSoftPool") else 1
-        dt = 1 if x.dtype == torch.float16 else 0
+        dt = 1 if x_np.dtype == np.float16 else 0
 
         def run():
-            rc = launch(kind, dt, x.data_ptr(), y.data_ptr(), p, torch.cuda.current_stream().cuda_stream)
+            rc = launch(kind, dt, dev.ptr(x), dev.ptr(y), p, dev.stream())
             if rc:
-                raise RuntimeError(f"{op}: launch failed: {self.lib.poolexport_cuda_error_string(rc)}")
+                raise RuntimeError(f"{op}: launch failed: {self.lib.poolexport_cuda_error_string(rc).decode()}")
 
-        return run, lambda: y.cpu().numpy()
+        return run, lambda: dev.to_host(y)
 
     def sync(self):
-        self.torch.cuda.synchronize()
+        self.dev.sync()
 
 
 class PTXBackend:
@@ -143,15 +235,17 @@ class PTXBackend:
 
     name = "ptx"
 
-    def __init__(self):
-        import cupy
-
+    def __init__(self, dev):
+        cupy = dev.cupy()
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise RuntimeError("CuPy sees no CUDA device")
-        text = ptx.load_ptx()
+        path = ptx.ptx_path()
+        text = path.read_text()
         ptx.check_driver(text)
         self.isa = ptx.ptx_isa(text)
-        self.module = cupy.RawModule(code=text)
+        # path=: CuPy loads a PTX or cubin file with cuModuleLoad; code= would hand the PTX
+        # text to NVRTC as CUDA C++ (cupy/_core/raw.pyx, RawModule and _get_raw_module)
+        self.module = cupy.RawModule(path=str(path))
         self.cupy = cupy
 
     def prepare(self, op, x_np, a):
@@ -174,49 +268,28 @@ class PTXBackend:
 
 
 class TorchBackend:
-    """The torch ops (poolexport.ops) on CUDA tensors."""
+    """The torch ops (poolexport.ops) on device tensors."""
 
     name = "torch"
 
-    def __init__(self):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch without CUDA (install a CUDA build of torch)")
-        self.torch = torch
+    def __init__(self, dev):
+        dev.torch_ready()
+        self.dev = dev
 
     def prepare(self, op, x_np, a):
-        x = self.torch.from_numpy(x_np).cuda()
+        x = self.dev.to_device(x_np)
         out = {}
 
         def run():
-            out["y"] = _torch_ref(op, x, a)
+            out["y"] = self.dev.torch_op(op, x, a)
 
-        return run, lambda: out["y"].cpu().numpy()
+        return run, lambda: self.dev.to_host(out["y"])
 
     def sync(self):
-        self.torch.cuda.synchronize()
+        self.dev.sync()
 
 
 # ------------------------------------------------------------------ the run
-def _gpu_name():
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001 - a broken torch install counts as no torch
-        pass
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    except Exception:  # noqa: BLE001 - no CuPy or no driver
-        pass
-    return None
-
-
 def _versions() -> dict:
     out = {"python": platform.python_version(), "numpy": np.__version__}
     for mod in ("torch", "onnxruntime", "cupy", "tensorrt"):
@@ -282,45 +355,38 @@ def _correctness(backends, report):
                 report["checks"].append(row)
 
 
-def _time(b, run, iters: int) -> float:
+def _time(sync, run, iters: int) -> float:
     run()
-    b.sync()
+    sync()
     t0 = time.perf_counter()
     for _ in range(iters):
         run()
-    b.sync()
+    sync()
     return (time.perf_counter() - t0) / iters
 
 
-def _bandwidth(backends, report, iters: int):
+def _bandwidth(dev, backends, report, iters: int, bench_shapes):
     import torch
 
-    for shape in BENCH_SHAPES:
+    for shape in bench_shapes:
         x32 = np.maximum(np.random.default_rng(1).standard_normal(shape), 0).astype(np.float32)
         for dtype in ("float32", "float16"):
             x = x32.astype(dtype)
             nbytes = x.nbytes
-            copy_s = None
-            if torch.cuda.is_available():
-                src = torch.from_numpy(x).cuda()
-                dst = torch.empty_like(src)
-                copy_s = _time(TorchBackend(), lambda: dst.copy_(src), iters)
-                del src, dst
-            else:  # CuPy alone (a torch without CUDA)
-                ptx_b = [b for b in backends if b.name == "ptx"]
-                if ptx_b:
-                    src = ptx_b[0].cupy.asarray(x)
-                    dst = ptx_b[0].cupy.empty_like(src)
-                    copy_s = _time(ptx_b[0], lambda: ptx_b[0].cupy.copyto(dst, src), iters)
-                    del src, dst
+            try:
+                copy_s = dev.copy_seconds(x, iters)
+            except Exception:  # noqa: BLE001 - the yardstick is optional
+                copy_s = None
             for op, a in BENCH_OPS:
                 out_shape = shapes.kernel_args(op, list(shape), a)[1]
                 moved = nbytes + int(np.prod(out_shape)) * x.itemsize
+                ref = _torch_ref(op, torch.from_numpy(x), a).numpy()  # a timed kernel must also be right
                 for b in backends:
                     row = {"backend": b.name, "op": op, "shape": list(shape), "dtype": dtype}
                     try:
-                        run, _ = b.prepare(op, x, a)
-                        sec = _time(b, run, iters)
+                        run, fetch = b.prepare(op, x, a)
+                        sec = _time(b.sync, run, iters)
+                        row.update(_compare(fetch(), ref, x, a, dtype))
                         row.update(ms=round(sec * 1e3, 4), gb_s=round(moved / sec / 1e9, 1))
                         if copy_s:
                             # the copy reads and writes the input once: 2 * nbytes
@@ -331,32 +397,90 @@ def _bandwidth(backends, report, iters: int):
                     report["bandwidth"].append(row)
 
 
-def run_gpu(iters: int = 20) -> dict:
+def run_gpu(iters: int = 20, dev=None, require_all: bool = False) -> dict:
+    dev = dev or CudaDevice()
+    steps = {}
+    t0 = time.perf_counter()
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "host": platform.node(), "versions": _versions(), "device": _gpu_name(), "checks": [],
-              "bandwidth": [], "skipped": {}}
+              "host": platform.node(), "versions": _versions(), "device": dev.name(), "checks": [],
+              "bandwidth": [], "skipped": {}, "steps": steps}
     report["missing"] = _missing(report["versions"])
+    steps["versions_s"] = round(time.perf_counter() - t0, 2)
     if report["device"] is None:
         report["status"] = "no GPU"
         return report
     backends = []
     for cls in (LibraryBackend, PTXBackend, TorchBackend):
+        t0 = time.perf_counter()
         try:
-            backends.append(cls())
+            backends.append(cls(dev))
         except Exception as e:  # noqa: BLE001 - named in the report, the others still run
             report["skipped"][cls.name] = f"{type(e).__name__}: {e}".splitlines()[0]
+        steps[f"setup_{cls.name}_s"] = round(time.perf_counter() - t0, 2)
     ptx_backend = [b for b in backends if b.name == "ptx"]
     if ptx_backend:
         report["ptx_isa"] = ptx_backend[0].isa
     t0 = time.perf_counter()
     _correctness(backends, report)
-    report["correctness_s"] = round(time.perf_counter() - t0, 1)
+    steps["correctness_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    _bandwidth(backends, report, iters)
-    report["bandwidth_s"] = round(time.perf_counter() - t0, 1)
-    bad = [c for c in report["checks"] if c["status"] != "pass"]
-    report["status"] = "fail" if bad or not backends else "pass"
+    _bandwidth(dev, backends, report, iters, getattr(dev, "bench_shapes", BENCH_SHAPES))
+    steps["bandwidth_s"] = round(time.perf_counter() - t0, 2)
+    bad = [c for c in report["checks"] + report["bandwidth"] if c["status"] != "pass"]
+    report["status"] = "fail" if bad or not backends or (require_all and report["skipped"]) else "pass"
     return report
+
+
+# ------------------------------------------------------------------ the run-time estimate
+# What each step costs on a lent GPU machine (H200-class, ~4 TB/s; PCIe or NVLink-C2C host
+# link), from the work each step does. Measured on the CPU-only development machine:
+# `python -m poolexport.tensorrt.ptx -o k.ptx` (nvcc -ptx + ptxas of the 8 entry points)
+# 17 s wall on 2 shared cores; `import torch` 2-3 s. Device costs are assumptions, named.
+ASSUMED = {"host_to_device_gb_s": 10.0, "device_gb_s": 2000.0, "launch_s": 20e-6, "context_s": 3.0,
+           "ptx_jit_s": 5.0, "cupy_import_s": 2.0, "nvcc_ptx_s": 20.0, "torch_import_s": 3.0,
+           "randn_s_per_melem": 0.025, "cpu_reference_s_per_case": 0.05, "cpu_reference_s_per_melem": 0.01}
+
+
+def estimate(iters: int = 20, bench_shapes=None) -> list[tuple[str, float, str]]:
+    """[(step, seconds, basis)]: the self-check's run time on a GPU machine."""
+    A = ASSUMED
+    bench_shapes = bench_shapes or BENCH_SHAPES
+    n_backends = 3
+    checks = len(CASES) * 2 * n_backends
+    steps = [
+        ("imports: torch, CuPy, onnxruntime, TensorRT probe", A["torch_import_s"] + A["cupy_import_s"],
+         "torch 3 s + CuPy 2 s"),
+        ("CUDA context (torch, then CuPy on the same device)", A["context_s"], "driver init, once"),
+        ("PTX: nvcc -ptx + ptxas (first run; cached in ~/.cache/poolexport)", A["nvcc_ptx_s"],
+         "17 s measured on 2 CPU cores; 0 s when POOLEXPORT_PTX or the cache has it"),
+        ("PTX: the driver JIT-compiles compute_75 for the GPU (first load)", A["ptx_jit_s"], "8 entry points"),
+        ("correctness", checks * (A["launch_s"] + 0.002) + len(CASES) * 2 * A["cpu_reference_s_per_case"],
+         f"{checks} launches + copies, {len(CASES) * 2} CPU references"),
+    ]
+    bench = 0.0
+    launches = 0
+    for shape in bench_shapes:
+        melem = float(np.prod(shape)) / 1e6
+        bench += melem * A["randn_s_per_melem"]  # the input, once per shape
+        for itemsize in (4, 2):
+            nbytes = melem * 1e6 * itemsize
+            prepares = len(BENCH_OPS) * n_backends + 1  # + the copy's source
+            bench += prepares * nbytes / (A["host_to_device_gb_s"] * 1e9)
+            bench += len(BENCH_OPS) * melem * A["cpu_reference_s_per_melem"]  # each row's CPU reference
+            bench += len(BENCH_OPS) * n_backends * nbytes / (A["host_to_device_gb_s"] * 1e9)  # outputs fetched (<= input)
+            per_launch = 2 * nbytes / (A["device_gb_s"] * 1e9) + A["launch_s"]
+            bench += (len(BENCH_OPS) * n_backends + 1) * (iters + 1) * per_launch
+            launches += (len(BENCH_OPS) * n_backends + 1) * (iters + 1)
+    steps.append(("bandwidth (each row also checked against the CPU kernels)", bench,
+                  f"{launches} timed launches, inputs copied at {A['host_to_device_gb_s']:.0f} GB/s, CPU references"))
+    return steps
+
+
+def _estimate_text(iters: int) -> str:
+    rows = estimate(iters)
+    lines = [f"{s:66s} {sec:7.1f} s  ({why})" for s, sec, why in rows]
+    lines.append(f"{'total':66s} {sum(sec for _, sec, _ in rows):7.1f} s")
+    return "\n".join(lines)
 
 
 def _summary(report: dict) -> str:
@@ -372,6 +496,10 @@ def _summary(report: dict) -> str:
         for name, ok in by.items():
             lines.append(f"  {name}: {sum(ok)}/{len(ok)} kernel checks pass")
     for r in report["bandwidth"]:
+        if r["status"] != "pass":
+            lines.append(f"  {r['backend']}: benchmark {r['op']} {r['dtype']} {r['status']}: "
+                         f"{r.get('why') or 'max abs err ' + str(r.get('max_abs_err'))}")
+    for r in report["bandwidth"]:
         if "ms" in r:
             lines.append(f"  {r['backend']:8s} {r['op']:21s} {'x'.join(map(str, r['shape'])):16s} {r['dtype']:8s} "
                          f"{r['ms']:9.3f} ms {r['gb_s']:7.1f} GB/s" + (f"  {r['vs_copy']:.2f}x copy" if "vs_copy" in r else ""))
@@ -383,12 +511,20 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", action="store_true", required=True, help="run the GPU checks (the only mode)")
     p.add_argument("-o", "--output", type=Path, default=Path("selfcheck.json"), help="JSON report (%(default)s)")
     p.add_argument("--iters", type=int, default=20, help="timed launches per benchmark row (%(default)s)")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail when a backend is skipped (a GPU machine that should have the whole stack)")
+    p.add_argument("--estimate", action="store_true", help="print each step's expected cost on a GPU machine and exit")
+    p.add_argument("--device-layer", metavar="MODULE:FACTORY",
+                   help="a stand-in device layer (tests/fake_gpu.py:FakeDevice runs the check on the CPU)")
     args = p.parse_args(argv)
-    report = run_gpu(args.iters)
+    if args.estimate:
+        print(_estimate_text(args.iters))
+        return 0
+    report = run_gpu(args.iters, load_device_layer(args.device_layer) if args.device_layer else None, args.require_all)
     args.output.write_text(json.dumps(report, indent=1) + "\n")
     print(_summary(report))
     print(f"report: {args.output}")
-    return 1 if report["status"] == "fail" else 0
+    return 1 if report["status"] == "fail" or (args.require_all and report["status"] == "no GPU") else 0
 
 
 if __name__ == "__main__":
