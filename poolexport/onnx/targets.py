@@ -15,7 +15,8 @@
 Every target writes the node attributes explicitly (AveragePool's defaults filled in), an
 IR version that onnxruntime >= 1.17 reads, no initializer or value_info that nothing uses
 (ONNX Runtime warns ``Removing initializer ...`` at load for each), and ``metadata_props``
-saying what made the file and what it needs (:data:`METADATA_KEYS`).
+saying what made the file and what it needs (:data:`METADATA_KEYS`). Nodes are named after
+the module paths they came from (``names.py``: ``layer1.0.conv1/Conv``).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from onnx import helper
 
 from . import domain as D
 from .decompositions import functions
+from .names import module_scopes, name_nodes
 
 TARGETS = ("ort", "portable", "tensorrt")
 IR_VERSION = 10  # onnx 1.23 writes 14 by default; onnxruntime 1.31 reads up to 13
@@ -217,6 +219,7 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
         raise ValueError(f"opset: the decompositions need opset >= {D.OPSET}, got {_default_opset(model)}")
     normalize_nodes(model)
     has_custom = bool(custom_nodes(model))
+    scopes = module_scopes(model)  # before nodes are replaced: the replacements take their paths
     if target == "tensorrt":
         # one shaping for TensorRT, shared with build-engine: every attribute written
         # (the parser skips absent fields), seed as int32 seed_lo/seed_hi (the parser
@@ -238,5 +241,6 @@ def apply_target(model: onnx.ModelProto, target: str = "ort") -> onnx.ModelProto
         _set_opset(model, D.DOMAIN, D.VERSION if has_custom else None)
     model.ir_version = IR_VERSION
     prune_unused(model)
+    name_nodes(model, scopes)
     set_metadata(model, target, has_custom)
     return model
