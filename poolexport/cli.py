@@ -13,12 +13,16 @@ one with::
     register_command("build-engine", add_arguments, run, help="...")
 
 where ``add_arguments(parser)`` fills an ``argparse.ArgumentParser`` and ``run(args)``
-returns the exit code. Commands of poolexport.tensorrt and the serve package are
-registered here when importable (see ``_BUILTIN``). A first argument that is not a
-registered name means export, so ``poolexport model.pt`` never needs a subcommand.
+returns the exit code. ``inspect`` (inspect_cmd.py), ``bench`` (bench_cmd.py) and the
+commands of poolexport.tensorrt and the serve package are registered here when importable
+(see ``_BUILTIN``). Nothing heavy (torch, onnx, onnxruntime, rich) is imported until a
+command needs it, so ``poolexport --help`` starts in well under a second. A first argument
+that is not a registered name means export, so ``poolexport model.pt`` never needs a
+subcommand.
 
 Exit codes: 0 success, 1 a runtime failed its tolerance, 2 bad input (one line on stderr,
-never a traceback), 130 interrupted.
+never a traceback), 3 the target's own runtime did not run (see --allow-unverified), 130
+interrupted.
 """
 from __future__ import annotations
 
@@ -52,8 +56,16 @@ class Command:
 
 _COMMANDS: dict[str, Command] = {}
 
-# (module, how it registers): a module with NAME/HELP/add_arguments/run, or a register(fn) hook
-_BUILTIN = ("poolexport.tensorrt.cli", "poolexport.serve.cli")
+# modules with NAME/HELP/add_arguments/run, or a register(fn) hook. Discovery imports them
+# all for every command line, --help included: their top level imports no torch, onnx,
+# onnxruntime or rich (tests/test_cli_startup.py checks)
+_BUILTIN = ("poolexport.inspect_cmd", "poolexport.bench_cmd", "poolexport.tensorrt.cli", "poolexport.serve.cli")
+# poolexport.parity's RUNTIMES and REFERENCE_MAX_PARAMS, for the help text without importing
+# parity (torch, onnx); tests/test_cli_startup.py checks that they agree
+PARITY_RUNTIMES = ("torch", "onnxruntime", "onnxruntime-fallback", "reference", "openvino", "onnxruntime-cuda",
+                   "tensorrt")
+REFERENCE_MAX_PARAMS = 2_000_000
+DYNAMIC_CHOICES = ("batch", "spatial")  # poolexport.onnx.export.DYNAMIC_CHOICES (that module imports torch)
 
 
 def register_command(name: str, add_arguments, run, help: str = "") -> None:
@@ -97,8 +109,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_dynamic(text: str) -> tuple[str, ...]:
-    from .onnx.export import DYNAMIC_CHOICES
-
     if text.strip().lower() in ("", "none"):
         return ()
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
@@ -109,8 +119,6 @@ def parse_dynamic(text: str) -> tuple[str, ...]:
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    from .parity import REFERENCE_MAX_PARAMS, RUNTIMES
-
     p.add_argument("model", type=Path, help="TorchScript archive, torch.export program (.pt2), state_dict "
                    "(with --arch) or pickled module (with --trust-pickle)")
     p.add_argument("-o", "--output", type=Path, help="ONNX file to write (default: MODEL with .onnx suffix)")
@@ -131,9 +139,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="trust the file: load it in this process with torch's own loaders, without the file checks "
                         "and the sandbox (needed for a pickled full module; loading it runs code from the file)")
     p.add_argument("--runtimes", default=None, metavar="LIST",
-                   help=f"parity runtimes, comma-separated (default: all of {', '.join(RUNTIMES)}; the reference "
-                        f"evaluator is skipped for models above {REFERENCE_MAX_PARAMS / 1e6:g}M parameters unless "
-                        "named here)")
+                   help=f"parity runtimes, comma-separated (default: all of {', '.join(PARITY_RUNTIMES)}; the "
+                        f"reference evaluator is skipped for models above {REFERENCE_MAX_PARAMS / 1e6:g}M parameters "
+                        "unless named here)")
     p.add_argument("--no-parity", action="store_true", help="export only")
     p.add_argument("--allow-unverified", action="store_true",
                    help=f"exit 0 when parity passed on the runtimes that ran but the target's own runtime did not "
@@ -141,7 +149,19 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="torch.onnx exporter (auto: dynamo, or TorchScript for TorchScript archives)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_VersionAction)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, with the text built only when asked for (it imports onnx)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the version and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(version_text() + "\n", sys.stdout)
+        parser.exit()
 
 
 def version_text() -> str:
@@ -170,17 +190,14 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------ the export command
 def run_export(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from ._loading import LoadError, load_model
-    from .parity import REFERENCE_MAX_PARAMS, RUNTIMES, TARGET_RUNTIME
-
+    # up to the contained child's start nothing heavy is imported: the parent only checks
+    # the arguments, starts the child and copies its file
     shape = parse_shape(args.input_shape) if args.input_shape else None
     dynamic = parse_dynamic(args.dynamic) if args.dynamic is not None else None
-    runtimes = tuple(r.strip() for r in (args.runtimes or ",".join(RUNTIMES)).split(",") if r.strip())
-    bad = [r for r in runtimes if r not in RUNTIMES]
+    runtimes = tuple(r.strip() for r in (args.runtimes or ",".join(PARITY_RUNTIMES)).split(",") if r.strip())
+    bad = [r for r in runtimes if r not in PARITY_RUNTIMES]
     if bad:
-        raise UsageError(f"--runtimes: unknown runtime {bad[0]!r}; choose from {', '.join(RUNTIMES)}")
+        raise UsageError(f"--runtimes: unknown runtime {bad[0]!r}; choose from {', '.join(PARITY_RUNTIMES)}")
     if args.opset < 18:
         raise UsageError(f"--opset: must be >= 18, got {args.opset}")
     if not args.model.exists():
@@ -195,6 +212,11 @@ def run_export(args: argparse.Namespace) -> int:
             _check_writable(args.json, "--json")
         if not args.trust_pickle:
             return _run_contained(args, output)
+    from rich.console import Console
+
+    from ._loading import LoadError, load_model
+    from .parity import TARGET_RUNTIME
+
     # in the contained child: write into its scratch folder; the parent moves the files
     write_output = Path(contained) / "out" / output.name if contained else output
     write_json = (Path(contained) / "report.json" if contained else args.json) if args.json else None
@@ -214,7 +236,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     # the progress display gets its own descriptor: export_model silences fds 1 and 2 while
     # torch.onnx runs (it prints from C++), and the spinner must keep turning meanwhile
-    err = Console(file=os.fdopen(os.dup(2), "w", buffering=1)) if sys.stderr.isatty() else None
+    err = _terminal_console()
     report: dict = {"model": str(args.model), "format": loaded.kind, "output": str(output), "target": args.target,
                     "fp16": args.fp16, "input_shape": list(shape), "dynamic": list(dynamic)}
     if CONFINEMENT is not None:
@@ -222,10 +244,16 @@ def run_export(args: argparse.Namespace) -> int:
                              "landlock_abi": CONFINEMENT.landlock_abi, "seccomp": CONFINEMENT.seccomp}
     with _progress(err) as progress:
         task = progress.add_task(f"exporting {args.model.name} ({args.target}{', fp16' if args.fp16 else ''})")
-        proto, seconds = _export(loaded, shape, args, dynamic)
+
+        def step(text: str) -> None:  # each label is shown while exactly that step runs
+            progress.update(task, description=text)
+
+        proto, seconds = _export(loaded, shape, args, dynamic, step)
         report["export_seconds"] = seconds
-        progress.update(task, description="onnx.checker (full_check)")
-        _check_and_save(proto, write_output)
+        step(STEPS["check"])
+        _check(proto)
+        step(STEPS["save"].format(name=output.name))
+        _save(proto, write_output)
         parity = None
         if not args.no_parity:
             from .parity import check_parity, parity_shapes
@@ -233,8 +261,10 @@ def run_export(args: argparse.Namespace) -> int:
             shapes = parity_shapes(proto, shape)
             start = time.perf_counter()
             forced = args.runtimes is not None and "reference" in runtimes  # named: run it at any size
+            # check_parity copies the model and runs it in float64 before the first runtime
+            step(STEPS["reference"].format(count=len(shapes), s="" if len(shapes) == 1 else "s"))
             parity = check_parity(proto, loaded.model, shapes, fp16=args.fp16, runtimes=runtimes,
-                                  on_runtime=lambda r: progress.update(task, description=f"parity: {r}"),
+                                  on_runtime=lambda r: step(STEPS["parity"].format(runtime=r)),
                                   reference_max_params=None if forced else REFERENCE_MAX_PARAMS)
             report["parity_seconds"] = time.perf_counter() - start
             report["parity"] = parity.to_dict()
@@ -286,7 +316,7 @@ def _run_contained(args: argparse.Namespace, output: Path) -> int:
     import subprocess
     import tempfile
 
-    from ._untrusted import check_onnx_external_data, child
+    from ._untrusted import child
 
     scratch = Path(tempfile.mkdtemp(prefix="poolexport-"))
     try:
@@ -309,26 +339,46 @@ def _run_contained(args: argparse.Namespace, output: Path) -> int:
             raise UsageError(f"{args.model}: the contained export process died (signal {-proc.returncode})")
         if proc.returncode not in (0, 1, EXIT_UNVERIFIED):
             return proc.returncode  # it printed its one-line error
-        onnx_bytes = _read_plain(scratch / "out", output.name)
-        if onnx_bytes is None:
-            raise UsageError(f"{args.model}: the contained export process wrote no {output.name}")
-        staged = scratch / "checked.onnx"
-        staged.write_bytes(onnx_bytes)
-        try:
-            external = check_onnx_external_data(staged)
-        except Exception:
-            external = True
-        if external:
-            raise UsageError(f"{args.model}: the contained export wrote a file with external data, which "
-                             "poolexport's export never does; refusing it")
-        output.write_bytes(onnx_bytes)
-        if args.json:
-            report = _read_plain(scratch, "report.json")
-            if report is not None:
-                args.json.write_bytes(report)
+        with _progress(_terminal_console()) as progress:
+            progress.add_task(STEPS["copy"].format(name=output.name))
+            _take_outputs(args, output, scratch)
         return proc.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _terminal_console():
+    """A rich console on a duplicate of fd 2 when it is a terminal (export_model silences
+    fds 1 and 2 while torch.onnx runs, and the spinner must keep turning); None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(file=os.fdopen(os.dup(2), "w", buffering=1))
+
+
+def _take_outputs(args: argparse.Namespace, output: Path, scratch: Path) -> None:
+    """Copy the contained child's ONNX file (and report) from ``scratch`` to where the user
+    asked, after checking that it names no external data."""
+    from ._untrusted import check_onnx_external_data
+
+    onnx_bytes = _read_plain(scratch / "out", output.name)
+    if onnx_bytes is None:
+        raise UsageError(f"{args.model}: the contained export process wrote no {output.name}")
+    staged = scratch / "checked.onnx"
+    staged.write_bytes(onnx_bytes)
+    try:
+        external = check_onnx_external_data(staged)
+    except Exception:
+        external = True
+    if external:
+        raise UsageError(f"{args.model}: the contained export wrote a file with external data, which "
+                         "poolexport's export never does; refusing it")
+    output.write_bytes(onnx_bytes)
+    if args.json:
+        report = _read_plain(scratch, "report.json")
+        if report is not None:
+            args.json.write_bytes(report)
 
 
 def _read_plain(folder: Path, name: str) -> Optional[bytes]:
@@ -372,6 +422,16 @@ def _dynamic_for(loaded, shape, requested):
     return requested
 
 
+# the export's progress labels after export_model's own (poolexport.onnx.export.STEPS)
+STEPS = {
+    "check": "check: onnx.checker (full_check)",
+    "save": "save: {name}",
+    "reference": "reference: PyTorch float64 forward ({count} shape{s})",
+    "parity": "parity: {runtime}",
+    "copy": "copy: {name} from the sandbox",
+}
+
+
 def _progress(console):
     """A spinner on a terminal; plain timestamped lines on stderr otherwise (CI logs, pipes)."""
     if console is None:
@@ -385,16 +445,22 @@ def _progress(console):
 class _LineProgress:
     def __init__(self):
         self.start = time.perf_counter()
+        self.fd = None
 
     def __enter__(self):
+        # a duplicate of fd 2: export_model points fds 1 and 2 elsewhere while torch.onnx
+        # runs, and the steps inside it (export, optimize) must still be shown
+        self.fd = os.dup(2)
         return self
 
     def __exit__(self, *exc):
+        os.close(self.fd)
+        self.fd = None
         return False
 
     def _line(self, text):
-        # fd 2 directly: export_model silences sys.stderr while torch.onnx runs
-        os.write(2, f"{PROG}: [{time.perf_counter() - self.start:6.1f} s] {text}\n".encode())
+        os.write(2 if self.fd is None else self.fd,
+                 f"{PROG}: [{time.perf_counter() - self.start:6.1f} s] {text}\n".encode())
 
     def add_task(self, description):
         self._line(description)
@@ -404,7 +470,7 @@ class _LineProgress:
         self._line(description)
 
 
-def _export(loaded, shape, args, dynamic):
+def _export(loaded, shape, args, dynamic, step=None):
     import torch
 
     from .onnx import export_model
@@ -413,7 +479,7 @@ def _export(loaded, shape, args, dynamic):
     start = time.perf_counter()
     try:
         proto = export_model(loaded.model, example, target=args.target, dynamic=dynamic, fp16=args.fp16,
-                             opset=args.opset, exporter=args.exporter)
+                             opset=args.opset, exporter=args.exporter, progress=step)
     except Exception as exc:
         if os.environ.get("POOLEXPORT_DEBUG"):
             raise
@@ -451,13 +517,18 @@ def describe_export_error(exc: BaseException) -> str:
 
 
 
-def _check_and_save(proto, output: Path) -> None:
+def _check(proto) -> None:
     import onnx
 
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise UsageError(f"onnx.checker rejected the export: {_one_line(exc)}") from None
+
+
+def _save(proto, output: Path) -> None:
+    import onnx
+
     try:
         onnx.save(proto, str(output))
     except OSError as exc:
@@ -534,4 +605,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m poolexport.cli``: run the module under its package name, so that the
+    # subcommands' ``from poolexport.cli import UsageError`` is this class, not a copy
+    from poolexport.cli import main as _main
+
+    sys.exit(_main())

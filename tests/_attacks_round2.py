@@ -201,8 +201,8 @@ if not os.environ.get("POOLEXPORT_CONTAINED"):
 else:
     import onnx
     from poolexport import cli
-    original = cli._check_and_save
-    def _check_and_save(proto, output):
+    original = cli._save
+    def _save(proto, output):
         original(proto, output)
         name = os.path.basename(marker)
         with open(os.path.join(os.path.dirname(output), name), "w") as f:
@@ -212,7 +212,7 @@ else:
         t.external_data.add(key="location", value=name)
         proto.graph.initializer.append(t)
         onnx.save(proto, str(output))
-    cli._check_and_save = _check_and_save
+    cli._save = _save
 '''
 
 
@@ -241,7 +241,7 @@ def build_child_output_names(dst: Path, marker: Path) -> Path:
     """A ``torch.save``d full module whose unpickling runs Python (a stand-in for code
     execution inside the contained child by any route: run with the test-only switch
     ``POOLEXPORT_TEST_UNCHECKED_LOAD=1``, which loads it unchecked inside the enforced
-    sandbox). The payload, confined, wraps the CLI's ``_check_and_save``: after the ONNX
+    sandbox). The payload, confined, wraps the CLI's ``_save``: after the ONNX
     file is written, it writes a file named like MARKER into the scratch output folder and
     adds an initializer whose external data ``location`` is that name. The parent
     (cli.py ``_run_contained``) checks only that the location is a plain file beside the

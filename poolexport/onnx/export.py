@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import onnx
@@ -27,6 +27,12 @@ from .translations import custom_translation_table, register_torchscript_symboli
 
 DYNAMIC_CHOICES = ("batch", "spatial")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+# what export_model's progress callback is told as each step starts
+STEPS = {
+    "export": "export: torch.onnx ({exporter} exporter)",
+    "optimize": "optimize: onnxscript optimizer",
+    "target": "target {target}: poolexport nodes, node names, metadata",
+}
 
 
 SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
@@ -210,10 +216,13 @@ def export_model(
     opset: int = D.OPSET,
     exporter: str = "auto",
     verbose: bool = False,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> onnx.ModelProto:
     """Export ``model`` at ``example``'s shape; returns the ONNX model shaped for ``target``
     (``None``: as torch.onnx wrote it, for :func:`apply_target` on copies). The model is
-    exported in eval mode; the caller's module gets its own train/eval flags back."""
+    exported in eval mode; the caller's module gets its own train/eval flags back.
+    ``progress(step)`` is called as each step starts (:data:`STEPS` names them)."""
+    step = progress or (lambda _text: None)
     if opset < D.OPSET:
         raise ValueError(f"opset: must be >= {D.OPSET}, got {opset}")
     x = example.to(torch.float16 if fp16 else torch.float32)
@@ -224,15 +233,18 @@ def export_model(
         axes = {i: n for i, n in axes.items() if i not in static}
     flags = training_flags(model)  # the caller's module leaves as it came (issue 23)
     try:
-        proto = _export(model, x, axes, fp16, opset, exporter, verbose)
+        proto = _export(model, x, axes, fp16, opset, exporter, verbose, step)
     finally:
         restore_training(flags)
     _flatten_reshapes(proto)
     _name_dims(proto, axes)
-    return proto if target is None else apply_target(proto, target)
+    if target is None:
+        return proto
+    step(STEPS["target"].format(target=target))
+    return apply_target(proto, target)
 
 
-def _export(model, x, axes, fp16, opset, exporter, verbose) -> onnx.ModelProto:
+def _export(model, x, axes, fp16, opset, exporter, verbose, step) -> onnx.ModelProto:
     module = prepare_module(model, fp16)
     if 0 in axes and x.shape[0] == 1:
         x = torch.cat([x, x])  # torch.export specializes size-1 dims: trace a dynamic batch at 2
@@ -240,12 +252,16 @@ def _export(model, x, axes, fp16, opset, exporter, verbose) -> onnx.ModelProto:
         exporter = "torchscript" if isinstance(module, torch.jit.ScriptModule) else "dynamo"
     with _quiet(verbose):
         if exporter == "dynamo":
+            step(STEPS["export"].format(exporter=exporter))
             dyn = ({i: torch.export.Dim.AUTO for i in axes},) if axes else None
             program = torch.onnx.export(module, (x,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=dyn,
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=dyn, optimize=False,
                                         custom_translation_table=custom_translation_table(), verbose=False)
+            step(STEPS["optimize"])
+            program.optimize()  # what optimize=True runs, as a step of its own (same file)
             proto = program.model_proto
         elif exporter == "torchscript":
+            step(STEPS["export"].format(exporter=exporter))
             register_torchscript_symbolics(opset)
             buf = io.BytesIO()
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],

@@ -4,7 +4,6 @@ Importing this package needs neither TensorRT nor a GPU; the functions that do i
 TensorRT lazily and fail with one line naming what is missing.
 """
 from ._import import TensorRTUnavailable, import_tensorrt
-from .shapes import kernel_args
 
 __all__ = ["TensorRTUnavailable", "import_tensorrt", "kernel_args", "prepare_onnx", "register_plugins",
            "build_engine", "TensorRTRunner"]
@@ -29,6 +28,10 @@ def prepare_onnx(model):
 
 
 def __getattr__(name):
+    if name == "kernel_args":  # imported on use: shapes.py imports torch (the CLI starts without it)
+        from .shapes import kernel_args
+
+        return kernel_args
     if name == "TensorRTRunner":
         from .runner import TensorRTRunner
 
