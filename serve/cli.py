@@ -24,7 +24,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long the dynamic batcher waits to fill a batch")
     p.add_argument("--instances", type=int, default=1, help="model instances (parallel batches)")
     p.add_argument("--intra-op-threads", type=int, default=0,
-                   help="ONNX Runtime threads per run (0: one per core)")
+                   help="ONNX Runtime threads per run, per instance (0: one per core)")
+    p.add_argument("--allow-spinning", action="store_true",
+                   help="let idle ONNX Runtime threads spin (lower latency on an otherwise idle "
+                        "machine; off by default: spinning takes the cores tritonserver and "
+                        "the request gate need)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton verbose log level")
     p.add_argument("--max-request-elements", type=int, default=None, metavar="N",
                    help="refuse (413) a request whose inputs declare more than N elements in all, "
@@ -50,6 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
                         metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         log_verbose=args.log_verbose, intra_op_threads=args.intra_op_threads,
+                        allow_spinning=args.allow_spinning,
                         max_request_elements=args.max_request_elements,
                         max_request_bytes=args.max_request_bytes, dim_bounds=args.dims)
     except (BackendUnavailable, ValueError) as e:
@@ -68,6 +73,12 @@ def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default=None, help="model folder name (default: file stem)")
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default=None,
                    help="default: tensorrt for .plan/.engine files, else onnxruntime")
+    p.add_argument("--variant", choices=("onnxruntime", "python", "both"), default="onnxruntime",
+                   help="onnxruntime: Triton's C++ ONNX Runtime backend (tensorrt_plan for a "
+                        "plan) with the custom-op library in model_operations; python: the "
+                        "Python backend running the session in its stub, as `poolexport serve` "
+                        "does (needs numpy and onnxruntime in Triton's Python); both: the two, "
+                        "the python one as <name>_python")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--max-queue-delay-us", type=int, default=100)
     p.add_argument("--instances", type=int, default=1)
@@ -90,19 +101,21 @@ def run_triton_repo(args: argparse.Namespace) -> int:
             args.model, args.output, model_name=args.model_name, backend=args.backend,
             max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
             instances=args.instances, kind=args.kind, signature_from=args.signature_from,
-            plugin_library=args.plugin_library, mount_path=args.mount_path)
+            plugin_library=args.plugin_library, mount_path=args.mount_path, variant=args.variant)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"poolexport triton-repo: wrote {path}")
+    if args.variant == "both":
+        print(f"poolexport triton-repo: wrote {path}_python")
     return 0
 
 
 COMMANDS = {
     "serve": (add_serve_arguments, run_serve,
-              "serve an ONNX file (or TensorRT engine) over KServe v2 HTTP/gRPC (PyTriton)"),
+              "serve an ONNX file (or TensorRT engine) over KServe v2 HTTP/gRPC (bundled tritonserver)"),
     "triton-repo": (add_triton_repo_arguments, run_triton_repo,
-                    "write a Triton model repository (onnxruntime or tensorrt backend)"),
+                    "write a Triton model repository (onnxruntime/tensorrt backend, or python backend)"),
 }
 
 

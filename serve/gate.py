@@ -9,9 +9,9 @@ the input's declared shape, before it compares that shape with the model config
 and has no option to cap it (--http-max-input-size came in 2.59). A 99-byte body that
 declares 8x3x100000x100000 FP32 makes it ask for 960 GB: std::bad_alloc, abort, the
 server is gone. No code of ours runs before that allocation, so the check has to sit in
-front of it. Errors raised by the model callable travel through PyTriton's proxy as a
-500 whose text is a Python traceback; the front ends turn those into one-line messages
-(a 400 when the callable says the input was at fault, see server.py).
+front of it. Errors from the model (serve/triton_model.py) carry a per-server marker and
+a status (`<marker>:<status>:<message>`); the front ends answer that status with the
+message alone, and turn any other error text with a traceback or paths into one line.
 
 HTTP: a threaded HTTP/1.1 proxy (keep-alive, one upstream connection per client
 connection). Infer requests for the served model are read whole (at most
@@ -20,10 +20,10 @@ infer requests for any other model get 404 here, and so do GETs about another mo
 (metadata, ready, config, stats: tritonserver would say 400); other GET/HEAD requests
 pass through; other POSTs
 (model repository control, shared-memory registration, trace and log settings) are
-refused with 403 (PyTriton's tritonserver wants an access token for them anyway).
+refused with 403 (tritonserver also wants an access token for them that nobody holds).
 
-gRPC: a generic pass-through (bytes in, bytes out) with ModelInfer and ModelStreamInfer
-parsed and checked, the same methods as above refused (PERMISSION_DENIED), and the
+gRPC: a generic pass-through on grpc.aio (bytes in, bytes out) with ModelInfer and
+ModelStreamInfer parsed and checked, the same methods as above refused (PERMISSION_DENIED), and the
 message size capped by gRPC itself (grpc.max_receive_message_length).
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class _Reply(Exception):
 
 
 def upstream_error(message: str, marker: str | None) -> tuple[int, str] | None:
-    """What to tell a client for an error text from tritonserver/PyTriton: (status, message)
+    """What to tell a client for an error text from tritonserver or the model: (status, message)
     when it must be rewritten, None when it can go out as it is."""
     if marker and marker in message:
         m = re.search(re.escape(marker) + r":(\d{3}):([^\n]*)", message)
@@ -133,6 +133,79 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
             self._slots.release()
 
 
+class _Upstream:
+    """One keep-alive HTTP/1.1 connection to tritonserver's loopback port: each request in
+    one write, the answer read by its Content-Length. (http.client's request building and
+    header parsing cost about as much as the rest of the gate.)"""
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.host = f"{host}:{port}"
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb")
+
+    def close(self):
+        try:
+            self.rfile.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+    def request(self, method: str, path: str, headers, body: bytes | None):
+        """Returns (status, headers, body, close)."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
+        for k, v in headers:
+            if "\r" not in v and "\n" not in v:  # a folded header: nothing to pass on
+                lines.append(f"{k}: {v}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.sock.sendall(head + body if body else head)
+
+        status_line = self.rfile.readline(65537)
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ConnectionError("no HTTP answer from upstream")
+        status = int(parts[1])
+        out, length, chunked, close = [], None, False, False
+        while True:
+            line = self.rfile.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            k, v = k.strip(), v.strip()
+            out.append((k, v))
+            lk = k.lower()
+            if lk == "content-length":
+                length = int(v)
+            elif lk == "transfer-encoding":
+                chunked = "chunked" in v.lower()
+            elif lk == "connection":
+                close = v.lower() == "close"
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            data = b""
+        elif chunked:
+            data = self._read_chunked()
+        elif length is not None:
+            data = self.rfile.read(length)
+            if len(data) != length:
+                raise ConnectionError("upstream closed mid-body")
+        else:
+            data, close = self.rfile.read(), True
+        return status, out, data, close
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(8)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "poolexport-serve"
@@ -141,6 +214,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        # Headers and body go out in one write (_send_all), and small answers at once: with
+        # Nagle on, a client's delayed ACK held each batch-1 answer back by 40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.gate: Gate = self.server.gate
         self._upstream = None
 
@@ -200,15 +276,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             if close:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-            self.wfile.flush()
+            self._send_all(body if self.command != "HEAD" else b"")
         except (ConnectionError, socket.timeout, TimeoutError):
             pass
         if close:
             self.close_connection = True
             self._drain()
+
+    def _send_all(self, body: bytes) -> None:
+        """end_headers() and the body in one write."""
+        self._headers_buffer.append(b"\r\n")
+        if body:
+            self._headers_buffer.append(body)
+        self.flush_headers()
+        self.wfile.flush()
 
     def _drain(self, max_bytes=256 << 20, max_s=10.0):
         """Read what the client is still sending so it can read our answer, then close."""
@@ -360,23 +441,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return n is not None and n <= MAX_SMALL_BODY
 
     def _forward(self, body, drop):
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() not in _HOP_BY_HOP and k.lower() not in drop}
+        headers = [(k, v) for k, v in self.headers.items()
+                   if k.lower() not in _HOP_BY_HOP and k.lower() not in drop]
         for attempt in (0, 1):
-            if self._upstream is None:
-                self._upstream = http.client.HTTPConnection(
-                    self.gate.upstream_host, self.gate.upstream_http, timeout=self.gate.upstream_timeout)
             try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
-                resp = self._upstream.getresponse()
-                data = resp.read()
+                if self._upstream is None:
+                    self._upstream = _Upstream(self.gate.upstream_host, self.gate.upstream_http,
+                                               self.gate.upstream_timeout)
+                status, out_headers, data, close = self._upstream.request(
+                    self.command, self.path, headers, body)
+                if close:
+                    self._upstream.close()
+                    self._upstream = None
                 break
-            except (ConnectionError, http.client.HTTPException, OSError):
-                self._upstream.close()
-                self._upstream = None
+            except (ConnectionError, OSError, ValueError):
+                if self._upstream is not None:
+                    self._upstream.close()
+                    self._upstream = None
                 if attempt:
                     raise _Reply(502, "the inference server did not answer") from None
-        status, out_headers = resp.status, resp.getheaders()
+        head_length = next((v for k, v in out_headers if k.lower() == "content-length"), "0")
         if status >= 400:
             new_status, new_data = self._clean_error(status, data)
             if new_data is not data:
@@ -386,14 +470,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in out_headers:
             if k.lower() not in _HOP_BY_HOP:
                 self.send_header(k, v)
-        if self.command == "HEAD":
-            self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-        self.wfile.flush()
+        self.send_header("Content-Length", head_length if self.command == "HEAD" else str(len(data)))
+        self._send_all(data if self.command != "HEAD" else b"")
 
     def _clean_error(self, status, data):
         try:
@@ -420,13 +498,26 @@ def _grpc_code(status: int):
 
 
 class _GrpcGate(grpc.GenericRpcHandler):
+    """grpc.aio on one event-loop thread: a request is parsed, checked and forwarded without
+    changing threads (the thread-pool server cost about as much as tritonserver itself)."""
+
     def __init__(self, gate: "Gate"):
         from tritonclient.grpc import service_pb2
 
         self.gate, self.pb, self.grpc = gate, service_pb2, grpc
-        self.channel = grpc.insecure_channel(
-            f"{gate.upstream_host}:{gate.upstream_grpc}",
+        self.channel = None  # made on the event loop (start)
+        self._calls = {}
+
+    async def open(self):
+        self.channel = grpc.aio.insecure_channel(
+            f"{self.gate.upstream_host}:{self.gate.upstream_grpc}",
             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+
+    def _upstream(self, method):
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls[method] = self.channel.unary_unary(method)
+        return call
 
     # grpc.GenericRpcHandler
     def service(self, details):
@@ -436,31 +527,34 @@ class _GrpcGate(grpc.GenericRpcHandler):
             return None
         name = method[len(_GRPC_SERVICE):]
         if name in _GRPC_REFUSED:
-            def refuse(_req, context):
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not served by poolexport serve")
+            async def refuse(_req, context):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not served by poolexport serve")
             return grpc.unary_unary_rpc_method_handler(refuse)
         if name == "ModelStreamInfer":
             return grpc.stream_stream_rpc_method_handler(self._stream)
         if name == "ModelInfer":
             return grpc.unary_unary_rpc_method_handler(self._infer)
-        return grpc.unary_unary_rpc_method_handler(lambda req, ctx: self._unary(method, req, ctx))
+
+        async def unary(req, ctx):
+            return await self._unary(method, req, ctx)
+        return grpc.unary_unary_rpc_method_handler(unary)
 
     def _metadata(self, context):
         return tuple((k, v) for k, v in context.invocation_metadata()
                      if not k.startswith((":", "grpc-")) and k not in ("user-agent", "content-type", "te"))
 
-    def _unary(self, method, raw, context):
+    async def _unary(self, method, raw, context):
         try:
-            return self.channel.unary_unary(method)(raw, metadata=self._metadata(context),
-                                                    timeout=self.gate.upstream_timeout)
-        except self.grpc.RpcError as e:
+            return await self._upstream(method)(raw, metadata=self._metadata(context),
+                                                timeout=self.gate.upstream_timeout)
+        except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details() or ""
-            fixed = upstream_error(details, self.gate.marker)
-            if fixed is not None:
-                status, details = fixed
-                if status is not None:
-                    code = _grpc_code(status)
-            context.abort(code, details)
+        fixed = upstream_error(details, self.gate.marker)
+        if fixed is not None:
+            status, details = fixed
+            if status is not None:
+                code = _grpc_code(status)
+        await context.abort(code, details)
 
     def _check(self, raw) -> tuple[int, str] | None:
         try:
@@ -475,25 +569,27 @@ class _GrpcGate(grpc.GenericRpcHandler):
             return e.status, e.message
         return None
 
-    def _infer(self, raw, context):
+    async def _infer(self, raw, context):
         bad = self._check(raw)
         if bad is not None:
-            context.abort(_grpc_code(bad[0]), bad[1])
-        return self._unary(_GRPC_SERVICE + "ModelInfer", raw, context)
+            await context.abort(_grpc_code(bad[0]), bad[1])
+        return await self._unary(_GRPC_SERVICE + "ModelInfer", raw, context)
 
-    def _stream(self, request_iterator, context):
+    async def _stream(self, request_iterator, context):
         """Requests that fail the check are answered in the stream (error_message), the rest
         go upstream; upstream answers come back with their error texts cleaned."""
-        out: queue.Queue = queue.Queue()
-        upstream_in: queue.Queue = queue.Queue()
+        import asyncio
+
+        out: asyncio.Queue = asyncio.Queue()
+        upstream_in: asyncio.Queue = asyncio.Queue()
         end = object()
 
-        def feed():
+        async def feed():
             try:
-                for raw in request_iterator:
+                async for raw in request_iterator:
                     bad = self._check(raw)
                     if bad is None:
-                        upstream_in.put(raw)
+                        await upstream_in.put(raw)
                         continue
                     try:
                         req = self.pb.ModelInferRequest.FromString(raw)
@@ -503,41 +599,46 @@ class _GrpcGate(grpc.GenericRpcHandler):
                     resp = self.pb.ModelStreamInferResponse(
                         error_message=bad[1],
                         infer_response=self.pb.ModelInferResponse(model_name=model, id=rid))
-                    out.put(resp.SerializeToString())
+                    await out.put(resp.SerializeToString())
             except Exception:  # client went away
                 pass
             finally:
-                upstream_in.put(end)
+                await upstream_in.put(end)
 
-        def requests():
-            while (item := upstream_in.get()) is not end:
+        async def requests():
+            while (item := await upstream_in.get()) is not end:
                 yield item
 
         call = self.channel.stream_stream(_GRPC_SERVICE + "ModelStreamInfer")(
             requests(), metadata=self._metadata(context))
 
-        def read():
+        async def read():
             try:
-                for raw in call:
-                    out.put(self._clean_stream_response(raw))
-            except self.grpc.RpcError as e:
-                out.put(e)
+                async for raw in call:
+                    await out.put(self._clean_stream_response(raw))
+            except grpc.aio.AioRpcError as e:
+                await out.put(e)
+            except asyncio.CancelledError:
+                pass
             finally:
-                out.put(end)
+                await out.put(end)
 
-        context.add_callback(call.cancel)
-        threading.Thread(target=feed, daemon=True).start()
-        threading.Thread(target=read, daemon=True).start()
-        while (item := out.get()) is not end:
-            if isinstance(item, self.grpc.RpcError):
-                fixed = upstream_error(item.details() or "", self.gate.marker)
-                code = item.code()
-                details = item.details() or ""
-                if fixed is not None:
-                    details = fixed[1]
-                    code = _grpc_code(fixed[0]) if fixed[0] is not None else code
-                context.abort(code, details)
-            yield item
+        tasks = [asyncio.ensure_future(feed()), asyncio.ensure_future(read())]
+        try:
+            while (item := await out.get()) is not end:
+                if isinstance(item, grpc.aio.AioRpcError):
+                    fixed = upstream_error(item.details() or "", self.gate.marker)
+                    code = item.code()
+                    details = item.details() or ""
+                    if fixed is not None:
+                        details = fixed[1]
+                        code = _grpc_code(fixed[0]) if fixed[0] is not None else code
+                    await context.abort(code, details)
+                yield item
+        finally:
+            call.cancel()
+            for t in tasks:
+                t.cancel()
 
     def _clean_stream_response(self, raw):
         resp = self.pb.ModelStreamInferResponse.FromString(raw)
@@ -568,9 +669,11 @@ class Gate:
         self._http = None
         self._http_thread = None
         self._grpc = None
+        self._grpc_handler = None
+        self._loop = None
 
     def start(self):
-        import concurrent.futures as cf
+        import asyncio
 
         try:
             self._http = _HTTPServer((self.host, self.http_port), _Handler, self)
@@ -581,20 +684,14 @@ class Gate:
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="gate-http",
                                              kwargs={"poll_interval": 0.2}, daemon=True)
         self._http_thread.start()
-        handler = _GrpcGate(self)
-        self._grpc = grpc.server(
-            cf.ThreadPoolExecutor(max_workers=self.grpc_workers, thread_name_prefix="gate-grpc"),
-            handlers=[handler], maximum_concurrent_rpcs=4 * self.grpc_workers,
-            options=[("grpc.max_receive_message_length", min(self.limits.max_bytes, 2**31 - 1)),
-                     ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = self._grpc.add_insecure_port(f"{host}:{self.grpc_port}")
-        if not port:
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="gate-grpc", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.grpc_port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result(60)
+        except BaseException:
             self.stop()
-            raise ValueError(f"serve: --grpc-port port {self.grpc_port} on {self.host} is not available")
-        self.grpc_port = port
-        self._grpc.start()
-        self._grpc_handler = handler
+            raise
         return self
 
     def stop(self):
@@ -602,7 +699,40 @@ class Gate:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._loop is not None:
+            import asyncio
+
+            try:
+                asyncio.run_coroutine_threadsafe(self._stop_grpc(), self._loop).result(15)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                LOG.debug("gate: gRPC stop", exc_info=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(10)
+            self._loop.close()
+            self._loop = None
+
+    async def _start_grpc(self) -> int:
+        handler = _GrpcGate(self)
+        await handler.open()
+        self._grpc_handler = handler
+        self._grpc = grpc.aio.server(
+            handlers=[handler], maximum_concurrent_rpcs=4 * self.grpc_workers,
+            options=[("grpc.max_receive_message_length", min(self.limits.max_bytes, 2**31 - 1)),
+                     ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)])
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        try:
+            port = self._grpc.add_insecure_port(f"{host}:{self.grpc_port}")
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise ValueError(f"serve: --grpc-port port {self.grpc_port} on {self.host} is not available")
+        await self._grpc.start()
+        return port
+
+    async def _stop_grpc(self):
         if self._grpc is not None:
-            self._grpc.stop(grace=5).wait(10)
+            await self._grpc.stop(grace=5)
             self._grpc = None
-            self._grpc_handler.channel.close()
+        if self._grpc_handler is not None and self._grpc_handler.channel is not None:
+            await self._grpc_handler.channel.close()
+            self._grpc_handler = None

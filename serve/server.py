@@ -1,8 +1,10 @@
-"""Embedded Triton-protocol server (NVIDIA PyTriton) around one ONNX Runtime / TensorRT model.
+"""`poolexport serve`: the tritonserver binary bundled in the nvidia-pytriton wheel, run
+directly on a generated model repository whose Python-backend model (triton_model.py)
+owns the ONNX Runtime session or TensorRT engine in the backend's stub process.
 
-PyTriton runs a real Triton Inference Server (KServe v2 over HTTP and gRPC, metrics,
-dynamic batching) and hands each batch to a Python callable through its Python-backend
-stub. We bind that callable to a back end from `runtime.py`.
+A request goes: client -> gate (this process) -> tritonserver -> stub -> session. The
+stub runs the session itself, so there is no further hop (PyTriton's own path adds a
+proxy from the stub back into the Python process that bound the model).
 
 tritonserver listens on loopback ports of its own; the public HTTP and gRPC ports belong
 to `gate.py`, which checks every infer request (`validation.py`) before tritonserver
@@ -10,32 +12,37 @@ sees it: tritonserver 2.51 allocates a JSON input's declared size before it chec
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import shutil
 import signal
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
-
-import numpy as np
+import time
 
 from .runtime import load_backend
 from .signature import default_model_name
-from .validation import (DeclaredInput, RequestError, build_limits, check_inputs,
-                         model_error_reason)
+from .validation import build_limits
 
 LOG = logging.getLogger("poolexport.serve")
+START_TIMEOUT_S = 180
+# tritonserver APIs nobody reaches through the gate; closed on the loopback ports as well
+RESTRICTED_APIS = "shared-memory,model-repository,trace,logging"
 
 
 def ensure_libpython_visible(environ=os.environ) -> str | None:
     """Put this interpreter's libpython directory on LD_LIBRARY_PATH.
 
-    PyTriton's stub is a separate executable linked against libpython. With a pyenv, uv
-    or conda interpreter the loader otherwise picks the system's libpython, whose
+    The Python backend stub is a separate executable linked against libpython. With a
+    pyenv, uv or conda interpreter the loader otherwise picks the system's libpython, whose
     threading internals differ, and the model fails to load ("'_thread.RLock' object
-    has no attribute '_recursion_count'"). tritonserver inherits our environment and the
-    stub inherits tritonserver's, so setting it here (before start) is enough.
+    has no attribute '_recursion_count'"). tritonserver_environment() applies it to
+    tritonserver's environment, which the stub inherits.
     Returns the directory added, or None when nothing was needed.
     """
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -49,71 +56,6 @@ def ensure_libpython_visible(environ=os.environ) -> str | None:
         return None
     environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *current])
     return libdir
-
-
-class RequestRejected(Exception):
-    """Raised in the model callable for a request the client got wrong. PyTriton's proxy
-    turns any exception into a 500 carrying a traceback; the text carries
-    `<marker>:<status>:<message>` so the gate can answer `status` and `message` alone."""
-
-
-def _client_fault(e: Exception) -> bool:
-    """An ONNX Runtime run failure caused by the input (too small for a kernel, a shape
-    the graph cannot take), not by the server. Allocation failures are the server's."""
-    try:
-        from onnxruntime.capi import onnxruntime_pybind11_state as C
-    except ImportError:
-        return False
-    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
-
-
-def _infer_callable(backend, batched: bool, limits=None, marker: str | None = None):
-    """The function PyTriton calls with a list of requests; returns a list of responses.
-
-    With `limits`, each request's shapes are checked again (the gate did it already; this
-    is for whatever reaches tritonserver's own loopback ports) and a run that fails on the
-    input raises RequestRejected tagged with `marker`, which the gate answers as a 400."""
-    in_names = [t.name for t in backend.signature.inputs]
-    in_dtypes = {t.name: t.dtype for t in backend.signature.inputs}
-
-    def run_one(feeds):
-        feeds = {n: np.ascontiguousarray(feeds[n], dtype=in_dtypes[n]) for n in in_names}
-        return backend.run(feeds)
-
-    if batched:
-        from pytriton.decorators import batch
-
-        @batch
-        def run(**feeds):
-            return run_one(feeds)
-    else:
-        def run(requests):
-            return [run_one(r) for r in requests]
-
-    def reject(status, message):
-        raise RequestRejected(f"{marker}:{status}:{message}" if marker else message)
-
-    def infer(requests):
-        if limits is not None:
-            for r in requests:
-                declared = []
-                for n, a in r.items():
-                    rule = limits.rule(n)
-                    itemsize = rule.itemsize if rule is not None else 0
-                    declared.append(DeclaredInput(n, rule.datatype if rule else "?", tuple(a.shape),
-                                                  byte_size=int(np.prod(a.shape, dtype=object)) * itemsize))
-                try:
-                    check_inputs(declared, limits)
-                except RequestError as e:
-                    reject(e.status, e.message)
-        try:
-            return run(requests)
-        except Exception as e:
-            if limits is None or not _client_fault(e):
-                raise
-            shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in requests[0].items())
-            reject(400, f"the model cannot run on this input ({shapes}): {model_error_reason(e)}")
-    return infer
 
 
 def _loopback_ports(n: int) -> list[int]:
@@ -133,7 +75,7 @@ def _loopback_ports(n: int) -> list[int]:
 
 
 def _check_ports_free(host: str, ports: dict) -> None:
-    """Fail in a second with the port's name, not after PyTriton's long start-up timeout."""
+    """Fail in a second with the port's name, not after tritonserver's start-up."""
     import socket
 
     for what, port in ports.items():
@@ -143,6 +85,61 @@ def _check_ports_free(host: str, ports: dict) -> None:
                 s.bind((host, port))
             except OSError as e:
                 raise ValueError(f"serve: {what} port {port} on {host} is not available ({e.strerror})") from None
+
+
+def bundled_tritonserver() -> dict:
+    """Paths inside the installed nvidia-pytriton wheel: the tritonserver binary, its
+    libraries, the Python backend and the stub built for this interpreter's version."""
+    try:
+        import pytriton
+    except ImportError as e:
+        raise ImportError("poolexport serve needs nvidia-pytriton (its bundled tritonserver): "
+                          "pip install 'poolexport[serve]'") from e
+    root = os.path.join(os.path.dirname(pytriton.__file__), "tritonserver")
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    paths = {"tritonserver": os.path.join(root, "bin", "tritonserver"),
+             "libs": os.path.join(os.path.dirname(os.path.dirname(pytriton.__file__)),
+                                  "nvidia_pytriton.libs"),
+             "python_backend": os.path.join(root, "backends", "python"),
+             "stub": os.path.join(root, "python_backend_stubs", version, "triton_python_backend_stub")}
+    for what in ("tritonserver", "python_backend", "stub"):
+        if not os.path.exists(paths[what]):
+            raise ImportError(f"poolexport serve: the nvidia-pytriton wheel has no {what} "
+                              f"({paths[what]}) for Python {version}")
+    return paths
+
+
+def _backend_directory(workdir: str, paths: dict) -> str:
+    """A backends/ folder whose python/ holds the backend and this Python's stub (the
+    backend looks for the stub beside itself; the wheel keeps one per Python version)."""
+    python_dir = os.path.join(workdir, "backends", "python")
+    os.makedirs(python_dir)
+    for entry in os.listdir(paths["python_backend"]):
+        if entry != "__pycache__":
+            os.symlink(os.path.join(paths["python_backend"], entry), os.path.join(python_dir, entry))
+    os.symlink(paths["stub"], os.path.join(python_dir, "triton_python_backend_stub"))
+    return os.path.dirname(python_dir)
+
+
+def tritonserver_environment(paths: dict, environ=os.environ) -> dict:
+    """tritonserver's environment: its bundled libraries, and what the stub needs to run
+    this interpreter (libpython on the loader path, its prefix found through PATH)."""
+    env = dict(environ)
+    ensure_libpython_visible(env)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (env.get("LD_LIBRARY_PATH", ""), paths["libs"]) if p)
+    env["PATH"] = os.pathsep.join([os.path.join(sys.exec_prefix, "bin"), env.get("PATH", "")])
+    return env
+
+
+def _die_with_parent():
+    """preexec_fn: tritonserver gets SIGKILL when this process dies, however it dies.
+    (Strictly: when the thread that started it ends; serve_forever starts it from the
+    main thread. Call Server.start() from a thread that outlives the server.)"""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Server:
@@ -159,59 +156,90 @@ class Server:
             raise ValueError(f"serve: max_batch_size must be >= 0, got {max_batch_size}")
         if instances < 1:
             raise ValueError(f"serve: instances must be >= 1, got {instances}")
-        self.model_path = os.fspath(model_path)
+        if intra_op_threads < 0:
+            raise ValueError(f"serve: intra_op_threads must be >= 0, got {intra_op_threads}")
+        self.model_path = os.path.abspath(os.fspath(model_path))
         self.model_name = model_name or default_model_name(self.model_path)
-        kwargs = ({"intra_op_threads": intra_op_threads, "allow_spinning": allow_spinning}
-                  if backend == "onnxruntime" else {})
-        self.backend = load_backend(self.model_path, backend, **kwargs)
-        sig = self.backend.signature
+        # Load once here so a file that cannot run fails now, in one line, not in the stub;
+        # the session itself is the stub's (released below).
+        loaded = load_backend(self.model_path, backend)
+        self.backend_name, self.library = loaded.name, getattr(loaded, "library", None)
+        self.signature = sig = loaded.signature
+        del loaded
         if max_batch_size > 0 and not sig.batchable:
             LOG.warning("serve: %s has a fixed leading dim; serving without batching",
                         self.model_path)
             max_batch_size = 0
         self.max_batch_size = max_batch_size
+        self.dim_bounds = list(dim_bounds)
         self.limits = build_limits(sig, max_batch_size, max_request_elements, max_request_bytes,
-                                   dim_bounds)
+                                   self.dim_bounds)
         self.marker = "poolexport-reject-" + secrets.token_hex(8)
         self.host, self.http_port, self.grpc_port, self.metrics_port = (
             host, http_port, grpc_port, metrics_port)
         self.max_queue_delay_us = max_queue_delay_us
         self.instances = instances
+        self.intra_op_threads = intra_op_threads
+        self.allow_spinning = allow_spinning
         self.log_verbose = log_verbose
-        self._triton = None
+        self._proc = None
         self._gate = None
+        self._workdir = None
+
+    def _repository(self, root: str) -> str:
+        """The model repository tritonserver loads: the Python-backend model, pointing at
+        the model file and library where they are (nothing copied)."""
+        from .repository import write_python_model
+
+        sig = self.signature
+        limits = {"inputs": [{"name": t.name, "dtype": str(t.dtype), "dims": list(t.dims),
+                              "dim_names": list(t.dim_names) or [""] * len(t.dims)}
+                             for t in sig.inputs],
+                  "max_batch_size": self.max_batch_size, "max_elements": self.limits.max_elements,
+                  "max_bytes": self.limits.max_bytes, "dim_bounds": self.dim_bounds}
+        write_python_model(
+            os.path.join(root, self.model_name), self.model_name, sig, model_file="",
+            backend=self.backend_name, max_batch_size=self.max_batch_size,
+            max_queue_delay_us=self.max_queue_delay_us, instances=self.instances,
+            kind="KIND_CPU", parameters={"intra_op_threads": self.intra_op_threads,
+                                         "allow_spinning": int(self.allow_spinning)},
+            private_parameters={"model_file": self.model_path, "op_library": self.library or "",
+                                "limits": json.dumps(limits), "reject_marker": self.marker})
+        return root
+
+    def command(self, paths: dict, repository: str, backends: str, inner_http: int,
+                inner_grpc: int) -> list[str]:
+        token = secrets.token_hex(16)  # nobody holds it: the restricted APIs stay shut
+        return [paths["tritonserver"], f"--model-repository={repository}",
+                f"--backend-directory={backends}", "--model-control-mode=none",
+                "--disable-auto-complete-config", "--strict-readiness=true",
+                "--exit-on-error=true", "--exit-timeout-secs=10",
+                "--http-address=127.0.0.1", f"--http-port={inner_http}",
+                "--grpc-address=127.0.0.1", f"--grpc-port={inner_grpc}",
+                "--allow-metrics=true", "--allow-gpu-metrics=false",
+                "--pinned-memory-pool-byte-size=0",  # CPU serving; no CUDA probe at start
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--http-restricted-api={RESTRICTED_APIS}:triton-access-token={token}",
+                f"--grpc-restricted-protocol={RESTRICTED_APIS}:triton-access-token={token}",
+                f"--log-verbose={self.log_verbose}",
+                f"--log-info={'true' if self.log_verbose else 'false'}"]
 
     def start(self):
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
-
         _check_ports_free(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
                                       "--metrics-port": self.metrics_port})
-        ensure_libpython_visible()
-        sig, mbs = self.backend.signature, self.max_batch_size
-        inner_http, inner_grpc = _loopback_ports(2)
-        config = TritonConfig(
-            http_address="127.0.0.1", http_port=inner_http,
-            grpc_address="127.0.0.1", grpc_port=inner_grpc,
-            metrics_address=self.host, metrics_port=self.metrics_port,
-            log_verbose=self.log_verbose, exit_on_error=True)
-        self._triton = Triton(config=config)
-        tensors = lambda specs: [  # noqa: E731
-            Tensor(name=t.name, dtype=t.dtype, shape=sig.dims(t, mbs)) for t in specs]
-        infer = _infer_callable(self.backend, batched=mbs > 0, limits=self.limits,
-                                marker=self.marker)
-        self._triton.bind(
-            model_name=self.model_name,
-            # one callable per instance; ONNX Runtime sessions are safe to share.
-            infer_func=[infer] * self.instances if self.instances > 1 else infer,
-            inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
-            config=ModelConfig(
-                batching=mbs > 0, max_batch_size=max(mbs, 1),
-                batcher=DynamicBatcher(max_queue_delay_microseconds=self.max_queue_delay_us)),
-            strict=False)
-        self._triton.run()
-        from .gate import Gate
+        paths = bundled_tritonserver()
+        self._workdir = tempfile.mkdtemp(prefix="poolexport-serve-")
         try:
+            repository = self._repository(os.path.join(self._workdir, "models"))
+            backends = _backend_directory(self._workdir, paths)
+            inner_http, inner_grpc = _loopback_ports(2)
+            self._proc = subprocess.Popen(
+                self.command(paths, repository, backends, inner_http, inner_grpc),
+                env=tritonserver_environment(paths), stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it
+                preexec_fn=_die_with_parent)
+            self._wait_ready(inner_http)
+            from .gate import Gate
             self._gate = Gate(self.limits, self.model_name, self.host, self.http_port,
                               self.grpc_port, inner_http, inner_grpc, marker=self.marker).start()
         except BaseException:
@@ -220,18 +248,48 @@ class Server:
         self.http_port, self.grpc_port = self._gate.http_port, self._gate.grpc_port
         return self
 
+    def _wait_ready(self, port: int) -> None:
+        import http.client
+        from urllib.parse import quote
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self._proc.returncode} while "
+                                   "loading the model")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", f"/v2/models/{quote(self.model_name, safe='')}/ready")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise RuntimeError(f"tritonserver not ready after {START_TIMEOUT_S} s")
+
     def stop(self):
         if self._gate is not None:
             self._gate.stop()
             self._gate = None
-        if self._triton is not None:
-            self._triton.stop()
-            self._triton = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)  # unloads the model, stops the stubs
+                try:
+                    self._proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                    self._proc.wait(10)
+            self._proc = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
-    def wait(self, stop_event: threading.Event, poll_s: float = 1.0):
-        """Block until `stop_event` is set or the server dies."""
+    def wait(self, stop_event: threading.Event, poll_s: float = 0.5):
+        """Block until `stop_event` is set (True) or tritonserver dies (False)."""
         while not stop_event.wait(poll_s):
-            if self._triton is None or not self._triton.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 return False
         return True
 
@@ -257,7 +315,7 @@ def serve_forever(server: Server) -> int:
                   "(rerun with --log-verbose 1 for Triton's log)", file=sys.stderr, flush=True)
             return 1
         print(f"poolexport serve: model {server.model_name!r} ready "
-              f"(backend {server.backend.name}, max_batch_size {server.max_batch_size}); "
+              f"(backend {server.backend_name}, max_batch_size {server.max_batch_size}); "
               f"http {server.host}:{server.http_port} grpc {server.host}:{server.grpc_port} "
               f"metrics {server.host}:{server.metrics_port}", flush=True)
         clean = server.wait(stop)

@@ -2,6 +2,7 @@
 config.pbtxt read back through Triton's own ModelConfig protobuf schema; plus the
 model-signature reading and the serve CLI's fast failure paths (no server started).
 """
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,56 @@ def test_onnxruntime_repository_layout_and_config(pool_model, fake_library, tmp_
         assert f.read() == fake_library.read_bytes()
     with open(os.path.join(d, "1", "model.onnx"), "rb") as f:
         assert f.read() == pool_model.read_bytes()
+
+
+def test_python_variant_layout_and_config(pool_model, fake_library, tmp_path):
+    """The Python-backend variant names its files relative to its folder (no mount path
+    needed) and carries serve/triton_model.py as model.py."""
+    from poolexport.serve import triton_model
+
+    d = write_repository(pool_model, tmp_path / "r", library_path=fake_library, variant="python",
+                         max_batch_size=4, instances=3, mount_path="/ignored")
+    cfg = _read(d)
+    assert cfg.name == "pool_net" and cfg.backend == "python" and cfg.platform == ""
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params == {"model_file": "1/model.onnx", "op_library": ORT_LIBRARY_NAME,
+                      "backend": "onnxruntime"}
+    assert not cfg.model_operations.op_library_filename  # the ORT backend's field, not ours
+    assert cfg.max_batch_size == 4 and cfg.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("x", [3, -1, -1])]
+    assert cfg.instance_group[0].count == 3
+    assert cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU  # KIND_AUTO: the session picks its device
+    with open(os.path.join(d, "1", "model.py")) as f, open(triton_model.__file__) as g:
+        assert f.read() == g.read()
+    assert os.path.isfile(os.path.join(d, "1", "model.onnx"))
+    assert os.path.isfile(os.path.join(d, ORT_LIBRARY_NAME))
+    assert not os.path.exists(os.path.join(d, "serve_parameters.json"))
+
+
+def test_both_variants_side_by_side(pool_model, fake_library, tmp_path, capsys):
+    d = write_repository(pool_model, tmp_path / "r", library_path=fake_library, variant="both",
+                         model_name="net")
+    assert d == str(tmp_path / "r" / "net")
+    ort_cfg, py_cfg = _read(tmp_path / "r" / "net"), _read(tmp_path / "r" / "net_python")
+    assert (ort_cfg.name, ort_cfg.backend) == ("net", "onnxruntime")
+    assert list(ort_cfg.model_operations.op_library_filename) == [
+        str(tmp_path / "r" / "net" / ORT_LIBRARY_NAME)]
+    assert (py_cfg.name, py_cfg.backend) == ("net_python", "python")
+    assert sorted(os.listdir(tmp_path / "r")) == ["net", "net_python"]
+    assert serve_main(["triton-repo", str(pool_model), "-o", str(tmp_path / "c"),
+                       "--model-name", "net", "--variant", "both"]) == 0
+    assert _read(tmp_path / "c" / "net_python").backend == "python"
+    assert "net_python" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="variant"):
+        write_repository(pool_model, tmp_path / "x", variant="cpp", library_path=None)
+
+
+def test_python_variant_of_a_plan_runs_the_engine(pool_model, tmp_path):
+    plan = tmp_path / "net.plan"
+    plan.write_bytes(b"not a real engine")
+    cfg = _read(write_repository(plan, tmp_path / "r", signature_from=pool_model, variant="python"))
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params == {"model_file": "1/model.plan", "backend": "tensorrt"}
 
 
 def test_mount_path_rewrites_library_location(pool_model, fake_library, tmp_path):
@@ -205,34 +256,128 @@ def test_libpython_added_to_ld_library_path():
     assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other"]
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_infer_callable_casts_and_splits(batched):
-    """The callable PyTriton invokes: inputs cast to the model's dtypes, one answer per
-    request (batched mode merges requests for one backend run and splits the result)."""
-    pytest.importorskip("pytriton", reason="nvidia-pytriton not installed")
-    from poolexport.serve.server import _infer_callable
-    from poolexport.serve.signature import Signature, TensorSpec
+# -- serve/triton_model.py: the Python-backend model, driven through a stand-in pb_utils ----
 
-    calls = []
+class _FakePbUtils:
+    """The parts of triton_python_backend_utils the model uses, as plain Python."""
 
-    class Doubler:
-        signature = Signature((TensorSpec("x", np.dtype(np.float32), (-1, 2)),),
-                              (TensorSpec("y", np.dtype(np.float32), (-1, 2)),))
+    class TritonError:
+        INVALID_ARG, INTERNAL = 3, 13
 
-        def run(self, feeds):
-            calls.append(feeds["x"].shape)
-            assert feeds["x"].dtype == np.float32
-            return {"y": feeds["x"] * 2}
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
 
-    from pytriton.proxy.types import Request
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
 
-    reqs = [Request({"x": np.array([[1, 2]], np.float64)}),
-            Request({"x": np.array([[3, 4], [5, 6]], np.float64)})]
-    out = _infer_callable(Doubler(), batched=batched)(reqs)
-    assert len(out) == 2
-    np.testing.assert_array_equal(out[0]["y"], [[2, 4]])
-    np.testing.assert_array_equal(out[1]["y"], [[6, 8], [10, 12]])
-    assert calls == ([(3, 2)] if batched else [(1, 2), (2, 2)])
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return _FakePbUtils.Tensor(name, request[name]) if name in request else None
+
+    @staticmethod
+    def triton_string_to_numpy(name):
+        return {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64}[name]
+
+
+def _python_model(tmp_path, monkeypatch, onnx_path, max_batch_size=4, private=None):
+    """TritonPythonModel initialized as the Python backend would, from a config written by
+    write_python_model (the JSON Triton hands over, from the same ModelConfig)."""
+    from google.protobuf import json_format
+
+    from poolexport.serve import triton_model
+    from poolexport.serve.repository import write_python_model
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakePbUtils)
+    model_dir = tmp_path / "repo" / "m"
+    cfg = write_python_model(str(model_dir), "m", onnx_signature(onnx_path), model_file=str(onnx_path),
+                             max_batch_size=max_batch_size, private_parameters=private)
+    model = triton_model.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
+                      "model_repository": str(model_dir)})
+    runs = []
+    run = model.runner.run
+    model.runner.run = lambda feeds: runs.append({n: a.shape for n, a in feeds.items()}) or run(feeds)
+    return model, runs
+
+
+@pytest.fixture
+def doubler(tmp_path):
+    """y = 2 x for x [N, 1, L] FP32, L dynamic."""
+    return _model(tmp_path / "double.onnx", [("x", TensorProto.FLOAT, ["N", 1, "L"])],
+                  [("y", TensorProto.FLOAT, ["N", 1, "L"])],
+                  [helper.make_node("Mul", ["x", "two"], ["y"])],
+                  [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+
+
+def test_python_model_merges_same_shapes_and_splits_answers(tmp_path, monkeypatch, doubler):
+    """Requests of one spatial shape run as one batch, another shape runs apart; every
+    request gets exactly its own rows back, cast to the model's dtype."""
+    model, runs = _python_model(tmp_path, monkeypatch, doubler)
+    rng = np.random.default_rng(0)
+    reqs = [{"x": rng.standard_normal((1, 1, 2)).astype(np.float32)},
+            {"x": rng.standard_normal((2, 1, 2))},  # float64: cast to the model's FP32
+            {"x": rng.standard_normal((1, 1, 3)).astype(np.float32)}]
+    out = model.execute(reqs)
+    assert [r.error for r in out] == [None] * 3
+    for req, resp in zip(reqs, out):
+        assert resp.outputs["y"].dtype == np.float32
+        np.testing.assert_array_equal(resp.outputs["y"], 2 * req["x"].astype(np.float32))
+    assert sorted(r["x"] for r in runs) == [(1, 1, 3), (3, 1, 2)]
+
+
+def test_python_model_without_batching_runs_each_request(tmp_path, monkeypatch, doubler):
+    model, runs = _python_model(tmp_path, monkeypatch, doubler, max_batch_size=0)
+    reqs = [{"x": np.full((1, 1, 2), k, np.float32)} for k in range(3)]
+    out = model.execute(reqs)
+    assert [r["x"] for r in runs] == [(1, 1, 2)] * 3
+    for k, resp in enumerate(out):
+        np.testing.assert_array_equal(resp.outputs["y"], np.full((1, 1, 2), 2 * k, np.float32))
+
+
+def test_python_model_rechecks_limits_per_request(tmp_path, monkeypatch, doubler):
+    """With the limits `poolexport serve` passes, a request over the batch limit gets its
+    own marked 400 and the others in the same execute() still run."""
+    from poolexport.serve.validation import build_limits
+
+    sig = onnx_signature(doubler)
+    lim = build_limits(sig, 4)
+    limits = {"inputs": [{"name": "x", "dtype": "float32", "dims": [-1, 1, -1], "dim_names": ["N", "", "L"]}],
+              "max_batch_size": 4, "max_elements": lim.max_elements, "max_bytes": lim.max_bytes,
+              "dim_bounds": ["L=2:8"]}
+    model, runs = _python_model(tmp_path, monkeypatch, doubler,
+                                private={"limits": json.dumps(limits), "reject_marker": "MARK"})
+    reqs = [{"x": np.ones((4, 1, 8), np.float32)}, {"x": np.ones((5, 1, 8), np.float32)},
+            {"x": np.ones((1, 1, 9), np.float32)}, {"x": np.ones((1, 1, 2), np.float32)}]
+    out = model.execute(reqs)
+    assert out[0].error is None and out[3].error is None
+    assert out[1].error.message.startswith("MARK:400:input 'x': batch-size 5 is not within 1..4")
+    assert out[2].error.message.startswith("MARK:400:input 'x': dim 2 is 9, not within 2..8")
+    assert out[1].error.code == _FakePbUtils.TritonError.INVALID_ARG
+    assert sorted(r["x"] for r in runs) == [(1, 1, 2), (4, 1, 8)]
+
+
+def test_python_model_input_fault_is_a_marked_400(tmp_path, monkeypatch):
+    """ONNX Runtime failing on the input (a Reshape the shape cannot take) is the client's
+    fault: one line, no paths or C++ symbols, marked for the gate."""
+    path = _model(tmp_path / "reshape.onnx", [("x", TensorProto.FLOAT, ["N", 1, "L"])],
+                  [("y", TensorProto.FLOAT, ["N", 2])],
+                  [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                  [helper.make_tensor("shape", TensorProto.INT64, [2], [0, 2])])
+    model, _ = _python_model(tmp_path, monkeypatch, path, private={"reject_marker": "MARK"})
+    good, bad = model.execute([{"x": np.ones((1, 1, 2), np.float32)}, {"x": np.ones((1, 1, 3), np.float32)}])
+    np.testing.assert_array_equal(good.outputs["y"], np.ones((1, 2), np.float32))
+    message = bad.error.message
+    assert message.startswith("MARK:400:the model cannot run on this input (x [1, 1, 3]): ")
+    assert "\n" not in message and "/" not in message and "::" not in message, message
 
 
 def test_cli_serve_port_in_use_fails_fast_with_one_line(tmp_path):

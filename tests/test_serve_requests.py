@@ -406,20 +406,37 @@ def test_gate_rewrites_upstream_errors():
     assert status is None and "/root" not in msg
 
 
-def test_callable_checks_each_request_and_maps_input_faults():
-    """The model callable (what reaches tritonserver's loopback ports directly) refuses a
-    request out of bounds, and turns an ONNX Runtime failure on the input into a tagged
-    400; other failures stay internal errors."""
-    pytest.importorskip("pytriton", reason="nvidia-pytriton not installed")
+def test_model_checks_each_request_and_maps_input_faults(monkeypatch):
+    """The Python-backend model (what reaches tritonserver's loopback ports directly)
+    refuses a request out of bounds, and turns an ONNX Runtime failure on the input into a
+    marked 400; other failures are a marked 500 whose text says nothing of the failure
+    (the traceback goes to the server's log)."""
     ort_state = pytest.importorskip("onnxruntime.capi.onnxruntime_pybind11_state")
-    from pytriton.proxy.types import Request
+    from poolexport.serve import triton_model
 
-    from poolexport.serve.server import RequestRejected, _infer_callable
+    class PbUtils:  # the parts of triton_python_backend_utils the model uses
+        class TritonError:
+            INVALID_ARG, INTERNAL = 3, 13
 
-    limits = build_limits(_image_sig(), MAX_BATCH, dim_bounds=["height=32:"])
+            def __init__(self, message, code=None):
+                self.message = message
 
-    class Backend:
-        signature = _image_sig()
+        class Tensor:
+            def __init__(self, name, array):
+                self.name, self.array = name, array
+
+            def as_numpy(self):
+                return self.array
+
+        class InferenceResponse:
+            def __init__(self, output_tensors, error=None):
+                self.outputs, self.error = {t.name: t.array for t in output_tensors}, error
+
+        @staticmethod
+        def get_input_tensor_by_name(request, name):
+            return PbUtils.Tensor(name, request[name])
+
+    class Runner:
         fail = None
 
         def run(self, feeds):
@@ -427,19 +444,23 @@ def test_callable_checks_each_request_and_maps_input_faults():
                 raise self.fail
             return {"output": np.zeros((feeds["input"].shape[0], 4), np.float32)}
 
-    backend = Backend()
-    infer = _infer_callable(backend, batched=True, limits=limits, marker="MARK")
-    ok = [Request({"input": np.zeros((1, 3, 32, 8), np.float32)})]
-    assert infer(ok)[0]["output"].shape == (1, 4)
-    with pytest.raises(RequestRejected, match=r"^MARK:400:input 'input': dim 2 is 31"):
-        infer([Request({"input": np.zeros((1, 3, 31, 8), np.float32)})])
-    backend.fail = ort_state.InvalidArgument("Invalid input shape: {1,1}")
-    with pytest.raises(RequestRejected, match=r"^MARK:400:the model cannot run on this input "
-                                              r"\(input \[1, 3, 32, 8\]\): Invalid input shape"):
-        infer(ok)
-    backend.fail = RuntimeError("disk on fire")
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        infer(ok)
+    model = triton_model.TritonPythonModel()
+    model.pb, model.runner, model.batching = PbUtils, Runner(), True
+    model.inputs, model.names, model.marker = [("input", np.float32)], ["input"], "MARK"
+    model.limits = build_limits(_image_sig(), MAX_BATCH, dim_bounds=["height=32:"])
+    ok = {"input": np.zeros((1, 3, 32, 8), np.float32)}
+    (resp,) = model.execute([ok])
+    assert resp.error is None and resp.outputs["output"].shape == (1, 4)
+    (resp,) = model.execute([{"input": np.zeros((1, 3, 31, 8), np.float32)}])
+    assert resp.error.message.startswith("MARK:400:input 'input': dim 2 is 31")
+    model.runner.fail = ort_state.InvalidArgument("Invalid input shape: {1,1}")
+    (resp,) = model.execute([ok])
+    assert resp.error.message.startswith("MARK:400:the model cannot run on this input "
+                                         "(input [1, 3, 32, 8]): Invalid input shape")
+    model.runner.fail = RuntimeError("disk on fire at /srv/secret")
+    (resp,) = model.execute([ok])
+    assert resp.error.message == ("MARK:500:inference failed on the server (details are in the "
+                                  "server's log): RuntimeError")
 
 
 # =========================================================== a real `poolexport serve`
@@ -761,22 +782,35 @@ def test_grpc_stream_checks_each_request(server, session):
 
 
 def test_zz_server_memory_stayed_small(server):
-    """After all of the above, tritonserver is the process it was (nothing restarted) and
-    no process of the server's group holds more than 2 GiB."""
+    """After all of the above, serve is still up (it exits when tritonserver dies, so
+    nothing restarted underneath) and no process of the server's tree (serve, tritonserver,
+    the backend stub) holds more than 2 GiB."""
     import os
     assert server.proc.poll() is None
+    children, names = {}, {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            if os.getpgid(int(pid)) != server.proc.pid:
-                continue
+            with open(f"/proc/{pid}/stat") as f:
+                comm, rest = f.read().rsplit(")", 1)
+            children.setdefault(int(rest.split()[1]), []).append(int(pid))
+            names[int(pid)] = comm.split("(", 1)[1]
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, todo = [], [server.proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    assert {"tritonserver", "triton_python_b"} <= {names.get(p) for p in tree}, [names.get(p) for p in tree]
+    for pid in tree:
+        try:
             with open(f"/proc/{pid}/status") as f:
                 rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         except (OSError, StopIteration, ValueError):
             continue
-        assert rss_kb < 2 << 20, (pid, rss_kb)
-
+        assert rss_kb < 2 << 20, (pid, names.get(pid), rss_kb)
 
 
 def _get(server, path, method="GET"):

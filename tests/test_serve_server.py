@@ -188,6 +188,9 @@ def test_metadata_named_and_typed_from_model(server):
         ("m", "FP32", (-1, 4)), ("y", "FP32", (-1, 4, 8, 8))]
     assert cfg["max_batch_size"] == MAX_BATCH
     assert "dynamic_batching" in cfg
+    # the config is anyone's to read: no file paths, limits or the gate's marker in it
+    assert set(cfg.get("parameters", {})) <= {"backend", "intra_op_threads", "allow_spinning"}
+    assert "/" not in json.dumps(cfg.get("parameters", {}))
 
 
 @pytest.mark.parametrize("batch", [1, 3, MAX_BATCH])
@@ -412,3 +415,65 @@ def test_custom_op_model_served_through_library(softpool_server, library):
         got = c.infer("softpool", [inp]).as_numpy("y")
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got, _softpool_reference(x, 2, 2.0), rtol=1e-5, atol=1e-4)
+
+
+# -- `triton-repo --variant python` as a full Triton would load it -------------------------
+
+def test_triton_repo_python_variant_loads_in_tritonserver(library, tmp_path):
+    """The repository `poolexport triton-repo --variant python` writes, copied elsewhere (its
+    paths are relative to the model folder), loaded by the bundled tritonserver itself (no
+    gate, no serve): it answers what ONNX Runtime with our library computes."""
+    import shutil
+
+    from poolexport.serve.repository import write_repository
+    from poolexport.serve.server import (_backend_directory, bundled_tritonserver,
+                                         tritonserver_environment)
+
+    node = helper.make_node("SoftPool", ["x"], ["y"], domain="poolexport",
+                            kernel_shape=[2, 2], strides=[2, 2], beta=1.5)
+    graph = helper.make_graph(
+        [node], "softpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("poolexport", 1)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "sp.onnx")
+    write_repository(tmp_path / "sp.onnx", tmp_path / "written", variant="python", max_batch_size=4)
+    shutil.copytree(tmp_path / "written", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "written")
+
+    paths = bundled_tritonserver()
+    backends = _backend_directory(str(tmp_path / "work"), paths)
+    http_port, grpc_port, metrics_port = _loopback_ports(3)
+    log = open(tmp_path / "triton.log", "w")
+    proc = subprocess.Popen(
+        [paths["tritonserver"], f"--model-repository={tmp_path / 'moved'}",
+         f"--backend-directory={backends}", "--exit-on-error=true", "--allow-gpu-metrics=false",
+         "--http-address=127.0.0.1", f"--http-port={http_port}", "--grpc-address=127.0.0.1",
+         f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}", "--pinned-memory-pool-byte-size=0"],
+        env=tritonserver_environment(paths), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        with httpclient.InferenceServerClient(f"127.0.0.1:{http_port}") as c:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert proc.poll() is None, (tmp_path / "triton.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "tritonserver not ready"
+                try:
+                    if c.is_model_ready("sp"):
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.5)
+            x = np.random.default_rng(8).standard_normal((3, 2, 8, 8)).astype(np.float32) * 20
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            got = c.infer("sp", [inp]).as_numpy("y")
+        np.testing.assert_allclose(got, _softpool_reference(x, 2, 1.5), rtol=1e-5, atol=1e-4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
