@@ -1,13 +1,17 @@
-"""Served throughput (PyTriton: HTTP with binary tensors, gRPC) against a bare ONNX Runtime
-session on the same ONNX file, at batch 1 from one client and from 8 concurrent clients
-with dynamic batching. A benchmark, not a test: prints a Markdown table.
+"""Served throughput (`poolexport serve`: HTTP with binary tensors, gRPC) against a bare ONNX
+Runtime session on the same ONNX file, at batch 1 from one client and from 8 concurrent
+clients with dynamic batching. A benchmark, not a test: prints Markdown tables.
 
-    python benchmarks/bench_serve.py                       # resnet_softpool, 32x32
+    python benchmarks/bench_serve.py                 # resnet_softpool 32x32 and mobilenet_se 224
     python benchmarks/bench_serve.py --model my.onnx --seconds 10 --json out.json
 
 The server runs in its own process group (as `poolexport serve` would be deployed); the
 clients are threads of this process. On a small machine they share the same cores, so
-the served numbers include the clients' own cost.
+the served numbers include the clients' own cost. The bare session has the served one's
+options (idle threads do not spin; --bare-default-options for ONNX Runtime's defaults),
+so the ratios measure serving alone. The load average is printed before and
+after; above the core count the run measures the other work on the machine as much as
+the server, so no table is printed then unless --force.
 """
 from __future__ import annotations
 
@@ -77,28 +81,23 @@ def measure(fn, clients: int, seconds: float, warmup: int = 20):
     return len(all_lat) / wall, float(np.percentile(all_lat, 50)), float(np.percentile(all_lat, 99))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet_softpool",
-                    help="a poolexport.models arch or an ONNX file with a dynamic batch dim")
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--max-queue-delay-us", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
+def load_text():
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min), {five:.2f} (5 min)"
 
-    import onnxruntime as ort
+
+def bench_model(model: str, args, tmp: str) -> list[dict]:
+    """Interleaved rounds for one model; returns the table rows (medians)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
     from poolexport.serve.runtime import OrtBackend
 
-    tmp = tempfile.mkdtemp(prefix="bench_serve_")
-    path = args.model if os.path.isfile(args.model) else export_example(
-        args.model, os.path.join(tmp, f"{args.model}.onnx"))
-    bare = OrtBackend(path, providers=["CPUExecutionProvider"])
+    path = model if os.path.isfile(model) else export_example(model, os.path.join(tmp, f"{model}.onnx"))
+    # the served session's options, so the ratios measure serving alone: idle threads do
+    # not spin unless the server is told they may (--serve-arg=--allow-spinning)
+    spinning = args.bare_default_options or "--allow-spinning" in args.serve_arg
+    bare = OrtBackend(path, providers=["CPUExecutionProvider"], allow_spinning=spinning)
     inp = bare.signature.inputs[0]
     shape = [1] + [d if d > 0 else 1 for d in inp.dims[1:]]
     x = np.random.default_rng(0).standard_normal(shape).astype(inp.dtype)
@@ -106,15 +105,15 @@ def main(argv=None):
     feeds1, feeds8 = {inp.name: x}, {inp.name: x8}
     want = bare.run(feeds1)
 
-    print(f"model {args.model}: input {inp.name} {shape} ({'with' if bare.library else 'without'} "
-          f"custom-op library); ort {ort.__version__}", flush=True)
+    print(f"model {model}: input {inp.name} {shape} ({'with' if bare.library else 'without'} "
+          f"custom-op library)", flush=True)
     http, grpc, metrics = free_ports(3)
-    log = open(os.path.join(tmp, "server.log"), "w")
+    log = open(os.path.join(tmp, f"server-{os.path.basename(model)}.log"), "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "poolexport.serve", "serve", path, "--model-name", "m",
          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
          "--max-batch-size", str(args.max_batch_size),
-         "--max-queue-delay-us", str(args.max_queue_delay_us)],
+         "--max-queue-delay-us", str(args.max_queue_delay_us), *args.serve_arg],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         cwd=tmp)  # not the source tree: `python -m` puts cwd first on sys.path
     samples: dict[tuple, list] = {}
@@ -189,24 +188,101 @@ def main(argv=None):
     rows = []
     for (name, clients, batch), res in samples.items():
         res = np.asarray(res)
-        rows.append(dict(path=name, clients=clients, batch=batch,
+        # each round's served/bare ratio, then the median: rounds are side by side in time
+        rows.append(dict(model=model, path=name, clients=clients, batch=batch,
                          items_per_s=float(np.median(res[:, 0])) * batch,
+                         per_round=[float(v) * batch for v in res[:, 0]],
                          p50_ms=float(np.median(res[:, 1])), p99_ms=float(np.median(res[:, 2]))))
-    base = {r["clients"]: r["items_per_s"] for r in rows if r["path"] == "bare ORT session"}
-    print(f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores "
-          f"(load average {os.getloadavg()[0]:.1f}), model {args.model}, batch-1 requests, "
-          f"median of {args.rounds} interleaved rounds of {args.seconds:g} s\n")
-    print("| path | clients | items/s | p50 ms | p99 ms | vs bare session, same clients |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    bare_rows = {r["clients"]: r for r in rows if r["path"] == "bare ORT session"}
     for r in rows:
-        rel = ("" if r["path"].startswith("bare")
-               else f"{100 * r['items_per_s'] / base[r['clients']]:.0f}%")
-        print(f"| {r['path']} | {r['clients']} | {r['items_per_s']:.0f} | {r['p50_ms']:.2f} | "
-              f"{r['p99_ms']:.2f} | {rel} |")
+        if not r["path"].startswith("bare"):
+            b = bare_rows[r["clients"]]
+            r["vs_bare"] = float(np.median(np.asarray(r["per_round"]) / np.asarray(b["per_round"])))
+        if r["clients"] == 1 and r["batch"] == 1:
+            # fixed per-request cost: served latency minus the bare session's, from throughput
+            r["cost_ms"] = 1e3 / r["items_per_s"] - 1e3 / bare_rows[1]["items_per_s"]
+    return rows
+
+
+def print_tables(all_rows, args, load_before, load_after):
+    print(f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, load "
+          f"average before {load_before}, after {load_after}; batch-1 requests, median of "
+          f"{args.rounds} interleaved rounds of {args.seconds:g} s\n")
+    by_model: dict[str, list] = {}
+    for r in all_rows:
+        by_model.setdefault(r["model"], []).append(r)
+    print("| model (bare session latency, batch 1) | bare b1 | served b1 HTTP / gRPC "
+          "| fixed cost per request HTTP / gRPC | bare, 8 clients "
+          "| 8 clients, dynamic batching HTTP / gRPC |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for model, rows in by_model.items():
+        get = {(r["path"], r["clients"]): r for r in rows}
+        b1, b8 = get[("bare ORT session", 1)], get[("bare ORT session", args.clients)]
+        h1, g1 = get[("served HTTP (binary)", 1)], get[("served gRPC", 1)]
+        h8 = get[("served HTTP (binary), dynamic batching", args.clients)]
+        g8 = get[("served gRPC, dynamic batching", args.clients)]
+        lat = 1e3 / b1["items_per_s"]
+        print(f"| {os.path.basename(model)} ({lat:.2f} ms) | {b1['items_per_s']:.0f}/s "
+              f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
+              f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms | {b8['items_per_s']:.0f}/s "
+              f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
+    for model, rows in by_model.items():
+        print(f"\n{os.path.basename(model)}:\n")
+        print("| path | clients | items/s | p50 ms | p99 ms | vs bare session, same clients |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            rel = f"{100 * r['vs_bare']:.0f}%" if "vs_bare" in r else ""
+            print(f"| {r['path']} | {r['clients']} | {r['items_per_s']:.0f} | {r['p50_ms']:.2f} | "
+                  f"{r['p99_ms']:.2f} | {rel} |")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=None,
+                    help="a poolexport.models arch or an ONNX file with a dynamic batch dim; "
+                         "repeatable (default: resnet_softpool and mobilenet_se)")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-queue-delay-us", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra argument for `poolexport serve` (repeatable): --serve-arg=--allow-spinning")
+    ap.add_argument("--bare-default-options", action="store_true",
+                    help="bare session with ONNX Runtime's defaults (idle threads spin) instead of "
+                         "the served session's options")
+    ap.add_argument("--force", action="store_true",
+                    help="print the tables even when the load average exceeded the core count")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    models = args.model or ["resnet_softpool", "mobilenet_se"]
+
+    import onnxruntime as ort
+
+    cores = os.cpu_count() or 1
+    load_before = load_text()
+    busy = os.getloadavg()[0] > cores
+    print(f"load average before: {load_before} on {cores} cores; ort {ort.__version__}", flush=True)
+    tmp = tempfile.mkdtemp(prefix="bench_serve_")
+    rows = []
+    for model in models:
+        rows += bench_model(model, args, tmp)
+        busy = busy or os.getloadavg()[0] > cores
+    load_after = load_text()
+    busy = busy or os.getloadavg()[0] > cores
+    print(f"load average after: {load_after}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(date=str(datetime.date.today()), model=args.model, rows=rows), f, indent=1)
+            json.dump(dict(date=str(datetime.date.today()), cores=cores, load_before=load_before,
+                           load_after=load_after, rows=rows), f, indent=1)
+    if busy and not args.force:
+        print(f"\nno table: the load average exceeded the {cores} cores during the run, so the "
+              "numbers above measure the machine's other work too. Rerun on a quiet machine, "
+              "or pass --force to print it anyway.", file=sys.stderr)
+        return 3
+    print_tables(rows, args, load_before, load_after)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
