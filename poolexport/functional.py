@@ -470,3 +470,10 @@ __all__ = [
     "cat_avg_max_pool3d", "avg_pool_reduce", "max_pool_reduce", "lp_pool_reduce", "mixed_pool_reduce",
     "avg_max_pool_reduce", "cat_avg_max_pool_reduce", "upsample", "local_response_norm", "bilinear_pool",
 ]
+
+# ---------------------------------------------------------------- GeM and LSE pooling (poolexport._gem_lse)
+from ._gem_lse import (gem_pool1d, gem_pool2d, gem_pool3d, gem_pool_reduce, lse_pool1d, lse_pool2d,  # noqa: E402
+                       lse_pool3d, lse_pool_reduce)
+
+__all__ += ["gem_pool1d", "gem_pool2d", "gem_pool3d", "gem_pool_reduce",
+            "lse_pool1d", "lse_pool2d", "lse_pool3d", "lse_pool_reduce"]

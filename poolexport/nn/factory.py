@@ -14,9 +14,9 @@ Forms of a pool:
 axis, so its global form gives N x 2C and its channel form N x 2 (timm's names).
 
 Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``,
-``count_include_pad``) go to the pools that have them and are ignored by the others, so
-one set of options can serve a tuple of pool names. An ``nn.Module`` is returned unchanged: the caller vouches
-for its output shape.
+``count_include_pad``, ``r``, ``eps``, ``learn_p``, ``learn_r``) go to the pools that have
+them and are ignored by the others, so one set of options can serve a tuple of pool names.
+An ``nn.Module`` is returned unchanged: the caller vouches for its output shape.
 """
 from __future__ import annotations
 
@@ -26,15 +26,17 @@ from torch import nn
 
 from .avg_max_pool import (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, CatAvgMaxPool1d,
                            CatAvgMaxPool2d, CatAvgMaxPool3d, MaxPool1d, MaxPool2d, MaxPool3d)
+from .gem_pool import GeMPool1d, GeMPool2d, GeMPool3d, GeMPoolReduce, GlobalGeMPool
 from .global_pool import (GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool, GlobalLpPool, GlobalMaxPool,
                           GlobalMixedPool, GlobalSoftPool, GlobalStochasticPool)
 from .lp_pool import LpPool1d, LpPool2d, LpPool3d, LpPoolReduce
+from .lse_pool import GlobalLsePool, LsePool1d, LsePool2d, LsePool3d, LsePoolReduce
 from .mixed_pool import MixedPool1d, MixedPool2d, MixedPool3d, MixedPoolReduce
 from .reduce_pool import AvgMaxPoolReduce, AvgPoolReduce, CatAvgMaxPoolReduce, MaxPoolReduce
 from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
 from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
 
-POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed", "avgmax", "catavgmax")
+POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed", "avgmax", "catavgmax", "gem", "lse")
 # pools whose output has twice the input's channels (global: N x 2C; across channels: N x 2)
 CONCAT_POOLS = ("catavgmax",)
 POOL_FORMS = ("global", "channel", "reduce", "window")
@@ -54,12 +56,28 @@ _REDUCE = {"avg": AvgPoolReduce, "max": MaxPoolReduce, "avgmax": AvgMaxPoolReduc
 _GLOBAL = {"avg": GlobalAvgPool, "max": GlobalMaxPool, "avgmax": GlobalAvgMaxPool, "catavgmax": GlobalCatAvgMaxPool}
 
 
-def _lp_args(name: str, p: float, mean: bool) -> tuple[float, bool]:
+def _lp_args(name: str, p: Optional[float], mean: bool) -> tuple[float, bool]:
     if name == "l2":
         return 2.0, False
     if name == "rms":
         return 2.0, True
-    return float(p), bool(mean)
+    return 2.0 if p is None else float(p), bool(mean)
+
+
+def _generalized(name: str, form: str, dims: int, window: dict, dim, keepdim: bool, flatten: bool, p, r: float,
+                 eps: float, learn_p: bool, learn_r: bool) -> nn.Module:
+    """GeM (p defaults to 3, cirtorch's) and LSE pools in every form."""
+    p = 3.0 if p is None else p
+    if form == "global":
+        return GlobalGeMPool(p, eps, learn_p, flatten=flatten) if name == "gem" else GlobalLsePool(r, learn_r,
+                                                                                                 flatten=flatten)
+    if form in ("channel", "reduce"):
+        dim, keepdim = (1, True) if form == "channel" else (dim, keepdim)
+        return GeMPoolReduce(dim, keepdim, p, eps, learn_p) if name == "gem" else LsePoolReduce(dim, keepdim, r,
+                                                                                                learn_r)
+    if name == "gem":
+        return (GeMPool1d, GeMPool2d, GeMPool3d)[dims - 1](**window, p=p, eps=eps, learn_p=learn_p)
+    return (LsePool1d, LsePool2d, LsePool3d)[dims - 1](**window, r=r, learn_r=learn_r)
 
 
 def _reduce(name: str, dim, keepdim: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
@@ -102,15 +120,22 @@ def create_pool(
     dim=None,
     keepdim: bool = True,
     flatten: bool = False,
-    p: float = 2.0,
+    p: Optional[float] = None,
     mean: bool = False,
     beta: float = 1.0,
     seed: Optional[int] = None,
     alpha: float = 0.5,
     learn_alpha: bool = False,
+    r: float = 10.0,
+    eps: float = 1e-6,
+    learn_p: bool = True,
+    learn_r: bool = True,
     argname: str = "pool",
 ) -> nn.Module:
     """Build pool ``pool`` (a name of POOL_NAMES or an nn.Module) in form ``form``.
+
+    ``p`` is the Lp pools' norm (default 2) and GeM's exponent (default 3, learned unless
+    ``learn_p=False``); ``r`` is LSE's (default 10, timm's, learned unless ``learn_r=False``).
 
     ``argname`` names the caller's argument in error messages (e.g. ``"CBAM: spatial_pools[1]"``).
     """
@@ -119,6 +144,10 @@ def create_pool(
     if not isinstance(pool, str) or pool.lower() not in POOL_NAMES:
         raise ValueError(f"{argname} must be one of {POOL_NAMES} or an nn.Module, got {pool!r}")
     name = pool.lower()
+    window = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    generalized = (name, form, dims, window, dim, keepdim, flatten, p, r, eps, learn_p, learn_r)
+    if name in ("gem", "lse") and form in ("global", "channel", "reduce"):
+        return _generalized(*generalized)
     opts = dict(p=p, mean=mean, beta=beta, seed=seed, alpha=alpha, learn_alpha=learn_alpha)
     if form == "global":
         return _global(name, flatten, **opts)
@@ -132,6 +161,8 @@ def create_pool(
         raise ValueError(f"create_pool: dims must be 1, 2 or 3 for form='window', got {dims!r}")
     if kernel_size is None:
         raise ValueError("create_pool: kernel_size is required for form='window'")
+    if name in ("gem", "lse"):
+        return _generalized(*generalized)
     cls = _WINDOW["lp" if name in ("l2", "rms") else name][dims - 1]
     window = dict(stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     if name in ("l2", "lp", "rms"):
