@@ -10,6 +10,8 @@ Also: training-mode sampling on 64 x 64 x 32 x 32 k2 s2 (forward) vs avg_pool2d'
 (target <= 2), the per-call overhead of the ctypes path on a tiny tensor, and the peak
 memory of one SoftPool k3 s2 p1 training step on 16 x 64 x 112 x 112 above avg_pool2d's
 (target <= 1.0x the input's size; measured in a child process per variant).
+The process is the user's: no environment variable is set here (torch's OpenMP workers
+keep their default wait policy); the load average is printed before and after.
 
     python benchmarks/bench_torch_ops.py [--repeat 15] [--threads 2] [--no-memory]
 """
@@ -18,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's spinning workers would steal the cores
 import platform
 import statistics
 import subprocess
@@ -147,6 +147,15 @@ def memory() -> None:
           f"difference {(peaks['soft'] - peaks['avg']) / size:.2f}x the input's size")
 
 
+def load_line(when: str) -> None:
+    """The machine's load average; the run shares the cores with whatever else runs."""
+    load, cores = os.getloadavg(), os.cpu_count() or 1
+    print(f"load average {when}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({cores} cores)")
+    if load[0] > cores:
+        print(f"WARNING: 1-minute load {load[0]:.2f} exceeds the {cores} cores: other work shares the machine "
+              "and the absolute times are inflated; compare ratios only")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=15)
@@ -162,9 +171,11 @@ def main() -> None:
         sys.exit("the library has no torch kernels: build it with `pip install .`")
     print(f"{datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{a.threads} threads")
+    load_line("before")
     speed(a.repeat)
     if not a.no_memory:
         memory()
+    load_line("after")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from torch import nn
 
 from .conv_attention import ConvAttentionNet, NewCBAM, cbam_stochastic_l2, newcbam
 from .effnet_attention import EffNetAttention, MBConv, eca, se_effnet
+from .mobilenet_se import InvertedResidual, MobileNetSE, mobilenet_se
 from .resnet_softpool import ResNetSoftPool, SoftPoolBasicBlock, resnet_softpool
 from .seed_cbam import ChannelCBAMSeed, NewCBAMSeed, SeedConvNet, cbam_seed, newcbam_seed
 
@@ -23,6 +24,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "resnet_softpool": (resnet_softpool, (1, 3, 32, 32)),
     "se_effnet": (se_effnet, (1, 3, 32, 32)),
     "eca": (eca, (1, 3, 32, 32)),
+    "mobilenet_se": (mobilenet_se, (1, 3, 64, 64)),  # ImageNet size 224: slow in the test sweeps
 }
 
 
@@ -46,4 +48,4 @@ def default_input_shape(arch: str) -> tuple[int, ...]:
 
 __all__ = ["list_models", "create_model", "default_input_shape", "ConvAttentionNet", "NewCBAM",
            "ResNetSoftPool", "SoftPoolBasicBlock", "EffNetAttention", "MBConv", "NewCBAMSeed", "ChannelCBAMSeed",
-           "SeedConvNet"]
+           "SeedConvNet", "MobileNetSE", "InvertedResidual"]

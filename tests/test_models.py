@@ -6,7 +6,9 @@ import torch
 import poolexport.models as M
 import poolexport.nn as pnn
 
-ALL = ["cbam_seed", "cbam_stochastic_l2", "eca", "newcbam", "newcbam_seed", "resnet_softpool", "se_effnet"]
+ALL = ["cbam_seed", "cbam_stochastic_l2", "eca", "mobilenet_se", "newcbam", "newcbam_seed", "resnet_softpool",
+       "se_effnet"]
+SHAPES = {"mobilenet_se": (1, 3, 64, 64)}
 SOFTMAX = ("cbam_stochastic_l2", "cbam_seed")
 
 
@@ -19,7 +21,7 @@ def _set_gamma(model, value):
 def test_registry():
     assert M.list_models() == sorted(ALL)
     for name in ALL:
-        assert M.default_input_shape(name) == (1, 3, 32, 32)
+        assert M.default_input_shape(name) == SHAPES.get(name, (1, 3, 32, 32))
     with pytest.raises(ValueError, match="create_model: arch must be one of"):
         M.create_model("resnet50")
     with pytest.raises(ValueError, match="default_input_shape: arch"):
@@ -110,6 +112,23 @@ def test_models_use_the_requested_attention():
     assert any(isinstance(m, pnn.SoftPool2d) for m in r.modules())
     se = next(m for m in M.create_model("se_effnet").modules() if isinstance(m, pnn.SE))
     assert isinstance(se.act, torch.nn.SiLU)
+
+
+def test_mobilenet_se_is_mobilenet_v3_small_and_its_ten_global_pools_swap():
+    # torchvision's mobilenet_v3_small(num_classes=1000) has 2,542,856 parameters
+    assert sum(p.numel() for p in M.create_model("mobilenet_se", num_classes=1000).parameters()) == 2_542_856
+    stock = M.create_model("mobilenet_se").eval()
+    assert sum(isinstance(m, pnn.SE) for m in stock.modules()) == 9
+    soft = M.create_model("mobilenet_se", pool="soft").eval()
+    soft.load_state_dict(stock.state_dict())
+    replaced = pnn.replace_pools(stock, "soft")
+    assert len(replaced) == 10 and replaced[-1] == "avgpool"
+    assert all(isinstance(stock.get_submodule(n), pnn.GlobalSoftPool) for n in replaced)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(stock(x), soft(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="gives 2C channels"):
+        M.create_model("mobilenet_se", pool="catavgmax")
 
 
 def test_newcbam_exports_and_matches_onnxruntime():
