@@ -17,6 +17,8 @@
 #include "poolexport/stochastic_pool.h"
 #include "poolexport/window.h"
 #include "cpu_avx2.h"
+#include "cpu_philox.h"
+#include "cpu_reduce_plane.h"
 #include "cpu_soft_shared.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(POOLEXPORT_NO_DISPATCH)
@@ -443,10 +445,14 @@ PX_DISPATCH static void sample_pick_pass(const float* x, int64_t n, int64_t s, c
 
 // xp: the window's nrows padded rows of width wp (0 padding); outputs to sc.c[0, ow_n).
 inline void sample_row(const float* xp, size_t nrows, int64_t wp, const Window3& w, uint64_t e0, const RowArgs& args,
-                       Scratch& sc) {
+                       Scratch& sc, Isa isa) {
   const int64_t n = w.out[2], s = w.s[2];
   sc.a.resize(n);
-  philox_row(e0, n, args.seed_lo, args.seed_hi, sc.a.data());
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) philox_avx512::uniforms(e0, n, args.seed_lo, args.seed_hi, sc.a.data());
+  else
+#endif
+    philox_row(e0, n, args.seed_lo, args.seed_hi, sc.a.data());
   sc.b.assign(n, 0.0f);
   float* total = sc.b.data();
   for (size_t r = 0; r < nrows; ++r)
@@ -517,7 +523,7 @@ void run_row(Op op, const T* x_plane, T* y_row, int64_t row_index /* flat (n,c,o
     }
   }
   if (op == Op::kSample) {
-    sample_row(sc.xp.data(), nrows, wp, w, (uint64_t)(row_index * ow_n), args, sc);
+    sample_row(sc.xp.data(), nrows, wp, w, (uint64_t)(row_index * ow_n), args, sc, isa);
     for (int64_t ow = 0; ow < ow_n; ++ow) store(y_row, ow, sc.c[ow]);
     return;
   }
@@ -635,6 +641,171 @@ void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, f
     }
     const float v = stochastic_ratio(s2, s1);
     store(y, e, v - v == 0.0f ? v : exact());  // sum(r^2) overflowed: the scaled path
+  }
+}
+
+// Reduce form whose window is one contiguous run of P elements (the reduced axes trail the
+// kept ones, e.g. global pooling over H x W): output e reduces the plane x[e P, (e + 1) P).
+// Each plane is walked in chunks of kReduceChunk floats (reduce_plane.inc) whose partial
+// results are combined in chunk order, so the bits do not depend on who runs a chunk.
+// SoftPool: one pass for the plane's extremes, then one exp per element under the plane's
+// shift m = beta * c (c its largest x, or smallest for beta < 0), y = c + sum e (x - c) / sum e
+// as soft_pool.h's unscaled path; a plane whose max |x| exceeds kSoftScaleAbove (or holding
+// inf, or whose beta * c overflows) takes the shared math, whose scaled path keeps the sums
+// finite. Expectation: one pass of sums; a plane whose sum(r^2) overflowed (or NaN) takes the
+// shared math too. Few planes (< kReduceSplitPlanes) of several chunks: threads share their
+// chunks (two rounds for SoftPool: extremes, then sums); otherwise whole planes per thread.
+using limits::kReduceChunk;
+using limits::kReduceSplitPlanes;
+
+// Float view of n elements at p: p itself for float, a converted copy in buf for float16.
+template <class T>
+inline const float* chunk_floats(Isa isa, const T* p, int64_t n, std::vector<float>& buf) {
+  if constexpr (std::is_same<T, float>::value) {
+    (void)isa, (void)buf, (void)n;
+    return p;
+  } else {
+    buf.resize(kReduceChunk);
+    halves_to_floats(isa, p, buf.data(), n);
+    return buf.data();
+  }
+}
+
+template <class T>
+float plane_exact(Op op, const T* p, int64_t P, float beta) {
+  auto visit = [&](auto&& f) {
+    for (int64_t i = 0; i < P; ++i) f(load(p, i));
+  };
+  return op == Op::kSoft ? soft_pool_value(visit, beta) : stochastic_expectation_value(visit);
+}
+
+// One whole plane on the calling thread.
+template <class T>
+float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector<float>& buf) {
+  const int64_t chunks = (P + kReduceChunk - 1) / kReduceChunk;
+  auto chunk = [&](int64_t j, int64_t* n) {
+    *n = std::min(kReduceChunk, P - j * kReduceChunk);
+    return chunk_floats(isa, p + j * kReduceChunk, *n, buf);
+  };
+  int64_t n;
+  if (op == Op::kExpectation) {
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int64_t j = 0; j < chunks; ++j) {
+      const float* f = chunk(j, &n);
+      float a, b;
+      plane_chunk_moments(isa, f, n, &a, &b);
+      s1 += a;
+      s2 += b;
+    }
+    const float v = stochastic_ratio(s2, s1);
+    return v - v == 0.0f ? v : plane_exact(op, p, P, beta);
+  }
+  if (chunks == 1) {
+    const float* f = chunk(0, &n);
+    float y;
+    return plane_soft(isa, f, n, beta, &y) ? y : plane_exact(op, p, P, beta);
+  }
+  float lo = __builtin_huge_valf(), hi = -lo;
+  for (int64_t j = 0; j < chunks; ++j) {
+    const float* f = chunk(j, &n);
+    float l, h;
+    plane_chunk_range(isa, f, n, &l, &h);
+    lo = l < lo ? l : lo;
+    hi = h > hi ? h : hi;
+  }
+  const PlaneShift sh = plane_shift(lo, hi, beta);
+  if (sh.exact) return plane_exact(op, p, P, beta);
+  float se = 0.0f, sd = 0.0f;
+  for (int64_t j = 0; j < chunks; ++j) {
+    const float* f = chunk(j, &n);
+    float a, b;
+    plane_chunk_soft_sums(isa, f, n, sh, beta, &a, &b);
+    se += a;
+    sd += b;
+  }
+  return sh.c + sd / se;  // se >= 1: the maximum's weight is exp(0)
+}
+
+template <class T, class PFor>
+void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, float beta, PFor&& pfor) {
+  const Isa isa = cpu_isa();
+  const int64_t chunks = (P + kReduceChunk - 1) / kReduceChunk;
+  // cost per element: an exp is worth a few adds (so that even 1 x 576 x 7 x 7 is shared)
+  const int64_t cost = (op == Op::kSoft ? 4 : 1) * P + 1;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (chunks == 1) {
+      // float16 planes of one chunk: converted a chunk's worth of planes at a time (one
+      // conversion call instead of one per small plane), then each plane as above
+      const int64_t batch = std::max<int64_t>(1, kReduceChunk / P);
+      pfor(planes, cost, [&](int64_t b, int64_t e) {
+        std::vector<float> buf, unused;
+        for (int64_t i = b; i < e; i += batch) {
+          const int64_t k = std::min(batch, e - i);
+          buf.resize(k * P);
+          halves_to_floats(isa, x + i * P, buf.data(), k * P);
+          // (the shared math, plane_exact, then reads the plane's float copy: the same values)
+          for (int64_t q = 0; q < k; ++q) store(y, i + q, plane_value(op, isa, buf.data() + q * P, P, beta, unused));
+        }
+      });
+      return;
+    }
+  }
+  if (chunks == 1 || planes >= kReduceSplitPlanes) {
+    pfor(planes, cost, [&](int64_t b, int64_t e) {
+      std::vector<float> buf;
+      for (int64_t i = b; i < e; ++i) store(y, i, plane_value(op, isa, x + i * P, P, beta, buf));
+    });
+    return;
+  }
+  // threads share the chunks; item = plane * chunks + chunk
+  const int64_t items = planes * chunks;
+  std::vector<float> pa(items), pb(items);
+  auto each_chunk = [&](auto&& f) {
+    pfor(items, (op == Op::kSoft ? 4 : 1) * kReduceChunk + 1, [&](int64_t b, int64_t e) {
+      std::vector<float> buf;
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t j = i % chunks, n = std::min(kReduceChunk, P - j * kReduceChunk);
+        f(i, chunk_floats(isa, x + (i / chunks) * P + j * kReduceChunk, n, buf), n);
+      }
+    });
+  };
+  std::vector<PlaneShift> sh;
+  if (op == Op::kSoft) {
+    each_chunk([&](int64_t i, const float* f, int64_t n) { plane_chunk_range(isa, f, n, &pa[i], &pb[i]); });
+    sh.resize(planes);
+    for (int64_t q = 0; q < planes; ++q) {
+      float lo = __builtin_huge_valf(), hi = -lo;
+      for (int64_t j = 0; j < chunks; ++j) {
+        lo = pa[q * chunks + j] < lo ? pa[q * chunks + j] : lo;
+        hi = pb[q * chunks + j] > hi ? pb[q * chunks + j] : hi;
+      }
+      sh[q] = plane_shift(lo, hi, beta);
+    }
+    each_chunk([&](int64_t i, const float* f, int64_t n) {
+      const PlaneShift& s = sh[i / chunks];
+      if (!s.exact) plane_chunk_soft_sums(isa, f, n, s, beta, &pa[i], &pb[i]);
+    });
+  } else {
+    each_chunk([&](int64_t i, const float* f, int64_t n) { plane_chunk_moments(isa, f, n, &pa[i], &pb[i]); });
+  }
+  for (int64_t q = 0; q < planes; ++q) {
+    if (op == Op::kSoft && sh[q].exact) {
+      store(y, q, plane_exact(op, x + q * P, P, beta));
+      continue;
+    }
+    float sa = 0.0f, sb = 0.0f;
+    for (int64_t j = 0; j < chunks; ++j) {
+      sa += pa[q * chunks + j];
+      sb += pb[q * chunks + j];
+    }
+    float v;
+    if (op == Op::kSoft) {
+      v = sh[q].c + sb / sa;
+    } else {
+      v = stochastic_ratio(sb, sa);
+      if (!(v - v == 0.0f)) v = plane_exact(op, x + q * P, P, beta);
+    }
+    store(y, q, v);
   }
 }
 
@@ -795,6 +966,9 @@ void reduce_forward(Op kind, const T* x, T* y, const Reduce6& g, float beta, uin
     return;
   }
   const int64_t inner = g.dim[5];
+  int from;
+  if (kind != Op::kSample && reduce_run(g, &from) == g.window)  // one contiguous run per output
+    return reduce_planes_forward(kind, x, y, g.outputs, g.window, beta, pfor);
   if (kind != Op::kSample && !(g.mask & (1 << 5)) && inner >= 8) {
     pfor(g.outputs / inner, g.window * inner + 1, [&](int64_t b, int64_t e) {
       Scratch sc;

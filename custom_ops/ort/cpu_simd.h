@@ -34,6 +34,8 @@ struct LanesPortable {
   static inline R load_n(const float* p, int64_t n, float fill) { R r; PX_EACH r.v[l] = l < n ? p[l] : fill; return r; }
   static inline void store(float* p, R a) { memcpy(p, a.v, sizeof a.v); }
   static inline void store_n(float* p, R a, int64_t n) { PX_EACH if (l < n) p[l] = a.v[l]; }
+  // lanes >= n set to +0
+  static inline R keep_first_n(R a, int64_t n) { PX_EACH a.v[l] = l < n ? a.v[l] : 0.0f; return a; }
   static inline R set1(float f) { R r; PX_EACH r.v[l] = f; return r; }
   static inline R add(R a, R b) { PX_EACH a.v[l] += b.v[l]; return a; }
   static inline R sub(R a, R b) { PX_EACH a.v[l] -= b.v[l]; return a; }
@@ -56,6 +58,16 @@ struct LanesPortable {
   static inline float reduce_max(R a) { float m = a.v[0]; PX_EACH m = a.v[l] > m ? a.v[l] : m; return m; }
   static inline float reduce_min(R a) { float m = a.v[0]; PX_EACH m = a.v[l] < m ? a.v[l] : m; return m; }
   static inline float reduce_add(R a) { float s = 0.0f; PX_EACH s += a.v[l]; return s; }
+  // pairwise: lanes l and l + 8, then l + 4, l + 2, l + 1 (the AVX-512 order)
+  static inline float reduce_add_tree(R a) {
+    for (int h = 8; h >= 1; h /= 2)
+      for (int l = 0; l < h; ++l) a.v[l] += a.v[l + h];
+    return a.v[0];
+  }
+  // reduce_add_tree of a and b; reduce_max of mx and reduce_min of mn (one shuffle sequence
+  // for both on the vector paths)
+  static inline void reduce_add_tree2(R a, R b, float* sa, float* sb) { *sa = reduce_add_tree(a), *sb = reduce_add_tree(b); }
+  static inline void reduce_max_min(R mx, R mn, float* hi, float* lo) { *hi = reduce_max(mx), *lo = reduce_min(mn); }
   // the float with p's bits plus kf's bits << 23: p * 2^k for kf = magic + k (see soft_shared.inc)
   static inline R add_exponent(R p, R kf) {
     PX_EACH {
@@ -98,6 +110,7 @@ struct LanesAvx2 {
   }
   PX_TARGET_AVX2 static inline void store(float* p, R a) { _mm256_storeu_ps(p, a); }
   PX_TARGET_AVX2 static inline void store_n(float* p, R a, int64_t n) { _mm256_maskstore_ps(p, first_n(n), a); }
+  PX_TARGET_AVX2 static inline R keep_first_n(R a, int64_t n) { return _mm256_and_ps(a, _mm256_castsi256_ps(first_n(n))); }
   PX_TARGET_AVX2 static inline R set1(float f) { return _mm256_set1_ps(f); }
   PX_TARGET_AVX2 static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
   PX_TARGET_AVX2 static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
@@ -141,6 +154,25 @@ struct LanesAvx2 {
     for (int l = 0; l < 8; ++l) s += v[l];
     return s;
   }
+  // two pairwise sums: lanes l and l + 4, then l + 2, l + 1
+  PX_TARGET_AVX2 static inline void reduce_add_tree2(R a, R b, float* sa, float* sb) {
+    const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1));
+    const __m128 s2 = _mm_add_ps(_mm_movelh_ps(a4, b4), _mm_movehl_ps(b4, a4));  // a0+a2 a1+a3 b0+b2 b1+b3
+    const __m128 s1 = _mm_add_ps(s2, _mm_shuffle_ps(s2, s2, 0xB1));                // pairs swapped
+    *sa = _mm_cvtss_f32(s1);
+    *sb = _mm_cvtss_f32(_mm_movehl_ps(s1, s1));
+  }
+  PX_TARGET_AVX2 static inline void reduce_max_min(R mx, R mn, float* hi, float* lo) {
+    const __m128 a = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    const __m128 b = _mm_min_ps(_mm256_castps256_ps128(mn), _mm256_extractf128_ps(mn, 1));
+    // [a0 a1 -b0 -b1] and [a2 a3 -b2 -b3]: one max for both
+    const __m128 nb = _mm_xor_ps(b, _mm_set1_ps(-0.0f));
+    const __m128 s2 = _mm_max_ps(_mm_movelh_ps(a, nb), _mm_movehl_ps(nb, a));
+    const __m128 s1 = _mm_max_ps(s2, _mm_shuffle_ps(s2, s2, 0xB1));
+    *hi = _mm_cvtss_f32(s1);
+    *lo = -_mm_cvtss_f32(_mm_movehl_ps(s1, s1));
+  }
   PX_TARGET_AVX2 static inline R add_exponent(R p, R kf) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_castps_si256(kf), 23)));
   }
@@ -161,6 +193,7 @@ struct LanesAvx512 {
   }
   PX_TARGET_AVX512 static inline void store(float* p, R a) { _mm512_storeu_ps(p, a); }
   PX_TARGET_AVX512 static inline void store_n(float* p, R a, int64_t n) { _mm512_mask_storeu_ps(p, first_n(n), a); }
+  PX_TARGET_AVX512 static inline R keep_first_n(R a, int64_t n) { return _mm512_maskz_mov_ps(first_n(n), a); }
   PX_TARGET_AVX512 static inline R set1(float f) { return _mm512_set1_ps(f); }
   PX_TARGET_AVX512 static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
   PX_TARGET_AVX512 static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
@@ -188,6 +221,17 @@ struct LanesAvx512 {
     float s = 0.0f;
     for (int l = 0; l < 16; ++l) s += v[l];
     return s;
+  }
+  // two pairwise sums: lanes l and l + 8, then as LanesAvx2's
+  PX_TARGET_AVX512 static inline void reduce_add_tree2(R a, R b, float* sa, float* sb) {
+    const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)));
+    LanesAvx2::reduce_add_tree2(a8, b8, sa, sb);
+  }
+  PX_TARGET_AVX512 static inline void reduce_max_min(R mx, R mn, float* hi, float* lo) {
+    const __m256 a8 = _mm256_max_ps(_mm512_castps512_ps256(mx), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mx), 1)));
+    const __m256 b8 = _mm256_min_ps(_mm512_castps512_ps256(mn), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mn), 1)));
+    LanesAvx2::reduce_max_min(a8, b8, hi, lo);
   }
   PX_TARGET_AVX512 static inline R add_exponent(R p, R kf) {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(kf), 23)));

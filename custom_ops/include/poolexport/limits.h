@@ -44,6 +44,16 @@ constexpr int64_t kReduceBlockWindow = 1024;
 constexpr int kReduceWarpLanes = 32;
 constexpr int kReduceBlockLanes = 256;
 
+// CPU reduce forms over one contiguous run of elements (global pooling over a plane,
+// cpu_reduce_plane.h): a plane is summed in chunks of kReduceChunk floats, whose partial
+// sums are combined in chunk order (the same bits whichever thread runs a chunk). Fewer
+// than kReduceSplitPlanes planes of more than one chunk: threads share a plane's chunks;
+// otherwise one thread takes whole planes. kReduceUnroll vectors per step, each with its own
+// accumulators.
+constexpr int64_t kReduceChunk = 1024;
+constexpr int64_t kReduceSplitPlanes = 32;
+constexpr int kReduceUnroll = 2;
+
 // Finite limits (issue 21). A SoftPool window (or shared-shift block, or backward plane)
 // whose max |x| exceeds kSoftScaleAbove (2^64) computes its weighted sums on x * kSoftScale
 // (2^-64, exact but for subnormal bits far below the result's ulp) and flushes weights

@@ -1,0 +1,271 @@
+"""The fast reduce forms over one contiguous run (global pooling over H x W), at the limits
+they branch on (limits.h): plane sizes around every lane width and kReduceUnroll vectors
+(+- 1), around kReduceChunk (a plane walked in chunks) and plane counts around
+kReduceSplitPlanes (threads sharing a plane's chunks); SoftPool planes whose range of
+beta * x lies around kSharedRange (the unclamped exp) and around -kExpArgMin (the clamp);
+max |x| around kSoftScaleAbove (the shared math's scaled path); NaN and +-inf at the first,
+middle and last element of a plane. Every CPU path this machine has, float32 and float16,
+through ONNX Runtime and the torch op.
+
+References: the float64 oracle of tests/_oracle.py (written from the definitions); for
+planes holding inf, where the definition gives no number, the generic per-output path of
+the same library (a layout the fast form does not take), which is what these planes gave
+before the fast form existed. The torch op's eval output must equal the ONNX Runtime
+kernel's bit for bit, and a plane's output must not depend on the thread count or on how
+many planes share the call (the chunking is fixed by the plane size alone).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import _limits as L
+import _oracle as O
+from poolexport import ort as pxort
+from test_boundaries import FLOOR, PATHS, RTOL, check_soft, cpu_path
+
+CHUNK = L.LIMITS["kReduceChunk"]
+SPLIT = L.LIMITS["kReduceSplitPlanes"]
+UNROLL = L.LIMITS["kReduceUnroll"]
+SOFT_T = L.LIMITS["kSoftScaleAbove"]
+
+# plane sizes: every lane width and kReduceUnroll vectors of it, +- 1; the chunk, +- 1
+LANE_SIZES = sorted({w for lanes in set(L.LANES.values()) for w in L.widths(lanes, (1, UNROLL, UNROLL + 1))} | {1, 2})
+CHUNK_SIZES = [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1]
+DTYPES = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}
+OPS = {"soft": ("ReduceSoftPool", {}), "expectation": ("ReduceStochasticPool", {"mode": "expectation"})}
+
+_SESSIONS: dict = {}
+
+
+def ort_reduce(op, x, axes=(2, 3), threads=1, beta=None):
+    name, extra = OPS[op]
+    elem = DTYPES["fp16" if x.dtype == np.float16 else "fp32"][1]
+    attrs = {"axes": list(axes), "keepdims": 0, **extra}
+    if beta is not None:
+        attrs["beta"] = float(beta)
+    key = (op, elem, tuple(axes), threads, beta)
+    if key not in _SESSIONS:
+        import onnxruntime as ort
+
+        node = helper.make_node(name, ["X"], ["Y"], domain="poolexport", **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", elem, None)],
+                                  [helper.make_tensor_value_info("Y", elem, None)])
+        model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 18),
+                                                                       helper.make_opsetid("poolexport", 1)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        _SESSIONS[key] = pxort.session(model.SerializeToString(), options=so)
+    return _SESSIONS[key].run(None, {"X": x})[0]
+
+
+def torch_reduce(op, x, axes=(2, 3), beta=1.0):
+    t = torch.from_numpy(x.copy())
+    with torch.no_grad():
+        if op == "soft":
+            return torch.ops.poolexport.reduce_soft_pool(t, list(axes), False, float(beta)).numpy()
+        return torch.ops.poolexport.reduce_stochastic_pool(t, list(axes), False, "expectation", 0).numpy()
+
+
+def generic_reduce(op, x, beta=None):
+    """The same planes through the generic per-output path (the shared math of soft_pool.h /
+    stochastic_pool.h): a kept trailing axis of 2 makes the window non-contiguous."""
+    x2 = np.stack([x, x], axis=-1)
+    return ort_reduce(op, x2, axes=(2, 3), beta=beta)[..., 0]
+
+
+def check(op, x, got, what, beta=1.0):
+    """got (N, C) against the float64 oracle: the NaN rule and the error bounds of
+    test_boundaries (SoftPool: the window's error scale, exp clamped at kExpArgMin)."""
+    n, c, h, w = x.shape
+    x32 = x.astype(np.float32)
+    if op == "soft":
+        want = O.soft_forward(x32, dict(kernel_shape=[h, w]), beta, exp_arg_min=L.EXP_ARG_MIN)
+        want = {k: (v.reshape(n, c) if isinstance(v, np.ndarray) and v.shape == (n, c, 1, 1) else v)
+                for k, v in want.items()}
+        if x.dtype == np.float16:  # the output's own rounding
+            want["cond"] = want["cond"] + 2.0 ** -11 / RTOL * np.abs(np.nan_to_num(want["y"]))
+        check_soft(what, got.astype(np.float64), want)
+        return
+    nan = np.isnan(x32).reshape(n, c, -1).any(-1)
+    assert np.array_equal(np.isnan(got), nan), f"{what}: NaN at {np.argwhere(np.isnan(got) != nan)[:4].tolist()}"
+    y64, scale = O.expectation_forward(np.where(np.isnan(x32), 0, x32), dict(kernel_shape=[h, w]))
+    y64, scale = y64.reshape(n, c), scale.reshape(n, c)
+    if x.dtype == np.float16:
+        scale = scale + 2.0 ** -11 / RTOL * y64
+    err = np.abs(got.astype(np.float64) - y64)
+    bad = ~nan & ~(err <= RTOL * scale + 4e-23)
+    assert not bad.any(), f"{what}: at {np.argwhere(bad)[0].tolist()} got {got[bad][:3]}, float64 {y64[bad][:3]}"
+
+
+def check_every_runtime(op, x, what, beta=1.0):
+    """ORT (1 and 2 threads) and the torch op on every CPU path: the oracle, and the
+    runtimes bit for bit with each other."""
+    for path in PATHS:
+        with cpu_path(path):
+            got = ort_reduce(op, x, beta=None if op != "soft" else beta)
+            check(op, x, got, f"ort-{path} {op} {what}", beta)
+            np.testing.assert_array_equal(ort_reduce(op, x, threads=2, beta=None if op != "soft" else beta), got,
+                                          err_msg=f"ort-{path} {op} {what}: 2 threads differ from 1")
+            np.testing.assert_array_equal(torch_reduce(op, x, beta=beta), got,
+                                          err_msg=f"torch-{path} {op} {what}: not the ORT kernel's bits")
+
+
+def planes(count, size, dtype, seed=0, scale=3.0, hw=None):
+    h, w = hw or (1, size)
+    return (np.random.default_rng(seed).standard_normal((1, count, h, w)) * scale).astype(dtype)
+
+
+# ------------------------------------------------------------------ sizes
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_sizes_around_lane_widths(op, dtype):
+    for size in LANE_SIZES:
+        check_every_runtime(op, planes(3, size, DTYPES[dtype][0], seed=size), f"plane of {size}")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_sizes_around_the_chunk(op, dtype):
+    for size in CHUNK_SIZES:
+        check_every_runtime(op, planes(2, size, DTYPES[dtype][0], seed=size), f"plane of {size}")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_usual_global_pool_shapes(op, dtype):
+    """SE-style descriptors: many small planes (several float16 conversion batches and
+    work chunks per thread), a few large ones."""
+    for shape in [(2, 300, 7, 7), (2, 3, 14, 14), (1, 3, 56, 56)]:
+        x = (np.random.default_rng(1).standard_normal(shape) * 3).astype(DTYPES[dtype][0])
+        check_every_runtime(op, x, f"{shape}")
+
+
+# ------------------------------------------------------------------ sharing a plane's chunks
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_counts_around_the_split(op, dtype):
+    """Planes of three chunks, SPLIT - 1 (threads share each plane's chunks), SPLIT and
+    SPLIT + 1 of them (whole planes per thread): the oracle, and each plane's bits the same
+    in every call (the chunk order, not the thread or the split, fixes the sums)."""
+    size = 2 * CHUNK + 3
+    base = planes(3, size, DTYPES[dtype][0], seed=11)
+    first = {}
+    for count in (SPLIT - 1, SPLIT, SPLIT + 1):
+        x = base[:, np.arange(count) % 3]
+        check_every_runtime(op, x, f"{count} planes of {size}")
+        for path in PATHS:
+            with cpu_path(path):
+                got = ort_reduce(op, x)[0]
+            for q in range(3):
+                first.setdefault((path, q), got[q])
+                np.testing.assert_array_equal(got[q::3], np.full_like(got[q::3], first[(path, q)]),
+                                              err_msg=f"ort-{path} {op}: plane {q} differs with {count} planes")
+
+
+# ------------------------------------------------------------------ SoftPool's branches
+@pytest.mark.parametrize("rest", ["noise", "zeros"])
+@pytest.mark.parametrize("size", [LANE_SIZES[-1], CHUNK + 1, 2 * CHUNK + 1])
+def test_soft_range_around_the_unclamped_exp_and_the_clamp(size, rest):
+    """beta * x spanning exactly around kSharedRange (exp without clamp up to it) and around
+    -kExpArgMin (weights clamped at exp(kExpArgMin) past it): the plane's maximum of beta * x
+    is 0, its low end -span at the first, middle or last element; the other elements within
+    [-1.2, 0] ("noise") or 0 ("zeros": the low element's weight alone moves the output);
+    beta 1, 2, -1 (the shift from the smallest x)."""
+    for beta in (1.0, 2.0, -1.0):
+        for span in L.around(L.SHARED_RANGE) + L.around(-L.EXP_ARG_MIN):
+            x = np.zeros((1, 3, 1, size), np.float32)
+            if rest == "noise":
+                x = (-np.abs(planes(3, size, np.float32, seed=int(span) + size, scale=0.3)) / beta).astype(np.float32)
+            for q, at in enumerate((0, size // 2, size - 1)):
+                x[0, q, 0, at] = np.float32(-span / beta)
+                x[0, q, 0, (at + 1) % size] = np.float32(0.0)
+            check_every_runtime("soft", x, f"range {span} beta {beta} size {size} {rest}", beta=beta)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, -2.0])
+def test_soft_other_beta(beta):
+    for size in (49, CHUNK + 1, 2 * CHUNK + 1):
+        check_every_runtime("soft", planes(SPLIT + 1, size, np.float32, seed=size), f"beta {beta} size {size}", beta=beta)
+
+
+@pytest.mark.parametrize("size", [LANE_SIZES[-1], 2 * CHUNK + 1])
+def test_soft_max_abs_around_the_scaled_path(size):
+    """max |x| just below, at and above kSoftScaleAbove (the shared math's scaled path
+    above), and up to float32's maximum (where x - c would overflow unscaled), at the
+    first, middle and last element, with either sign; the last plane holds +v and -v."""
+    for v in L.around(SOFT_T)[1:4] + [8.6e37, float(np.finfo(np.float32).max)]:
+        for sign in (1.0, -1.0):
+            x = planes(4, size, np.float32, seed=size)
+            for q, at in enumerate((0, size // 2, size - 1)):
+                x[0, q, 0, at] = np.float32(sign * v)
+            x[0, 3, 0, 0], x[0, 3, 0, size - 1] = np.float32(sign * v), np.float32(-sign * v)
+            check_every_runtime("soft", x, f"max |x| {v} sign {sign} size {size}")
+
+
+# ------------------------------------------------------------------ NaN and inf
+POSITIONS = {"first": lambda n: 0, "middle": lambda n: n // 2, "last": lambda n: n - 1}
+NONFINITE_SIZES = [L.LANES["avx2"] + 1, L.LANES["avx512"] * UNROLL + 1, CHUNK + 1]
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("count", [2, SPLIT])  # planes of several chunks: split, and whole planes
+def test_nan_gives_nan_and_only_there(op, dtype, count):
+    for size in NONFINITE_SIZES:
+        x = planes(count, size, DTYPES[dtype][0], seed=size)
+        x[0, 0, 0, 0] = np.nan
+        x[0, 0, 0, size - 1] = np.nan  # a plane holding NaN at both ends
+        x[0, 1, 0, size // 2] = np.nan
+        check_every_runtime(op, x, f"NaN in {count} planes of {size}")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_inf_as_the_shared_math(op, dtype):
+    """A plane holding +inf or -inf (first, middle, last element; also both): the same
+    output as the generic per-output path (SoftPool: every such plane; the expectation:
+    +inf, while -inf counts as 0 there and its plane is checked against the oracle), on
+    every path, in ORT and torch."""
+    for size in NONFINITE_SIZES + [2 * CHUNK + 1]:
+        for where, pos in POSITIONS.items():
+            x = planes(4, size, DTYPES[dtype][0], seed=size)
+            at = pos(size)
+            x[0, 0, 0, at] = np.inf
+            x[0, 1, 0, at] = -np.inf
+            x[0, 2, 0, at], x[0, 2, 0, (at + 1) % size] = np.inf, -np.inf
+            same = [0, 1, 2] if op == "soft" else [0, 2]
+            for path in PATHS:
+                with cpu_path(path):
+                    got, want = ort_reduce(op, x), generic_reduce(op, x)
+                    np.testing.assert_array_equal(got[:, same], want[:, same],
+                                                  err_msg=f"ort-{path} {op} inf at {where} of {size}")
+                    np.testing.assert_array_equal(torch_reduce(op, x), got,
+                                                  err_msg=f"torch-{path} {op} inf at {where} of {size}")
+                    finite = [1, 3] if op != "soft" else [3]  # -inf is r = 0 for the expectation
+                    check(op, x[:, finite], got[:, finite], f"ort-{path} {op} beside inf at {where}, size {size}")
+
+
+def test_all_nan_plane():
+    for size in (LANE_SIZES[-1], 2 * CHUNK + 1):
+        x = np.full((1, 2, 1, size), np.nan, np.float32)
+        x[0, 1] = 1.0
+        for path in PATHS:
+            with cpu_path(path):
+                for op in OPS:
+                    got = ort_reduce(op, x)
+                    assert np.isnan(got[0, 0]) and got[0, 1] == 1.0, f"ort-{path} {op}: {got}"
+                    np.testing.assert_array_equal(torch_reduce(op, x), got)
+
+
+def test_equal_values_give_that_value():
+    """y = c + sum e (x - c) / sum e: a plane of one value gives it exactly (SoftPool)."""
+    for size in LANE_SIZES + CHUNK_SIZES:
+        x = np.full((1, 3, 1, size), 0.1, np.float32)
+        x[0, 1] = -7.3e5
+        x[0, 2] = 3.0e18
+        for path in PATHS:
+            with cpu_path(path):
+                np.testing.assert_array_equal(ort_reduce("soft", x), x[:, :, 0, 0], err_msg=f"{path} size {size}")
