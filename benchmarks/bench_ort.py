@@ -25,10 +25,19 @@ Casts to and from float32 (seen in the optimized graph), so those rows say
 --portable: the ``portable`` target's SoftPool/StochasticPool (plain ONNX Runtime, standard
 ops only) against the naive standard-op formula Exp, Mul, 2 AveragePool, Div (unstable
 above x ~ 88) and against the generic one-hot-Conv decomposition it replaces.
+--reduce (also run after the CPU tables): the global reduce forms ``ReduceSoftPool`` and
+``ReduceStochasticPool`` (expectation) over axes H, W at 1x576x7x7, 8x576x7x7 and 8x64x56x56,
+float32 and float16, against ONNX Runtime's ``GlobalAveragePool`` on the same float32 tensor
+(target <= 1.5x); ORT's own float16 GlobalAveragePool is listed where its CPU provider has one.
 --cuda: the CUDA kernels (through the library's C launchers on torch tensors): time and
 achieved bandwidth (input read + output written) against a device-to-device copy.
 
-    python benchmarks/bench_ort.py [--repeat 10] [--threads 1,2] [--case SUBSTRING] [--portable | --cuda]
+The process runs as a user's would: no environment variable is set for speed (torch's
+OpenMP workers keep their default wait policy; ONNX Runtime sessions are created with
+intra-op spinning off, a session option, so that one session's idle workers do not steal
+the cores of the next column in the interleaved rounds).
+
+    python benchmarks/bench_ort.py [--repeat 10] [--threads 1,2] [--case SUBSTRING] [--portable | --cuda | --reduce]
 """
 from __future__ import annotations
 
@@ -36,10 +45,6 @@ import argparse
 import datetime
 import os
 
-# torch's OpenMP workers spin after each call and would steal the cores of whichever
-# column runs next in the interleaved rounds (the library's SoftPool, on 2 cores); set
-# before torch loads. ONNX Runtime sessions get the same (allow_spinning 0 below).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import platform
 import statistics
 import tempfile
@@ -303,6 +308,67 @@ def bench_portable(repeat, threads=None, case=None):
                   f"{t[op + ' generic'] / t[op]:.1f}x |", flush=True)
 
 
+REDUCE_SHAPES = [(1, 576, 7, 7), (8, 576, 7, 7), (8, 64, 56, 56)]
+REDUCE_OPS = (("ReduceSoftPool", {}), ("ReduceStochasticPool", {"mode": "expectation"}))
+REDUCE_TARGET = 1.5  # library / GlobalAveragePool
+
+
+def global_average_pool(elem=TensorProto.FLOAT):
+    return one_node("GlobalAveragePool", {}, domain="", elem=elem)
+
+
+def ort_fp16_global_average_pool(threads):
+    """ONNX Runtime's own float16 GlobalAveragePool session, or None where its CPU provider
+    has none (refused, or silently wrapped in Casts to float32)."""
+    import onnxruntime as ort
+
+    model = global_average_pool(TensorProto.FLOAT16)
+    build = lambda o: ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])  # noqa: E731
+    try:
+        return None if inserted_casts(build, threads) else build(session_options(threads))
+    except Exception as e:  # onnxruntime's pybind error classes are not a stable import
+        if "NOT_IMPLEMENTED" in str(e) or "kernel" in str(e).lower():
+            return None
+        raise
+
+
+def bench_reduce(repeat, threads):
+    """The global reduce forms over H, W against GlobalAveragePool, one interleaved run per shape."""
+    import onnxruntime as ort
+
+    from poolexport import ort as pxort
+
+    label = f"{threads} thread{'s' if threads > 1 else ''}"
+    print(f"\n## Reduce forms over H, W, {label}\n")
+    print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, {label} of {os.cpu_count()} cores, "
+          f"onnxruntime {ort.__version__}; best of {repeat} interleaved runs, ms; ratio = library / float32 "
+          "GlobalAveragePool of the same run")
+    print(f"| shape | op | dtype | library | GlobalAveragePool fp32 | ratio (<= {REDUCE_TARGET}) | ORT fp16 GlobalAveragePool |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    avg16 = ort_fp16_global_average_pool(threads)
+    for shape in REDUCE_SHAPES:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        feed, feed16 = {"X": x}, {"X": x.astype(np.float16)}
+        run = lambda sess, f: lambda: sess.run(None, f)  # noqa: E731
+        gap = ort.InferenceSession(global_average_pool().SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+        fns = {"avg": run(gap, feed)}
+        if avg16 is not None:
+            fns["avg fp16"] = run(avg16, feed16)
+        for op, extra in REDUCE_OPS:
+            attrs = {"axes": [2, 3], "keepdims": 1, **extra}
+            fns[op] = run(pxort.session(one_node(op, attrs).SerializeToString(), options=session_options(threads)), feed)
+            fns[op + " fp16"] = run(library_fp16(one_node(op, attrs, elem=TensorProto.FLOAT16), threads), feed16)
+        t = interleaved(fns, repeat)
+        name = "x".join(map(str, shape))
+        for op, _ in REDUCE_OPS:
+            for dtype, key in (("fp32", op), ("fp16", op + " fp16")):
+                a16 = f"{t['avg fp16'] * 1e3:.3f}" if (dtype == "fp16" and "avg fp16" in t) else (
+                    "n/a (none on CPU)" if dtype == "fp16" else "-")
+                print(f"| {name} | {op} | {dtype} | {t[key] * 1e3:.3f} | {t['avg'] * 1e3:.3f} | "
+                      f"{t[key] / t['avg']:.2f} | {a16} |", flush=True)
+
+
 def bench_cuda(repeat):
     import ctypes
 
@@ -372,15 +438,21 @@ def main():
     ap.add_argument("--case", default=None, help="only the CPU cases whose name contains this (e.g. '3-D')")
     ap.add_argument("--cuda", action="store_true", help="benchmark the CUDA kernels (needs a GPU)")
     ap.add_argument("--portable", action="store_true", help="benchmark the portable target's standard-op forms")
+    ap.add_argument("--reduce", action="store_true", help="only the reduce forms against GlobalAveragePool")
     args = ap.parse_args()
     if args.cuda:
         bench_cuda(args.repeat)
     elif args.portable:
         for n in args.threads or [None]:  # None: all cores, as before
             bench_portable(args.repeat, n, args.case)
+    elif args.reduce:
+        for n in args.threads or [2]:
+            bench_reduce(args.repeat, n)
     else:
         for n in args.threads or [1, 2]:
             bench_cpu(args.repeat, n, args.case)
+        for n in args.threads or [2]:
+            bench_reduce(args.repeat, n)
 
 
 if __name__ == "__main__":
