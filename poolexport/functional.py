@@ -24,7 +24,12 @@ import torch.nn.functional as TF
 
 from ._args import check_bool, check_real
 from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
-from .ops import reduce_soft_pool, reduce_stochastic_pool, soft_pool, stochastic_pool
+from . import ops as _ops
+from .ops._registry import direct
+
+# the ops as the layers call them: below the autograd layer when nothing is recorded
+soft_pool, stochastic_pool = direct(_ops.soft_pool), direct(_ops.stochastic_pool)
+reduce_soft_pool, reduce_stochastic_pool = direct(_ops.reduce_soft_pool), direct(_ops.reduce_stochastic_pool)
 from .ops.stochastic_pool import MODES
 
 _Size = Union[int, Sequence[int]]

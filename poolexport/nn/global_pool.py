@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import functional as F
 from .._args import check_bool, check_real, check_seed
-from ..ops import reduce_soft_pool, reduce_stochastic_pool
+from ..functional import reduce_soft_pool, reduce_stochastic_pool
 from .mixed_pool import _Alpha
 from .stochastic_pool import _draw_seed
 

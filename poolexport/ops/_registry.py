@@ -17,9 +17,9 @@ backward op:
 * registers the fake (meta) kernels for torch.compile / torch.export, and the autograd
   formula (backward = the backward op, on the saved input).
 
-The forward op is returned wrapped in :func:`_direct`, which skips the (Python) autograd
-layer when no graph can be recorded: eval and inference calls then cost the dispatcher
-and the compiled kernel only.
+:func:`direct` wraps a forward op for the layers (``poolexport.functional``,
+``poolexport.nn``): it skips the (Python) autograd layer when no graph can be recorded, so
+eval and inference calls cost the dispatcher and the compiled kernel only.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def compiled_cpu_kernels() -> tuple[bool, str]:
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 
 
-def _direct(op):
+def direct(op):
     """``op`` as a function that, for a plain tensor that autograd will not track (no
     requires_grad, or grad mode off) and outside tracing (torch.compile, torch.export,
     torch.jit.trace record the op itself), dispatches below the autograd layer: the
@@ -99,8 +99,7 @@ def define_pair(
 ):
     """Define ``name(Tensor X, args)`` and ``name_backward(Tensor grad, Tensor X, args)``;
     each of ``forward``/``backward`` is (reference, python kernel, fake). Returns the
-    forward as a :func:`_direct` function (its OpOverload is ``.op``) and the backward
-    OpOverload."""
+    two OpOverloads."""
     _define(name, f"Tensor X, {args}", *forward)
     _define(f"{name}_backward", f"Tensor grad, Tensor X, {args}", *backward)
     if not compiled_cpu_kernels()[0]:
@@ -118,4 +117,4 @@ def define_pair(
         return (backward_op(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
 
     torch.library.register_autograd(f"poolexport::{name}", grad_fn, setup_context=setup_context, lib=LIB)
-    return _direct(op), backward_op
+    return op, backward_op
