@@ -44,8 +44,13 @@ def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, paddin
     types, spatial size): a repeated call skips them; anything else is checked afresh."""
     if type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         try:
-            key = (name, k, _typed(kernel_size), _typed(stride), _typed(padding), _typed(dilation), _typed(ceil_mode),
-                   x.dim(), x.is_floating_point(), tuple(x.shape[2:]))
+            if (type(kernel_size) is int and (stride is None or type(stride) is int) and type(padding) is int
+                    and type(dilation) is int and type(ceil_mode) is bool):  # the common call: plain ints
+                key = (name, kernel_size, stride, padding, dilation, ceil_mode, x.dim(), x.is_floating_point(),
+                       tuple(x.shape[2:]))
+            else:  # exact types are not known here: keep them in the key, so 2.0 or True never hit 2's entry
+                key = (name, k, _typed(kernel_size), _typed(stride), _typed(padding), _typed(dilation),
+                       _typed(ceil_mode), x.dim(), x.is_floating_point(), tuple(x.shape[2:]))
             hit = _WINDOW_ARGS.get(key)
         except TypeError:  # an unhashable argument: no memo
             key = hit = None
@@ -73,9 +78,11 @@ def _typed(v):
 
 
 def _soft(k: int):
+    name = f"soft_pool{k}d"
+
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False, beta: float = 1.0) -> torch.Tensor:
-        args = _window_args(f"soft_pool{k}d", x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        args = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
         return soft_pool(x, *args, float(beta))
 
     fn.__name__ = f"soft_pool{k}d"
