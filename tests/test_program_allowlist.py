@@ -351,3 +351,41 @@ def test_every_example_network_saved_by_torch_passes(name, tmp_path):
     buf = io.BytesIO()
     torch.jit.save(torch.jit.trace(model, x), buf)
     check_torchscript_archive(name, read_archive(buf.getvalue(), name).entries)
+
+
+def _program_of(module, x):
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(module, (x,)), buffer)
+    z = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    name = next(n for n in z.namelist() if n.endswith("models/model.json"))
+    return json.loads(z.read(name))
+
+
+class _PadWith(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return torch.nn.functional.pad(x, (1, 1), value=self.value)
+
+
+@pytest.mark.parametrize("value", [float("-inf"), float("inf"), float("nan")])
+def test_non_finite_float_constants_accepted(value):
+    # a max pool's -inf padding: torch.export.save spells it as a string in as_float
+    program = _program_of(_PadWith(value), torch.randn(1, 2, 3))
+    floats = [a["arg"]["as_float"] for n in program["graph_module"]["graph"]["nodes"] for a in n["inputs"]
+              if isinstance(a.get("arg"), dict) and "as_float" in a["arg"]]
+    assert floats and all(isinstance(f, str) for f in floats)
+    check_program(program)
+
+
+@pytest.mark.parametrize("spelling", ["inf", "-inf", "Infinity ", "infinity", "1e400", "nan", "NaN0", "", "__import__"])
+def test_other_strings_in_float_fields_refused(spelling):
+    program = _program_of(_PadWith(float("-inf")), torch.randn(1, 2, 3))
+    for n in program["graph_module"]["graph"]["nodes"]:
+        for a in n["inputs"]:
+            if isinstance(a.get("arg"), dict) and "as_float" in a["arg"]:
+                a["arg"]["as_float"] = spelling
+    with pytest.raises(ProgramError, match="expected a number"):
+        check_program(program)

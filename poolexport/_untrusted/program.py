@@ -27,6 +27,8 @@ from .operators import check_graph_target
 
 # schema versions whose layout these rules were written against (torch 2.8 - 2.13 write 8.x)
 SUPPORTED_SCHEMA_MAJOR = 8
+# float fields: a JSON number, or exactly one of the spellings torch.export.save gives inf and NaN
+NON_FINITE_FLOATS = ("Infinity", "-Infinity", "NaN")
 
 
 def _refuse(_value):
@@ -262,7 +264,8 @@ def _walk(tp, value, where: str, owner: tuple[str, str]) -> None:
             raise ProgramError(f"{where}: expected an integer")
         return
     if tp is float:
-        if type(value) not in (int, float):
+        # torch's serializer writes non-finite floats (a -inf padding value) as these strings
+        if type(value) not in (int, float) and not (type(value) is str and value in NON_FINITE_FLOATS):
             raise ProgramError(f"{where}: expected a number")
         return
     if tp is str:
