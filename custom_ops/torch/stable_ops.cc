@@ -219,6 +219,38 @@ std::vector<int64_t> window_shape_check(const char* op, const Tensor& grad, cons
   return got;
 }
 
+// The op's own arguments after the window (or axes) ones, from stack[at]: beta for
+// SoftPool; mode and seed for StochasticPool.
+template <bool Stochastic>
+void take_pool_args(StableIValue* at, const char* op, cpu::Op* kind, float* beta, uint64_t* seed) {
+  *kind = cpu::Op::kSoft;
+  *beta = 1.0f;
+  *seed = 0;
+  if (Stochastic) {
+    const std::string mode = take_string(at[0]);
+    bool sample = false;
+    if (!parse_mode(mode, &sample)) fail(std::string(op) + ": mode must be 'expectation' or 'sample', got '" + mode + "'");
+    *kind = sample ? cpu::Op::kSample : cpu::Op::kExpectation;
+    *seed = bits<uint64_t>(at[1]);
+  } else {
+    *beta = (float)bits<double>(at[0]);
+  }
+}
+
+// run(x, dy, out) with the tensors' float or half pointers (dy null for a forward); then the
+// result goes to stack[0].
+template <class Run>
+void run_typed(const char* op, const Tensor& x, const Tensor* grad, Tensor out, StableIValue* stack, Run&& run) {
+  TorchPool pool;
+  if (dtype_code(Tensor::dtype_of(x.get())) == 0)
+    run((const float*)x.data(), grad ? (const float*)grad->data() : nullptr, (float*)out.data(), pool);
+  else
+    run((const cpu::half_t*)x.data(), grad ? (const cpu::half_t*)grad->data() : nullptr, (cpu::half_t*)out.data(),
+        pool);
+  if (!pool.ok) throw std::runtime_error(std::string(op) + ": the native kernel failed (out of memory?)");
+  stack[0] = box(out.release());
+}
+
 // ---------------------------------------------------------------- windowed ops
 // soft_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
 // stochastic_pool(X, ..., auto_pad, mode, seed); the backward ops take grad first.
@@ -238,18 +270,10 @@ void window_kernel(StableIValue* stack, uint64_t, uint64_t) {
   attrs.dilations = take_ints(stack[a + 4]);
   attrs.ceil_mode = bits<bool>(stack[a + 5]);
   const std::string auto_pad = take_string(stack[a + 6]);
-  float beta = 1.0f;
-  cpu::Op kind = cpu::Op::kSoft;
-  uint64_t seed = 0;
-  if (Stochastic) {
-    const std::string mode = take_string(stack[a + 7]);
-    bool sample = false;
-    if (!parse_mode(mode, &sample)) fail(std::string(op) + ": mode must be 'expectation' or 'sample', got '" + mode + "'");
-    kind = sample ? cpu::Op::kSample : cpu::Op::kExpectation;
-    seed = bits<uint64_t>(stack[a + 8]);
-  } else {
-    beta = (float)bits<double>(stack[a + 7]);
-  }
+  cpu::Op kind;
+  float beta;
+  uint64_t seed;
+  take_pool_args<Stochastic>(stack + a + 7, op, &kind, &beta, &seed);
   attrs.validate(op, auto_pad);
   if (!attrs.error.empty()) fail(attrs.error);
 
@@ -264,17 +288,11 @@ void window_kernel(StableIValue* stack, uint64_t, uint64_t) {
     window_shape_check(op, grad, out_shape);
     grad = contiguous(std::move(grad));
   }
-  Tensor out = empty_like_device(Backward ? shape : out_shape, dt, x.get());
   const cpu::RowArgs args{w, beta, (uint32_t)seed, (uint32_t)(seed >> 32)};
-  TorchPool pool;
-  if (dtype_code(dt) == 0)
-    cpu::run_window(kind, (const float*)x.data(), Backward ? (const float*)grad.data() : nullptr, (float*)out.data(),
-                    shape[0], shape[1], args, pool);
-  else
-    cpu::run_window(kind, (const cpu::half_t*)x.data(), Backward ? (const cpu::half_t*)grad.data() : nullptr,
-                    (cpu::half_t*)out.data(), shape[0], shape[1], args, pool);
-  if (!pool.ok) throw std::runtime_error(std::string(op) + ": the native kernel failed (out of memory?)");
-  stack[0] = box(out.release());
+  run_typed(op, x, Backward ? &grad : nullptr, empty_like_device(Backward ? shape : out_shape, dt, x.get()), stack,
+            [&](auto* xp, auto* gp, auto* yp, TorchPool& pool) {
+              cpu::run_window(kind, xp, gp, yp, shape[0], shape[1], args, pool);
+            });
 }
 
 // ---------------------------------------------------------------- reduce ops
@@ -301,18 +319,10 @@ void reduce_kernel(StableIValue* stack, uint64_t, uint64_t) {
   ReduceAttrs attrs;
   if (auto axes = take_optional_ints(stack[a + 1])) attrs.axes = *axes;
   attrs.keepdims = bits<bool>(stack[a + 2]);
-  float beta = 1.0f;
-  cpu::Op kind = cpu::Op::kSoft;
-  uint64_t seed = 0;
-  if (Stochastic) {
-    const std::string mode = take_string(stack[a + 3]);
-    bool sample = false;
-    if (!parse_mode(mode, &sample)) fail(std::string(op) + ": mode must be 'expectation' or 'sample', got '" + mode + "'");
-    kind = sample ? cpu::Op::kSample : cpu::Op::kExpectation;
-    seed = bits<uint64_t>(stack[a + 4]);
-  } else {
-    beta = (float)bits<double>(stack[a + 3]);
-  }
+  cpu::Op kind;
+  float beta;
+  uint64_t seed;
+  take_pool_args<Stochastic>(stack + a + 3, op, &kind, &beta, &seed);
   x = contiguous(std::move(x));
   const std::vector<int64_t> shape = x.sizes();
   Reduce6 g;
@@ -324,16 +334,10 @@ void reduce_kernel(StableIValue* stack, uint64_t, uint64_t) {
     window_shape_check(op, grad, out_shape);
     grad = contiguous(std::move(grad));
   }
-  Tensor out = empty_like_device(Backward ? shape : out_shape, dt, x.get());
-  TorchPool pool;
-  if (dtype_code(dt) == 0)
-    cpu::run_reduce(kind, (const float*)x.data(), Backward ? (const float*)grad.data() : nullptr, (float*)out.data(),
-                    g, beta, (uint32_t)seed, (uint32_t)(seed >> 32), pool);
-  else
-    cpu::run_reduce(kind, (const cpu::half_t*)x.data(), Backward ? (const cpu::half_t*)grad.data() : nullptr,
-                    (cpu::half_t*)out.data(), g, beta, (uint32_t)seed, (uint32_t)(seed >> 32), pool);
-  if (!pool.ok) throw std::runtime_error(std::string(op) + ": the native kernel failed (out of memory?)");
-  stack[0] = box(out.release());
+  run_typed(op, x, Backward ? &grad : nullptr, empty_like_device(Backward ? shape : out_shape, dt, x.get()), stack,
+            [&](auto* xp, auto* gp, auto* yp, TorchPool& pool) {
+              cpu::run_reduce(kind, xp, gp, yp, g, beta, (uint32_t)seed, (uint32_t)(seed >> 32), pool);
+            });
 }
 
 // ---------------------------------------------------------------- registration
