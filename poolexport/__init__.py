@@ -51,41 +51,22 @@ class _RegisterOnNextImport:
         return None
 
 
+def _after_torch_loads(_torch) -> None:
+    if _initializing():  # a poolexport module imported torch: register after it has loaded
+        _sys.meta_path.insert(0, _RegisterOnNextImport())
+    else:
+        _register_safely()
+
+
 def _register_when_torch_loads() -> None:
     """``import poolexport`` registers the ops with torch as before, but without importing
     torch itself: now if torch is loaded, else right after torch finishes loading."""
     if "torch" in _sys.modules:
         _register_ops()
         return
-    import importlib.abc
-    import importlib.util
+    from ._import_hooks import after_import
 
-    class _Loader(importlib.abc.Loader):
-        def __init__(self, loader):
-            self._loader = loader
-
-        def create_module(self, spec):
-            return self._loader.create_module(spec)
-
-        def exec_module(self, module):
-            self._loader.exec_module(module)
-            if _initializing():  # a poolexport module imported torch: register after it has loaded
-                _sys.meta_path.insert(0, _RegisterOnNextImport())
-            else:
-                _register_safely()
-
-    class _TorchFinder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname != "torch":
-                return None
-            _sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(fullname)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _Loader(spec.loader)
-            return spec
-
-    if not any(isinstance(f, _TorchFinder) or type(f).__name__ == "_TorchFinder" for f in _sys.meta_path):
-        _sys.meta_path.insert(0, _TorchFinder())
+    after_import("torch", _after_torch_loads)
 
 
 _register_when_torch_loads()

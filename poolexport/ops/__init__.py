@@ -15,13 +15,6 @@ def _install_torch_onnx_hook() -> None:
     now, if it is loaded), so plain ``torch.onnx.export(..., dynamo=True)`` knows them
     without ``custom_translation_table``; lazy so that ``import poolexport`` does not pull
     in torch.onnx and onnxscript."""
-    import importlib.abc
-    import importlib.util
-    import sys
-
-    # the registry list lives in _torchlib._torchlib_registry, which _registration imports
-    # before it defines OnnxDecompMeta: register once _registration has finished loading
-    name = "torch.onnx._internal.exporter._registration"
 
     def register(module) -> None:
         try:
@@ -35,35 +28,11 @@ def _install_torch_onnx_hook() -> None:
                           "custom_translation_table=poolexport.onnx.translations.custom_translation_table()",
                           RuntimeWarning, stacklevel=2)
 
-    if name in sys.modules:
-        register(sys.modules[name])
-        return
+    from .._import_hooks import after_import
 
-    class _Loader(importlib.abc.Loader):
-        def __init__(self, loader):
-            self._loader = loader
-
-        def create_module(self, spec):
-            return self._loader.create_module(spec)
-
-        def exec_module(self, module):
-            self._loader.exec_module(module)
-            register(module)
-
-    class _Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname != name:
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(fullname)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _Loader(spec.loader)
-            return spec
-
-    if not any(type(f).__name__ == "_Finder" and getattr(f, "_poolexport", False) for f in sys.meta_path):
-        finder = _Finder()
-        finder._poolexport = True
-        sys.meta_path.insert(0, finder)
+    # the registry list lives in _torchlib._torchlib_registry, which _registration imports
+    # before it defines OnnxDecompMeta: register once _registration has finished loading
+    after_import("torch.onnx._internal.exporter._registration", register)
 
 
 _install_torch_onnx_hook()
