@@ -38,3 +38,19 @@ def check_dim(owner: str, name: str, value):
     if not ok:
         raise TypeError(f"{owner}: {name} must be None, an int or a sequence of ints, got {value!r}")
     return value
+
+
+def normalize_dims(name: str, ndim: int, dim) -> list[int]:
+    """``dim`` (None: every axis; an int; a sequence) as non-negative axes of an ``ndim``-D
+    input, in the given order; ValueError naming ``name`` for an axis out of range or twice."""
+    if dim is None:
+        return list(range(ndim))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    norm = []
+    for d in dims:
+        if not -ndim <= d < ndim:
+            raise ValueError(f"{name}: dim {d} is out of range for a {ndim}-D input")
+        norm.append(d % ndim)
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"{name}: dim contains duplicates: {dims}")
+    return norm

@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as TF
 
-from ._args import check_real
+from ._args import check_real, normalize_dims
 from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
 
 _Size = Union[int, Sequence[int]]
@@ -205,17 +205,7 @@ def _reduce_axes(name: str, x: torch.Tensor, dim) -> list[int]:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"{name}: input must be a floating-point torch.Tensor, got "
                          f"{getattr(x, 'dtype', type(x).__name__)}")
-    if dim is None:
-        return list(range(x.dim()))
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    norm = []
-    for d in dims:
-        if not -x.dim() <= d < x.dim():
-            raise ValueError(f"{name}: dim {d} is out of range for a {x.dim()}-D input")
-        norm.append(d % x.dim())
-    if len(set(norm)) != len(norm):
-        raise ValueError(f"{name}: dim contains duplicates: {dims}")
-    return sorted(norm)
+    return sorted(normalize_dims(name, x.dim(), dim))
 
 
 def _reduce_param(name: str, arg: str, param: _Param, x: torch.Tensor, axes: list[int], dtype) -> _Param:

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as TF
 
-from ._args import check_bool, check_real
+from ._args import check_bool, check_real, normalize_dims
 from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
 from . import ops as _ops
 from .ops._registry import direct
@@ -112,17 +112,7 @@ stochastic_pool1d, stochastic_pool2d, stochastic_pool3d = _stochastic(1), _stoch
 def _reduce_dims(name: str, x: torch.Tensor, dim) -> list[int]:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
-    if dim is None:
-        return list(range(x.dim()))
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    norm = []
-    for d in dims:
-        if not -x.dim() <= d < x.dim():
-            raise ValueError(f"{name}: dim {d} is out of range for a {x.dim()}-D input")
-        norm.append(d % x.dim())
-    if len(set(norm)) != len(norm):
-        raise ValueError(f"{name}: dim contains duplicates: {dims}")
-    return norm
+    return normalize_dims(name, x.dim(), dim)
 
 
 def soft_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False, beta: float = 1.0) -> torch.Tensor:
