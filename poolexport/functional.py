@@ -25,6 +25,7 @@ import torch.nn.functional as TF
 from ._args import check_bool, check_real, normalize_dims
 from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
 from . import ops as _ops
+from .ops import _packed
 from .ops._registry import direct
 
 # the ops as the layers call them: below the autograd layer when nothing is recorded
@@ -39,9 +40,10 @@ _TORCH_AVG = {1: TF.avg_pool1d, 2: TF.avg_pool2d, 3: TF.avg_pool3d}
 
 
 def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, padding, dilation, ceil_mode):
-    """The op's window arguments, checked against x. A small layer's call costs less than
-    these checks, so a plain tensor's arguments are remembered per (arguments with their
-    types, spatial size): a repeated call skips them; anything else is checked afresh."""
+    """(the public op's window arguments, checked against x; the packed tensor of the
+    eager path or None). A small layer's call costs less than these checks, so a plain
+    tensor's arguments are remembered per (arguments with their types, spatial size): a
+    repeated call skips them; anything else is checked afresh and gets no packed tensor."""
     if type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         try:
             if (type(kernel_size) is int and (stride is None or type(stride) is int) and type(padding) is int
@@ -60,14 +62,16 @@ def _window_args(name: str, x: torch.Tensor, k: int, kernel_size, stride, paddin
         key = None
     spec = window_spec_for_input(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
     args = list(spec.kernel_shape), list(spec.strides), list(spec.pads), list(spec.dilations), spec.ceil_mode, spec.auto_pad
-    if key is not None:
-        if len(_WINDOW_ARGS) >= 1024:
-            _WINDOW_ARGS.clear()
-        _WINDOW_ARGS[key] = args
-    return args
+    if key is None:
+        return args, None
+    if len(_WINDOW_ARGS) >= 1024:
+        _WINDOW_ARGS.clear()
+    _WINDOW_ARGS[key] = entry = args, _packed.pack_window(*args)
+    return entry
 
 
 _WINDOW_ARGS: dict = {}
+_window_pool_packed, _eager = _packed.window_pool_packed, _packed.eager
 
 
 def _typed(v):
@@ -82,7 +86,9 @@ def _soft(k: int):
 
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
            dilation: _Size = 1, ceil_mode: bool = False, beta: float = 1.0) -> torch.Tensor:
-        args = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        args, packed = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        if packed is not None and _eager(x):
+            return _window_pool_packed(x, packed, float(beta), 0, 0)
         return soft_pool(x, *args, float(beta))
 
     fn.__name__ = f"soft_pool{k}d"
@@ -96,7 +102,9 @@ def _stochastic(k: int):
         name = f"stochastic_pool{k}d"
         if mode not in MODES:
             raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
-        args = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        args, packed = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        if packed is not None and _eager(x):
+            return _window_pool_packed(x, packed, 0.0, _packed.MODE_CODES[mode], int(seed))
         return stochastic_pool(x, *args, mode, int(seed))
 
     fn.__name__ = f"stochastic_pool{k}d"

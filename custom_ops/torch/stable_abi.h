@@ -54,6 +54,7 @@ struct Api {
   AOTITorchError (*delete_tensor)(AtenTensorHandle t);
   int32_t (*dtype_float32)();
   int32_t (*dtype_float16)();
+  int32_t (*dtype_int64)();
   int32_t (*device_type_cpu)();
   // int[] and str arguments (stable/c/shim.h, 2.10)
   AOTITorchError (*list_size)(StableListHandle l, size_t* ret);

@@ -252,6 +252,30 @@ void run_typed(const char* op, const Tensor& x, const Tensor* grad, Tensor out, 
 }
 
 // ---------------------------------------------------------------- windowed ops
+// One windowed op on checked-in attributes: resolves the window against X, checks the
+// gradient's shape for a backward, runs the shared CPU kernel; the result goes to stack[0].
+void run_window_op(const char* op, cpu::Op kind, Tensor x, Tensor* grad, WindowAttrs& attrs,
+                   const std::string& auto_pad, float beta, uint64_t seed, StableIValue* stack) {
+  attrs.validate(op, auto_pad);
+  if (!attrs.error.empty()) fail(attrs.error);
+  x = contiguous(std::move(x));
+  const std::vector<int64_t> shape = x.sizes();
+  Window3 w;
+  std::vector<int64_t> out_shape;
+  const std::string err = attrs.resolve(op, shape, &w, &out_shape);
+  if (!err.empty()) fail(err);
+  const int32_t dt = Tensor::dtype_of(x.get());
+  if (grad) {
+    window_shape_check(op, *grad, out_shape);
+    *grad = contiguous(std::move(*grad));
+  }
+  const cpu::RowArgs args{w, beta, (uint32_t)seed, (uint32_t)(seed >> 32)};
+  run_typed(op, x, grad, empty_like_device(grad ? shape : out_shape, dt, x.get()), stack,
+            [&](auto* xp, auto* gp, auto* yp, TorchPool& pool) {
+              cpu::run_window(kind, xp, gp, yp, shape[0], shape[1], args, pool);
+            });
+}
+
 // soft_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, beta)
 // stochastic_pool(X, ..., auto_pad, mode, seed); the backward ops take grad first.
 template <bool Stochastic, bool Backward>
@@ -274,25 +298,49 @@ void window_kernel(StableIValue* stack, uint64_t, uint64_t) {
   float beta;
   uint64_t seed;
   take_pool_args<Stochastic>(stack + a + 7, op, &kind, &beta, &seed);
-  attrs.validate(op, auto_pad);
-  if (!attrs.error.empty()) fail(attrs.error);
+  run_window_op(op, kind, std::move(x), Backward ? &grad : nullptr, attrs, auto_pad, beta, seed, stack);
+}
 
-  x = contiguous(std::move(x));
-  const std::vector<int64_t> shape = x.sizes();
-  Window3 w;
-  std::vector<int64_t> out_shape;
-  const std::string err = attrs.resolve(op, shape, &w, &out_shape);
-  if (!err.empty()) fail(err);
-  const int32_t dt = Tensor::dtype_of(x.get());
-  if (Backward) {
-    window_shape_check(op, grad, out_shape);
-    grad = contiguous(std::move(grad));
-  }
-  const cpu::RowArgs args{w, beta, (uint32_t)seed, (uint32_t)(seed >> 32)};
-  run_typed(op, x, Backward ? &grad : nullptr, empty_like_device(Backward ? shape : out_shape, dt, x.get()), stack,
-            [&](auto* xp, auto* gp, auto* yp, TorchPool& pool) {
-              cpu::run_window(kind, xp, gp, yp, shape[0], shape[1], args, pool);
-            });
+// _window_pool_packed(X, window, beta, mode, seed): the eager inference path of the
+// layers (poolexport/ops/_packed.py). A forward of SoftPool (mode 0) or StochasticPool
+// (1 expectation, 2 sample) whose window arguments come packed in one int64 tensor that
+// the caller builds once per layer: torch's Python binding converts one tensor far faster
+// than four int lists and a string. Layout, for rank r (1 to 3):
+//   [r, kernel_shape (r), strides (r), pads (2r), dilations (r), ceil_mode, auto_pad code]
+// with auto_pad codes 0 NOTSET, 1 SAME_UPPER, 2 SAME_LOWER, 3 VALID.
+constexpr const char* kAutoPadNames[] = {"NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"};
+
+void packed_window_kernel(StableIValue* stack, uint64_t, uint64_t) {
+  if (!native(stack, false)) return run_reference("_window_pool_packed", stack);
+  Tensor x(bits<AtenTensorHandle>(stack[0]));
+  Tensor window(bits<AtenTensorHandle>(stack[1]));
+  const int64_t mode = bits<int64_t>(stack[3]);
+  const char* op = mode == 0 ? "SoftPool" : "StochasticPool";
+  if (mode < 0 || mode > 2)
+    fail("_window_pool_packed: mode must be 0 (soft), 1 (expectation) or 2 (sample), got " + std::to_string(mode));
+  const std::vector<int64_t> wshape = window.sizes();
+  int32_t device = -1;
+  check(api.get_device_type(window.get(), &device), "device_type");
+  bool dense = false;
+  check(api.is_contiguous(window.get(), &dense), "is_contiguous");
+  if (Tensor::dtype_of(window.get()) != api.dtype_int64() || wshape.size() != 1 || device != api.device_type_cpu() ||
+      !dense)
+    fail("_window_pool_packed: window must be a contiguous 1-D int64 CPU tensor");
+  const int64_t* v = static_cast<const int64_t*>(window.data());
+  const int64_t n = wshape[0];
+  const int64_t r = n > 0 ? v[0] : 0;
+  if (r < 1 || r > 3 || n != 5 * r + 3) fail("_window_pool_packed: window must hold 5 * rank + 3 values for rank 1 to 3");
+  WindowAttrs attrs;
+  const int64_t* p = v + 1;
+  attrs.kernel.assign(p, p + r), p += r;
+  attrs.strides.assign(p, p + r), p += r;
+  attrs.pads.assign(p, p + 2 * r), p += 2 * r;
+  attrs.dilations.assign(p, p + r), p += r;
+  attrs.ceil_mode = p[0] != 0;
+  const std::string auto_pad = p[1] >= 0 && p[1] < 4 ? kAutoPadNames[p[1]] : "?";
+  const cpu::Op kind = mode == 0 ? cpu::Op::kSoft : mode == 1 ? cpu::Op::kExpectation : cpu::Op::kSample;
+  run_window_op(op, kind, std::move(x), nullptr, attrs, auto_pad, (float)bits<double>(stack[2]),
+                bits<uint64_t>(stack[4]), stack);
 }
 
 // ---------------------------------------------------------------- reduce ops
@@ -311,8 +359,9 @@ void reduce_kernel(StableIValue* stack, uint64_t, uint64_t) {
     if (StableIValue* p = bits<StableIValue*>(stack[a + 1])) peek.axes = peek_ints(bits<StableListHandle>(*p));
     Reduce6 g;
     std::vector<int64_t> out_shape;
-    const std::string err = peek.resolve(op, Tensor::sizes_of(bits<AtenTensorHandle>(stack[a])), &g, &out_shape);
-    if (err.find("alternating groups") != std::string::npos) return run_reference(name, stack);
+    bool too_many_groups = false;
+    peek.resolve(op, Tensor::sizes_of(bits<AtenTensorHandle>(stack[a])), &g, &out_shape, &too_many_groups);
+    if (too_many_groups) return run_reference(name, stack);
   }
   Tensor grad(Backward ? bits<AtenTensorHandle>(stack[0]) : nullptr);
   Tensor x(bits<AtenTensorHandle>(stack[a]));
@@ -365,6 +414,7 @@ std::string resolve(void* lib) {
   resolve_one(lib, "aoti_torch_delete_tensor_object", &api.delete_tensor, &missing);
   resolve_one(lib, "aoti_torch_dtype_float32", &api.dtype_float32, &missing);
   resolve_one(lib, "aoti_torch_dtype_float16", &api.dtype_float16, &missing);
+  resolve_one(lib, "aoti_torch_dtype_int64", &api.dtype_int64, &missing);
   resolve_one(lib, "aoti_torch_device_type_cpu", &api.device_type_cpu, &missing);
   resolve_one(lib, "torch_list_size", &api.list_size, &missing);
   resolve_one(lib, "torch_list_get_item", &api.list_get_item, &missing);
@@ -391,6 +441,7 @@ const Kernel kKernels[] = {
     {"reduce_soft_pool_backward", reduce_kernel<false, true>},
     {"reduce_stochastic_pool", reduce_kernel<true, false>},
     {"reduce_stochastic_pool_backward", reduce_kernel<true, true>},
+    {"_window_pool_packed", packed_window_kernel},
 };
 
 void set_error(char* err, size_t len, const std::string& msg) {

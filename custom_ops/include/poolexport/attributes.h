@@ -96,8 +96,11 @@ struct ReduceAttrs {
   std::string error;
 
   // Collapse the input to 6 padded axes + mask, and compute the output shape.
+  // `too_many_groups` (optional) is set when the only error is a layout of more than 6
+  // alternating reduced/kept groups, which a caller with a general fallback can route there.
   std::string resolve(const std::string& op, const std::vector<int64_t>& shape, Reduce6* g,
-                      std::vector<int64_t>* out_shape) const {
+                      std::vector<int64_t>* out_shape, bool* too_many_groups = nullptr) const {
+    if (too_many_groups) *too_many_groups = false;
     int64_t r = (int64_t)shape.size();
     if (r < 1) return op + ": input X must have rank >= 1, got a scalar";
     std::vector<bool> red(r, axes.empty());
@@ -123,9 +126,11 @@ struct ReduceAttrs {
         kinds.push_back(red[i]);
       }
     }
-    if (dims.size() > 6)
+    if (dims.size() > 6) {
+      if (too_many_groups) *too_many_groups = true;
       return op + ": the reduced and kept axes form " + std::to_string(dims.size()) +
              " alternating groups; at most 6 are supported";
+    }
     int64_t padded[6] = {1, 1, 1, 1, 1, 1};
     int32_t mask = 0;
     size_t off = 6 - dims.size();
