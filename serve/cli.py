@@ -12,6 +12,11 @@ import sys
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX file (onnxruntime) or serialized engine (tensorrt)")
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--server", choices=("poolexport", "tritonserver"), default="poolexport",
+                   help="poolexport: the session runs in this process, behind its own KServe v2 "
+                        "HTTP/gRPC endpoints and dynamic batcher (one hop per request); "
+                        "tritonserver: the bundled tritonserver with a Python-backend model, "
+                        "behind the same request checks (two more process hops)")
     p.add_argument("--model-name", default=None, help="name served under (default: file stem)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind HTTP, gRPC and metrics (0.0.0.0 for all interfaces)")
@@ -49,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import Server, serve_forever
 
     try:
-        server = Server(args.model, backend=args.backend, model_name=args.model_name,
+        server = Server(args.model, backend=args.backend, server=args.server, model_name=args.model_name,
                         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                         metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,

@@ -1,6 +1,9 @@
 """The public HTTP and gRPC ports of `poolexport serve`: each request is checked here
-(serve/validation.py) before it reaches tritonserver, which listens on loopback ports of
-its own.
+(serve/validation.py) before anything sized by it is allocated. With `--server poolexport`
+(the default) the model runs in this process (serve/kserve.py, serve/batcher.py): an
+infer request is checked, decoded and queued for the dynamic batcher here, and answered
+from here, one hop. With `--server tritonserver` it is forwarded, once checked, to the
+bundled tritonserver on loopback ports of its own (the rest of this docstring).
 
 Why a front end: the bundled tritonserver (2.51, inside nvidia-pytriton 0.7) allocates
 `element count * dtype size` bytes for a KServe v2 JSON input as soon as it has parsed
@@ -28,11 +31,11 @@ message size capped by gRPC itself (grpc.max_receive_message_length).
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
 import logging
-import queue
 import re
 import socket
 import threading
@@ -42,6 +45,8 @@ from urllib.parse import unquote
 
 import grpc
 
+from .batcher import RunError
+from .kserve import MODEL_VERSION, server_metadata
 from .validation import (Limits, RequestError, check_inputs, grpc_infer_inputs, one_line,
                          parse_http_infer)
 
@@ -57,6 +62,7 @@ _GRPC_SERVICE = "/inference.GRPCInferenceService/"
 _GRPC_REFUSED = {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryRegister",
                  "SystemSharedMemoryUnregister", "CudaSharedMemoryRegister",
                  "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings"}
+_LOCAL_MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]*))?(?:/(ready|config|stats|trace/setting))?")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"")
 _PATHISH = re.compile(r"\S*[/\\]\S*")
 GENERIC_500 = "inference failed on the server (details are in the server's log)"
@@ -391,7 +397,64 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if m is not None and not every_model and unquote(m.group(1)) != self.gate.model_name:
             # tritonserver answers 400 for a model it does not know; KServe v2 says 404
             raise _Reply(404, f"unknown model {m.group(1)[:100]!r}; this server serves {self.gate.model_name!r}")
-        self._forward(None, drop=())
+        if self.gate.model is not None:
+            self._get_local(path, every_model)
+        else:
+            self._forward(None, drop=())
+
+    def _get_local(self, path, every_model):
+        """Health, metadata, config and statistics of the model this process runs."""
+        model = self.gate.model
+        path = path.rstrip("/") or "/"
+        if path == "/v2/health/live":
+            return self._answer(200, b"")
+        if path == "/v2/health/ready":
+            return self._answer(200 if model.ready else 400, b"")
+        if path == "/v2":
+            return self._answer_json(200, server_metadata())
+        if every_model:
+            return self._answer_json(200, {"model_stats": [model.statistics()]})
+        m = _LOCAL_MODEL_PATH.fullmatch(path)
+        if m is None:
+            raise _Reply(404, "not found")
+        version, what = m.group(2), m.group(3)
+        if version is not None and version not in ("", MODEL_VERSION):
+            raise _Reply(404, f"unknown version {version[:20]!r} of model {model.name!r}")
+        if what is None:
+            return self._answer_json(200, model.metadata())
+        if what == "ready":
+            return self._answer(200 if model.ready else 400, b"")
+        if what == "config":
+            return self._answer_json(200, model.config_json())
+        if what == "stats":
+            return self._answer_json(200, {"model_stats": [model.statistics()]})
+        raise _Reply(403, "not served by poolexport serve: trace settings are off")
+
+    def _answer(self, status, body: bytes, content_type="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self._send_all(body if self.command != "HEAD" else b"")
+
+    def _answer_json(self, status, obj):
+        self._answer(status, json.dumps(obj, separators=(",", ":")).encode())
+
+    def _infer_local(self, body, header_length, ticket=None):
+        try:
+            data, head = self.gate.model.http_infer(body, header_length, self.gate.upstream_timeout, ticket)
+        except (RequestError, RunError) as e:
+            raise _Reply(e.status, e.message) from None
+        except TimeoutError:
+            raise _Reply(503, "the model did not answer in time") from None
+        except RuntimeError:  # the batcher is closed: the server is stopping
+            raise _Reply(503, "the server is stopping", close=True) from None
+        if head is None:
+            self._answer(200, data)
+        else:
+            self._answer(200, data, "application/octet-stream",
+                         (("Inference-Header-Content-Length", str(head)),))
 
     def _post(self):
         path = self.path.split("?", 1)[0]
@@ -418,18 +481,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hold = n if n is not None else limits.max_bytes
         if not self.gate.budget.take(hold):
             raise _Reply(503, "server busy: too many large requests at once; retry", close=True)
+        ticket = self.gate.model.batcher.incoming() if self.gate.model is not None else contextlib.nullcontext()
         try:
-            body = self._decoded(self._read_body(limits.max_bytes), limits.max_bytes)
-            hdr = self.headers.get("Inference-Header-Content-Length")
-            try:
-                header_length = None if hdr is None else int(hdr)
-            except ValueError:
-                raise _Reply(400, "Inference-Header-Content-Length is not an integer") from None
-            try:
-                check_inputs(parse_http_infer(body, header_length, limits.max_elements), limits)
-            except RequestError as e:
-                raise _Reply(e.status, e.message) from None
-            self._forward(body, drop=("content-encoding",))
+            with ticket:  # a batch being formed waits for this request
+                body = self._decoded(self._read_body(limits.max_bytes), limits.max_bytes)
+                hdr = self.headers.get("Inference-Header-Content-Length")
+                try:
+                    header_length = None if hdr is None else int(hdr)
+                except ValueError:
+                    raise _Reply(400, "Inference-Header-Content-Length is not an integer") from None
+                try:
+                    check_inputs(parse_http_infer(body, header_length, limits.max_elements), limits)
+                except RequestError as e:
+                    raise _Reply(e.status, e.message) from None
+                if self.gate.model is not None:
+                    self._infer_local(body, header_length, ticket)
+                else:
+                    self._forward(body, drop=("content-encoding",))
         finally:
             self.gate.budget.give(hold)
 
@@ -507,8 +575,15 @@ class _GrpcGate(grpc.GenericRpcHandler):
         self.gate, self.pb, self.grpc = gate, service_pb2, grpc
         self.channel = None  # made on the event loop (start)
         self._calls = {}
+        self._pool = None
+        if gate.model is not None:  # threads that wait for the batcher (one per request in flight)
+            import concurrent.futures
+
+            self._pool = concurrent.futures.ThreadPoolExecutor(4 * gate.grpc_workers, "grpc-infer")
 
     async def open(self):
+        if self.gate.model is not None:
+            return  # nothing upstream
         self.channel = grpc.aio.insecure_channel(
             f"{self.gate.upstream_host}:{self.gate.upstream_grpc}",
             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
@@ -530,6 +605,8 @@ class _GrpcGate(grpc.GenericRpcHandler):
             async def refuse(_req, context):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{name} is not served by poolexport serve")
             return grpc.unary_unary_rpc_method_handler(refuse)
+        if self.gate.model is not None:
+            return self._local_method(name)
         if name == "ModelStreamInfer":
             return grpc.stream_stream_rpc_method_handler(self._stream)
         if name == "ModelInfer":
@@ -557,17 +634,22 @@ class _GrpcGate(grpc.GenericRpcHandler):
         await context.abort(code, details)
 
     def _check(self, raw) -> tuple[int, str] | None:
+        bad, _req = self._parse_checked(raw)
+        return bad
+
+    def _parse_checked(self, raw):
+        """(None, the parsed request) when it passes the checks, else ((status, message), None)."""
         try:
             req = self.pb.ModelInferRequest.FromString(raw)
         except Exception:
-            return 400, "malformed ModelInferRequest"
+            return (400, "malformed ModelInferRequest"), None
         if req.model_name != self.gate.model_name:
-            return 404, f"unknown model {req.model_name[:100]!r}; this server serves {self.gate.model_name!r}"
+            return (404, f"unknown model {req.model_name[:100]!r}; this server serves {self.gate.model_name!r}"), None
         try:
             check_inputs(grpc_infer_inputs(req), self.gate.limits)
         except RequestError as e:
-            return e.status, e.message
-        return None
+            return (e.status, e.message), None
+        return None, req
 
     async def _infer(self, raw, context):
         bad = self._check(raw)
@@ -640,6 +722,146 @@ class _GrpcGate(grpc.GenericRpcHandler):
             for t in tasks:
                 t.cancel()
 
+    # -- the model in this process -------------------------------------------------------
+    def _local_method(self, name):
+        grpc, pb, model = self.grpc, self.pb, self.gate.model
+        if name == "ModelInfer":
+            return grpc.unary_unary_rpc_method_handler(self._infer_local)
+        if name == "ModelStreamInfer":
+            return grpc.stream_stream_rpc_method_handler(self._stream_local)
+
+        def served(req) -> bool:
+            return req.name == model.name and req.version in ("", MODEL_VERSION)
+
+        async def need_model(req, context):
+            if not served(req):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {req.name[:100]!r} "
+                                    f"version {req.version[:20]!r}; this server serves {model.name!r}")
+
+        async def live(raw, context):
+            return pb.ServerLiveResponse(live=True).SerializeToString()
+
+        async def ready(raw, context):
+            return pb.ServerReadyResponse(ready=model.ready).SerializeToString()
+
+        async def model_ready(raw, context):
+            req = pb.ModelReadyRequest.FromString(raw)
+            return pb.ModelReadyResponse(ready=served(req) and model.ready).SerializeToString()
+
+        async def server_meta(raw, context):
+            meta = server_metadata()
+            return pb.ServerMetadataResponse(**meta).SerializeToString()
+
+        async def model_meta(raw, context):
+            req = pb.ModelMetadataRequest.FromString(raw)
+            await need_model(req, context)
+            meta = model.metadata()
+            resp = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
+                                            platform=meta["platform"])
+            for field, key in ((resp.inputs, "inputs"), (resp.outputs, "outputs")):
+                for t in meta[key]:
+                    field.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+            return resp.SerializeToString()
+
+        async def model_config(raw, context):
+            req = pb.ModelConfigRequest.FromString(raw)
+            await need_model(req, context)
+            resp = pb.ModelConfigResponse()
+            resp.config.CopyFrom(model.config)
+            return resp.SerializeToString()
+
+        async def model_stats(raw, context):
+            from google.protobuf.json_format import ParseDict
+
+            req = pb.ModelStatisticsRequest.FromString(raw)
+            if req.name:
+                await need_model(req, context)
+            resp = pb.ModelStatisticsResponse()
+            ParseDict({"model_stats": [model.statistics()]}, resp, ignore_unknown_fields=True)
+            return resp.SerializeToString()
+
+        handlers = {"ServerLive": live, "ServerReady": ready, "ModelReady": model_ready,
+                    "ServerMetadata": server_meta, "ModelMetadata": model_meta,
+                    "ModelConfig": model_config, "ModelStatistics": model_stats}
+        fn = handlers.get(name)
+        return None if fn is None else grpc.unary_unary_rpc_method_handler(fn)
+
+    async def _run_local(self, feeds, ticket):
+        """The batcher's answer, on a thread of the pool: the event loop never waits."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.gate.model.batcher.infer, feeds, self.gate.upstream_timeout, ticket)
+
+    async def _answer_local(self, raw) -> tuple:
+        """(serialized ModelInferResponse, None) or (None, (status, message))."""
+        try:
+            with self.gate.model.batcher.incoming() as ticket:  # a batch being formed waits for it
+                bad, req = self._parse_checked(raw)
+                if bad is not None:
+                    return None, bad
+                feeds, names = self.gate.model.grpc_feeds(req)
+                outs = await self._run_local(feeds, ticket)
+        except (RequestError, RunError) as e:
+            return None, (e.status, e.message)
+        except TimeoutError:
+            return None, (503, "the model did not answer in time")
+        except RuntimeError:
+            return None, (503, "the server is stopping")
+        return self.gate.model.grpc_response(self.pb, req, names, outs).SerializeToString(), None
+
+    async def _infer_local(self, raw, context):
+        resp, bad = await self._answer_local(raw)
+        if bad is not None:
+            code = grpc.StatusCode.UNAVAILABLE if bad[0] == 503 else _grpc_code(bad[0])
+            await context.abort(code, bad[1])
+        return resp
+
+    async def _stream_local(self, request_iterator, context):
+        """Each request answered in the stream as it finishes; a refused one with its
+        error_message."""
+        import asyncio
+
+        out: asyncio.Queue = asyncio.Queue()
+        end = object()
+        pending = set()
+
+        async def one(raw):
+            resp, bad = await self._answer_local(raw)
+            if bad is not None:
+                try:
+                    req = self.pb.ModelInferRequest.FromString(raw)
+                    rid, name = req.id, req.model_name
+                except Exception:  # noqa: BLE001 - malformed: answered without an id
+                    rid, name = "", ""
+                msg = self.pb.ModelStreamInferResponse(
+                    error_message=bad[1], infer_response=self.pb.ModelInferResponse(model_name=name, id=rid))
+            else:
+                msg = self.pb.ModelStreamInferResponse(infer_response=self.pb.ModelInferResponse.FromString(resp))
+            await out.put(msg.SerializeToString())
+
+        async def feed():
+            try:
+                async for raw in request_iterator:
+                    task = asyncio.ensure_future(one(raw))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+            except Exception:  # noqa: BLE001 - the client went away
+                pass
+            finally:
+                if pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+                await out.put(end)
+
+        reader = asyncio.ensure_future(feed())
+        try:
+            while (item := await out.get()) is not end:
+                yield item
+        finally:
+            reader.cancel()
+            for t in list(pending):
+                t.cancel()
+
     def _clean_stream_response(self, raw):
         resp = self.pb.ModelStreamInferResponse.FromString(raw)
         if not resp.error_message:
@@ -657,9 +879,12 @@ class Gate:
     """The checked public ports in front of tritonserver's loopback ones."""
 
     def __init__(self, limits: Limits, model_name: str, host: str, http_port: int,
-                 grpc_port: int, upstream_http: int, upstream_grpc: int,
+                 grpc_port: int, upstream_http: int | None = None, upstream_grpc: int | None = None,
                  marker: str | None = None, upstream_host: str = "127.0.0.1",
-                 upstream_timeout: float = 600.0, grpc_workers: int = 32):
+                 upstream_timeout: float = 600.0, grpc_workers: int = 32, model=None):
+        """`model` (kserve.ServedModel): answer from this process; else forward to the
+        upstream ports."""
+        self.model = model
         self.limits, self.model_name, self.marker = limits, model_name, marker
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.upstream_host, self.upstream_http, self.upstream_grpc = upstream_host, upstream_http, upstream_grpc
@@ -733,6 +958,64 @@ class Gate:
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
             self._grpc = None
-        if self._grpc_handler is not None and self._grpc_handler.channel is not None:
-            await self._grpc_handler.channel.close()
+        if self._grpc_handler is not None:
+            if self._grpc_handler.channel is not None:
+                await self._grpc_handler.channel.close()
+            if self._grpc_handler._pool is not None:
+                self._grpc_handler._pool.shutdown(wait=False)
             self._grpc_handler = None
+
+
+# ------------------------------------------------------------------------------- metrics
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "poolexport-serve"
+    sys_version = ""
+    timeout = 30
+
+    def log_message(self, fmt, *args):
+        LOG.debug("metrics %s: " + fmt, self.client_address[0], *args)
+
+    def do_GET(self):
+        if self.path.split("?", 1)[0].rstrip("/") == "/metrics":
+            status, body, ctype = 200, self.server.model.metrics_text().encode(), "text/plain; version=0.0.4"
+        else:
+            status, body, ctype = 404, b'{"error": "not found"}', "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+
+class MetricsServer:
+    """Prometheus text on GET /metrics, for the model this process runs."""
+
+    def __init__(self, host: str, port: int, model):
+        self.host, self.port, self.model = host, port, model
+        self._http = None
+
+    def start(self):
+        server_cls = type("_MetricsHTTPServer", (http.server.ThreadingHTTPServer,),
+                          {"daemon_threads": True, "allow_reuse_address": True,
+                           "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
+        try:
+            self._http = server_cls((self.host, self.port), _MetricsHandler)
+        except OSError as e:
+            raise ValueError(f"serve: --metrics-port port {self.port} on {self.host} is not "
+                             f"available ({e.strerror})") from None
+        self._http.model = self.model
+        self.port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, name="metrics", daemon=True,
+                         kwargs={"poll_interval": 0.2}).start()
+        return self
+
+    def stop(self):
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,10 +1,16 @@
-"""`poolexport serve`: the tritonserver binary bundled in the nvidia-pytriton wheel, run
-directly on a generated model repository whose Python-backend model (triton_model.py)
-owns the ONNX Runtime session or TensorRT engine in the backend's stub process.
+"""`poolexport serve`, two ways (`server=`):
 
-A request goes: client -> gate (this process) -> tritonserver -> stub -> session. The
-stub runs the session itself, so there is no further hop (PyTriton's own path adds a
-proxy from the stub back into the Python process that bound the model).
+"poolexport" (default): the ONNX Runtime session (or TensorRT engine) runs in this
+process. The gate (gate.py) answers KServe v2 HTTP and gRPC itself (kserve.py) and runs
+infer requests through the dynamic batcher (batcher.py): client -> this process ->
+session, one hop. Measured per request, tritonserver and its Python-backend stub cost
+more CPU than the session's own run for a small model, on top of the gate (see
+benchmarks/bench_serve.py).
+
+"tritonserver": the tritonserver binary bundled in the nvidia-pytriton wheel, run
+directly on a generated model repository whose Python-backend model (triton_model.py)
+owns the session in the backend's stub process: client -> gate (this process) ->
+tritonserver -> stub -> session.
 
 tritonserver listens on loopback ports of its own; the public HTTP and gRPC ports belong
 to `gate.py`, which checks every infer request (`validation.py`) before tritonserver
@@ -143,9 +149,11 @@ def _die_with_parent():
 
 
 class Server:
-    """Serve one model file; `start()` returns once it is ready, `stop()` tears it down."""
+    """Serve one model file; `start()` returns once it is ready, `stop()` tears it down.
+    server: "poolexport" (the model in this process) or "tritonserver" (see above)."""
 
     def __init__(self, model_path, backend: str = "onnxruntime", model_name: str | None = None,
+                 server: str = "poolexport",
                  host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
                  metrics_port: int = 8002, max_batch_size: int = 8,
                  max_queue_delay_us: int = 100, instances: int = 1, log_verbose: int = 0,
@@ -154,6 +162,9 @@ class Server:
                  dim_bounds=()):
         if max_batch_size < 0:
             raise ValueError(f"serve: max_batch_size must be >= 0, got {max_batch_size}")
+        if server not in ("poolexport", "tritonserver"):
+            raise ValueError(f"serve: server must be 'poolexport' or 'tritonserver', got {server!r}")
+        self.server = server
         if instances < 1:
             raise ValueError(f"serve: instances must be >= 1, got {instances}")
         if intra_op_threads < 0:
@@ -185,6 +196,8 @@ class Server:
         self._proc = None
         self._gate = None
         self._workdir = None
+        self._batcher = None
+        self._metrics = None
 
     def _repository(self, root: str) -> str:
         """The model repository tritonserver loads: the Python-backend model, pointing at
@@ -227,6 +240,8 @@ class Server:
     def start(self):
         _check_ports_free(self.host, {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
                                       "--metrics-port": self.metrics_port})
+        if self.server == "poolexport":
+            return self._start_in_process()
         paths = bundled_tritonserver()
         self._workdir = tempfile.mkdtemp(prefix="poolexport-serve-")
         try:
@@ -247,6 +262,41 @@ class Server:
             raise
         self.http_port, self.grpc_port = self._gate.http_port, self._gate.grpc_port
         return self
+
+    def _start_in_process(self):
+        """The model in this process: one session per instance, the dynamic batcher, the
+        gate answering KServe v2 itself, and a metrics endpoint."""
+        from .batcher import DynamicBatcher
+        from .gate import Gate, MetricsServer
+        from .kserve import ServedModel
+        from .repository import model_config
+
+        try:
+            runners = [self._runner() for _ in range(self.instances)]
+            providers = getattr(getattr(runners[0], "session", None), "get_providers", lambda: [])()
+            kind = "KIND_GPU" if "CUDAExecutionProvider" in providers or self.backend_name == "tensorrt" else "KIND_CPU"
+            config = model_config(self.model_name, self.signature, self.backend_name, self.max_batch_size,
+                                  self.max_queue_delay_us, self.instances, kind,
+                                  parameters={"intra_op_threads": self.intra_op_threads,
+                                              "allow_spinning": int(self.allow_spinning)})
+            self._batcher = DynamicBatcher(runners, self.max_batch_size, self.max_queue_delay_us)
+            model = ServedModel(self.model_name, self.signature, self.limits, self._batcher, config,
+                                "tensorrt_plan" if self.backend_name == "tensorrt" else "onnxruntime_onnx")
+            self._metrics = MetricsServer(self.host, self.metrics_port, model).start()
+            self._gate = Gate(self.limits, self.model_name, self.host, self.http_port,
+                              self.grpc_port, model=model).start()
+        except BaseException:
+            self.stop()
+            raise
+        self.http_port, self.grpc_port = self._gate.http_port, self._gate.grpc_port
+        self.metrics_port = self._metrics.port
+        return self
+
+    def _runner(self):
+        if self.backend_name == "tensorrt":
+            return load_backend(self.model_path, "tensorrt")
+        return load_backend(self.model_path, "onnxruntime", intra_op_threads=self.intra_op_threads,
+                            allow_spinning=self.allow_spinning)
 
     def _wait_ready(self, port: int) -> None:
         import http.client
@@ -271,8 +321,14 @@ class Server:
 
     def stop(self):
         if self._gate is not None:
-            self._gate.stop()
+            self._gate.stop()  # no new requests; gRPC calls in flight get a grace period
             self._gate = None
+        if self._batcher is not None:
+            self._batcher.close()  # what is queued still runs
+            self._batcher = None
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
         if self._proc is not None:
             if self._proc.poll() is None:
                 self._proc.send_signal(signal.SIGTERM)  # unloads the model, stops the stubs
@@ -289,7 +345,10 @@ class Server:
     def wait(self, stop_event: threading.Event, poll_s: float = 0.5):
         """Block until `stop_event` is set (True) or tritonserver dies (False)."""
         while not stop_event.wait(poll_s):
-            if self._proc is None or self._proc.poll() is not None:
+            if self.server == "poolexport":
+                if self._gate is None:
+                    return False
+            elif self._proc is None or self._proc.poll() is not None:
                 return False
         return True
 
@@ -315,7 +374,7 @@ def serve_forever(server: Server) -> int:
                   "(rerun with --log-verbose 1 for Triton's log)", file=sys.stderr, flush=True)
             return 1
         print(f"poolexport serve: model {server.model_name!r} ready "
-              f"(backend {server.backend_name}, max_batch_size {server.max_batch_size}); "
+              f"(backend {server.backend_name}, server {server.server}, max_batch_size {server.max_batch_size}); "
               f"http {server.host}:{server.http_port} grpc {server.host}:{server.grpc_port} "
               f"metrics {server.host}:{server.metrics_port}", flush=True)
         clean = server.wait(stop)

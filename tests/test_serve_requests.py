@@ -514,11 +514,11 @@ def _proc_class(served):
         """test_serve_server's subprocess (same start-up, readiness wait and teardown),
         started with this file's options."""
 
-        def __init__(self, model_path, log_path):
+        def __init__(self, model_path, log_path, kind):
             import subprocess
             import sys
 
-            self.model_name = MODEL
+            self.model_name, self.kind = MODEL, kind
             self.http, self.grpc, self.metrics = served._loopback_ports(3)
             self.log_path = log_path
             self._log = open(log_path, "w")
@@ -526,7 +526,7 @@ def _proc_class(served):
                    "--model-name", MODEL, "--host", "127.0.0.1", "--http-port", str(self.http),
                    "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
                    "--max-batch-size", str(SERVE_MAX_BATCH), "--dim", "height=32:",
-                   "--max-request-elements", str(CAP)]
+                   "--max-request-elements", str(CAP), "--server", kind]
             # own session, cwd outside the source tree: as test_serve_server does, and why
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=str(log_path.parent))
@@ -546,9 +546,10 @@ def session(lib, model_path):
     return lib.ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module")
-def server(lib, model_path):
-    proc = _proc_class(lib.served)(model_path, model_path.parent / "server.log")
+@pytest.fixture(scope="module", params=("poolexport", "tritonserver"))
+def server(lib, model_path, request):
+    proc = _proc_class(lib.served)(model_path, model_path.parent / f"server-{request.param}.log",
+                                   request.param)
     proc.lib = lib
     try:
         proc.wait_ready()
@@ -784,7 +785,8 @@ def test_grpc_stream_checks_each_request(server, session):
 def test_zz_server_memory_stayed_small(server):
     """After all of the above, serve is still up (it exits when tritonserver dies, so
     nothing restarted underneath) and no process of the server's tree (serve, tritonserver,
-    the backend stub) holds more than 2 GiB."""
+    the backend stub) holds more than 2 GiB. With --server poolexport the tree is serve
+    alone: the model runs in its process."""
     import os
     assert server.proc.poll() is None
     children, names = {}, {}
@@ -803,7 +805,10 @@ def test_zz_server_memory_stayed_small(server):
         pid = todo.pop()
         tree.append(pid)
         todo += children.get(pid, [])
-    assert {"tritonserver", "triton_python_b"} <= {names.get(p) for p in tree}, [names.get(p) for p in tree]
+    if server.kind == "tritonserver":
+        assert {"tritonserver", "triton_python_b"} <= {names.get(p) for p in tree}, [names.get(p) for p in tree]
+    else:
+        assert tree == [server.proc.pid], [names.get(p) for p in tree]
     for pid in tree:
         try:
             with open(f"/proc/{pid}/status") as f:

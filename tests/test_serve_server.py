@@ -1,6 +1,8 @@
-"""`poolexport serve` for real: a PyTriton server in a subprocess on loopback ports,
-queried with tritonclient (HTTP and gRPC) and raw KServe v2 JSON, checked against a
-direct ONNX Runtime session on the same file. One server per module (start-up is slow).
+"""`poolexport serve` for real: a server in a subprocess on loopback ports, queried with
+tritonclient (HTTP and gRPC) and raw KServe v2 JSON, checked against a direct ONNX Runtime
+session on the same file. Every test runs against both servers `--server` picks: the
+model in serve's own process (poolexport, the default) and the bundled tritonserver. One
+server of each per module (start-up is slow).
 """
 import concurrent.futures as cf
 import json
@@ -28,6 +30,7 @@ from poolexport.serve.server import _loopback_ports  # noqa: E402  (the server's
 MODEL = "small"
 MAX_BATCH = 8
 START_TIMEOUT_S = 180
+SERVERS = ("poolexport", "tritonserver")  # `poolexport serve --server`
 
 
 def _small_model(path):
@@ -51,15 +54,16 @@ def _small_model(path):
 
 
 class _ServerProc:
-    def __init__(self, model_path, log_path, model_name=MODEL):
-        self.model_name = model_name
+    def __init__(self, model_path, log_path, model_name=MODEL, kind="poolexport"):
+        self.model_name, self.kind = model_name, kind
         self.http, self.grpc, self.metrics = _loopback_ports(3)
         self.log_path = log_path
         self._log = open(log_path, "w")
         cmd = [sys.executable, "-m", "poolexport.serve", "serve", str(model_path),
                "--model-name", model_name, "--host", "127.0.0.1",
                "--http-port", str(self.http), "--grpc-port", str(self.grpc),
-               "--metrics-port", str(self.metrics), "--max-batch-size", str(MAX_BATCH)]
+               "--metrics-port", str(self.metrics), "--max-batch-size", str(MAX_BATCH),
+               "--server", kind]
         # Own session: teardown can kill tritonserver and the stub with it, whatever happens.
         # cwd outside the source tree: `python -m` puts cwd first on sys.path, and the
         # source tree's poolexport/ (no serve/, no library) would shadow the installed one.
@@ -121,9 +125,10 @@ def session(model_path):
     return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module")
-def server(model_path, tmp_path_factory):
-    proc = _ServerProc(model_path, tmp_path_factory.mktemp("serve_log") / "server.log")
+@pytest.fixture(scope="module", params=SERVERS)
+def server(model_path, tmp_path_factory, request):
+    proc = _ServerProc(model_path, tmp_path_factory.mktemp("serve_log") / "server.log",
+                       kind=request.param)
     try:
         proc.wait_ready()
         yield proc
@@ -223,6 +228,48 @@ def test_grpc_matches_onnxruntime(server, session, batch):
     x = _x(batch, 100 + batch)
     with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}") as c:
         _assert_matches(_grpc_infer(c, x), _expected(session, x))
+
+
+def test_requested_outputs_only(server, session):
+    """A request naming one output gets that one (HTTP binary, HTTP JSON, gRPC); an
+    output the model does not have is a 400."""
+    x = _x(2, 21)
+    want = _expected(session, x)
+    with httpclient.InferenceServerClient(f"127.0.0.1:{server.http}") as c:
+        for binary in (True, False):
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            res = c.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("m", binary_data=binary)])
+            np.testing.assert_allclose(res.as_numpy("m"), want["m"], rtol=1e-5, atol=1e-5)
+            assert res.as_numpy("y") is None
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}") as c:
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        res = c.infer(MODEL, [inp], outputs=[grpcclient.InferRequestedOutput("y")])
+        np.testing.assert_allclose(res.as_numpy("y"), want["y"], rtol=1e-5, atol=1e-5)
+        assert res.as_numpy("m") is None
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 16, 16], "datatype": "FP32",
+                                   "data": [0.5] * 768}], "outputs": [{"name": "nope"}]}).encode()
+    status, raw = _post(f"http://127.0.0.1:{server.http}/v2/models/{MODEL}/infer", body)
+    assert status == 400 and "nope" in json.loads(raw)["error"], raw
+    _still_serving(server, session)
+
+
+def test_health_metadata_config_and_stats_over_grpc_and_http(server):
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc}") as c:
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)
+        meta = c.get_model_metadata(MODEL, as_json=True)
+        assert [(i["name"], i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]] == [
+            ("x", "FP32", [-1, 3, 16, 16])]
+        cfg = c.get_model_config(MODEL, as_json=True)["config"]
+        assert int(cfg["max_batch_size"]) == MAX_BATCH and "dynamic_batching" in cfg
+        stats = c.get_inference_statistics(MODEL, as_json=True)
+        assert stats["model_stats"][0]["name"] == MODEL
+    with httpclient.InferenceServerClient(f"127.0.0.1:{server.http}") as c:
+        assert c.is_server_live() and c.is_server_ready()
+        assert c.get_server_metadata()["name"]
+        stats = c.get_inference_statistics(MODEL)
+        assert stats["model_stats"][0]["name"] == MODEL
 
 
 def _v2(name="x", shape=(1, 3, 16, 16), datatype="FP32", data=None):

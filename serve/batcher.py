@@ -1,0 +1,258 @@
+"""The dynamic batcher of `poolexport serve`: requests from the HTTP and gRPC front ends
+are merged into one model run, as Triton's dynamic batcher does, in the server's own
+process.
+
+A batch starts with the oldest queued request and takes the queued requests of the same
+shape (past the batch dim) behind it while their rows fit in `max_batch_size`. While the
+front ends are still receiving other requests (`incoming()`: read, checked, decoded, not
+yet queued) it waits for them, at most `max_queue_delay_us` after the oldest one arrived.
+It does not hold a request for others nobody has sent yet: on a lone request the delay
+bought nothing and cost a timed wait (about 0.1-0.3 ms of latency and 30 us of CPU here),
+and under load batches fill anyway while the previous one runs. It runs once
+on a free model instance (each instance has its own session; ONNX Runtime and TensorRT
+release the GIL while they run), and each request gets its own rows of the outputs back.
+A request alone over `max_batch_size` rows (the front ends refuse those first) runs
+alone. Requests are taken in arrival order: one of another shape ends the batch.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+
+class RunError(Exception):
+    """A model run failed; `status` 400 when the input caused it, else 500."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Request:
+    """One queued request: its feeds, and once run `result`: (its own output rows, None)
+    or (None, RunError)."""
+
+    __slots__ = ("feeds", "rows", "key", "result", "queued_ns")
+
+    def __init__(self, feeds: dict, batching: bool):
+        self.feeds, self.result = feeds, None
+        first = next(iter(feeds.values()))
+        self.rows = int(first.shape[0]) if batching and first.ndim else 1
+        # requests merge only when every input has the same shape past the batch dim
+        self.key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()) if batching else None
+        self.queued_ns = time.monotonic_ns()
+
+
+class Stats:
+    """Counters for /metrics and the statistics endpoints (Triton's names)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.success = self.failure = 0
+        self.inference_count = 0     # rows run (Triton: nv_inference_count)
+        self.execution_count = 0     # model runs (nv_inference_exec_count)
+        self.request_ns = 0          # arrival to answer, successful requests
+        self.queue_ns = 0
+        self.compute_ns = 0
+        self.failure_ns = 0
+        self.last_inference_ms = 0
+
+    def executed(self, rows: int) -> None:
+        with self._lock:
+            self.execution_count += 1
+            self.inference_count += rows
+
+    def finished(self, ok: bool, total_ns: int, queue_ns: int = 0, compute_ns: int = 0) -> None:
+        with self._lock:
+            if ok:
+                self.success += 1
+                self.request_ns += total_ns
+                self.queue_ns += queue_ns
+                self.compute_ns += compute_ns
+            else:
+                self.failure += 1
+                self.failure_ns += total_ns
+            self.last_inference_ms = int(time.time() * 1e3)
+
+
+def client_fault(e: Exception) -> bool:
+    """An ONNX Runtime failure caused by the input (too small for a kernel, a shape the
+    graph cannot take), not by the server. Allocation failures are the server's."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as C
+    except ImportError:
+        return False
+    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
+
+
+def run_error(e: Exception, feeds: dict) -> RunError:
+    from .validation import model_error_reason
+
+    if client_fault(e):
+        shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in feeds.items())
+        return RunError(400, f"the model cannot run on this input ({shapes}): {model_error_reason(str(e))}")
+    traceback.print_exc(file=sys.stderr)  # the server's fault: the details go to its log only
+    return RunError(500, "inference failed on the server (details are in the server's log): "
+                         f"{type(e).__name__}")
+
+
+class Incoming:
+    """A request a front end is receiving (see DynamicBatcher.incoming)."""
+
+    __slots__ = ("_batcher", "_open")
+
+    def __init__(self, batcher):
+        self._batcher, self._open = batcher, False
+
+    def __enter__(self):
+        with self._batcher._changed:
+            self._batcher._incoming += 1
+            self._open = True
+        return self
+
+    def settle_locked(self) -> None:
+        """No longer incoming (queued or dropped); the caller holds the batcher's lock."""
+        if self._open:
+            self._open = False
+            self._batcher._incoming -= 1
+            self._batcher._arrived.notify_all()
+
+    def __exit__(self, *exc):
+        with self._batcher._changed:
+            self.settle_locked()
+
+
+class DynamicBatcher:
+    """`infer(feeds)` queues a request and returns its outputs; `runners` are the model
+    instances (objects with `run(feeds) -> {name: array}`), at most one batch each at a
+    time, merged up to `max_batch_size` rows (0: no batching, every request runs alone).
+
+    No thread of its own: a caller that finds a runner free and requests queued takes
+    the runner and runs the oldest batch itself (which need not hold its own request),
+    then hands every member its rows; the others wait. A lone request thus runs on the
+    thread that received it, with no hand-over between threads."""
+
+    def __init__(self, runners, max_batch_size: int, max_queue_delay_us: int, stats: Stats | None = None):
+        if max_batch_size < 0 or max_queue_delay_us < 0:
+            raise ValueError("max_batch_size and max_queue_delay_us must be >= 0")
+        self._free = list(runners)
+        if not self._free:
+            raise ValueError("DynamicBatcher needs at least one runner")
+        self._count = len(self._free)
+        self.max_batch_size = max_batch_size
+        self.delay_ns = max_queue_delay_us * 1000
+        self.stats = stats or Stats()
+        self._queue: collections.deque[Request] = collections.deque()
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)  # a runner came free, a request finished or came
+        self._arrived = threading.Condition(lock)  # a request came: for a caller filling a batch
+        self._closed = False
+        self.received = 0  # requests queued so far
+        self._incoming = 0  # requests the front ends are receiving (incoming())
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    def incoming(self) -> "Incoming":
+        """`with batcher.incoming() as ticket:` around receiving a request, checking and
+        decoding it, and `infer(feeds, ticket=ticket)`: batches being formed wait for it."""
+        return Incoming(self)
+
+    def infer(self, feeds: dict, timeout: float | None = None, ticket: "Incoming | None" = None) -> dict:
+        """The request's own output rows; raises RunError when the run failed,
+        RuntimeError once close() was called, TimeoutError after `timeout` s in the queue."""
+        request = Request(feeds, self.batching)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            if ticket is not None:
+                ticket.settle_locked()
+            if self._closed:
+                raise RuntimeError("the server is stopping")
+            self._queue.append(request)
+            self.received += 1
+            self._arrived.notify_all()
+            self._changed.notify()
+        while True:
+            with self._changed:
+                while request.result is None and not (self._free and self._queue):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        if request in self._queue:
+                            self._queue.remove(request)
+                            raise TimeoutError("no answer from the model in time")
+                        left = None  # being run: its answer is coming
+                    self._changed.wait(left)
+                if request.result is not None:
+                    break
+                runner = self._free.pop()
+                batch = self._take_batch()
+            try:
+                self._run(runner, batch)
+            finally:
+                with self._changed:
+                    self._free.append(runner)
+                    self._changed.notify_all()  # the batch's members, and the next leader
+        outputs, error = request.result
+        if error is not None:
+            raise error
+        return outputs
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new requests; returns once the queued ones have run (or after `timeout`)."""
+        end = time.monotonic() + timeout
+        with self._changed:
+            self._closed = True
+            while (self._queue or len(self._free) < self._count) and time.monotonic() < end:
+                self._changed.wait(0.1)
+
+    # -- the caller that runs a batch --------------------------------------------------
+    def _take_batch(self) -> list[Request]:
+        """Under the lock: the oldest request and those that may join it, waiting up to the
+        queue delay (from the oldest one's arrival) for the batch to fill."""
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        if not self.batching or rows >= self.max_batch_size:
+            return batch
+        deadline = first.queued_ns + self.delay_ns
+        while rows < self.max_batch_size:
+            if self._queue:
+                nxt = self._queue[0]
+                if nxt.key != first.key or rows + nxt.rows > self.max_batch_size:
+                    break
+                batch.append(self._queue.popleft())
+                rows += nxt.rows
+                continue
+            left = deadline - time.monotonic_ns()
+            if left <= 0 or self._closed or not self._incoming:
+                break  # nothing on its way: waiting would only delay this batch
+            self._arrived.wait(left / 1e9)
+        return batch
+
+    def _run(self, runner, batch: list[Request]) -> None:
+        start = time.monotonic_ns()
+        try:
+            if len(batch) == 1:
+                outs = [runner.run(batch[0].feeds)]
+            else:
+                merged = {n: np.concatenate([r.feeds[n] for r in batch]) for n in batch[0].feeds}
+                out = runner.run(merged)
+                bounds = np.cumsum([r.rows for r in batch])[:-1]
+                split = {n: np.split(a, bounds) for n, a in out.items()}
+                outs = [{n: split[n][i] for n in out} for i in range(len(batch))]
+            error = None
+        except Exception as e:  # noqa: BLE001 - every failure becomes an answer
+            error = run_error(e, batch[0].feeds)
+        end = time.monotonic_ns()
+        if error is None:
+            self.stats.executed(sum(r.rows for r in batch))
+        for i, r in enumerate(batch):
+            if error is None:
+                self.stats.finished(True, end - r.queued_ns, start - r.queued_ns, end - start)
+            else:
+                self.stats.finished(False, end - r.queued_ns)
+            r.result = (None, error) if error is not None else (outs[i], None)
