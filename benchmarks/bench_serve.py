@@ -2,16 +2,26 @@
 Runtime session on the same ONNX file, at batch 1 from one client and from 8 concurrent
 clients with dynamic batching. A benchmark, not a test: prints Markdown tables.
 
-    python benchmarks/bench_serve.py                 # resnet_softpool 32x32 and mobilenet_se 224
+    python benchmarks/bench_serve.py        # resnet_softpool 32x32, mobilenet_se (SoftPool) 224
     python benchmarks/bench_serve.py --model my.onnx --seconds 10 --json out.json
+    python benchmarks/bench_serve.py --server poolexport --server tritonserver  # side by side
 
 The server runs in its own process group (as `poolexport serve` would be deployed); the
 clients are threads of this process. On a small machine they share the same cores, so
 the served numbers include the clients' own cost. The bare session has the served one's
 options (idle threads do not spin; --bare-default-options for ONNX Runtime's defaults),
-so the ratios measure serving alone. The load average is printed before and
-after; above the core count the run measures the other work on the machine as much as
-the server, so no table is printed then unless --force.
+so the ratios measure serving alone. With several --server values each gets its own
+server, and every round runs all of them between the bare runs.
+
+CPU per request: for every phase the CPU time (user + system, from /proc) of each process
+is read before and after, and divided by the requests served: the client (this process),
+the server's front end (the `poolexport serve` process), tritonserver and the backend stub
+where they run. A bare-session phase gives the ONNX Runtime run's own CPU per request. CPU
+ms per request holds up on a shared machine, where throughput does not.
+
+The load average is checked before the run (this benchmark's own server and clients raise
+it during the run): above the core count the machine is busy with other work and no table
+is printed unless --force.
 """
 from __future__ import annotations
 
@@ -32,19 +42,96 @@ import time
 import numpy as np
 
 
-def export_example(arch: str, path: str) -> str:
+DEFAULT_MODELS = ["resnet_softpool:32", "mobilenet_se:224:pool=soft"]
+
+
+def parse_model_spec(spec: str):
+    """'ARCH[:SIZE][:KEY=VALUE...]' -> (arch, size or None, kwargs); an existing file is
+    taken as it is."""
+    if os.path.isfile(spec):
+        return spec, None, {}
+    arch, *rest = spec.split(":")
+    size, kwargs = None, {}
+    for part in rest:
+        if "=" in part:
+            k, v = part.split("=", 1)
+            kwargs[k] = v
+        else:
+            size = int(part)
+    return arch, size, kwargs
+
+
+def export_example(spec: str, path: str) -> str:
+    import onnx
     import torch
 
     from poolexport.models import create_model, default_input_shape
     from poolexport.onnx import export_model
-    import onnx
 
+    arch, size, kwargs = parse_model_spec(spec)
+    shape = list(default_input_shape(arch))
+    if size is not None:
+        shape[-2:] = [size, size]
     torch.manual_seed(0)
-    model = create_model(arch).eval()
-    proto = export_model(model, torch.randn(default_input_shape(arch)), target="ort",
-                         dynamic=("batch",))
+    model = create_model(arch, **kwargs).eval()
+    proto = export_model(model, torch.randn(shape), target="ort", dynamic=("batch",))
     onnx.save(proto, path)
-    return path
+    return path, shape
+
+
+def cpu_seconds(pid) -> float:
+    """user + system CPU of a process (all its threads), in seconds; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """pid -> role for `root` and its descendants: 'front end' for root, else the command
+    name (tritonserver, the stub is triton_python_b...)."""
+    children, names = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                comm, rest = f.read().rsplit(")", 1)
+            children.setdefault(int(rest.split()[1]), []).append(int(entry))
+            names[int(entry)] = comm.split("(", 1)[1]
+        except (OSError, IndexError, ValueError):
+            continue
+    roles, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        roles[pid] = "front end" if pid == root else (
+            "stub" if names.get(pid, "").startswith("triton_python") else names.get(pid, "?"))
+        todo += children.get(pid, [])
+    return roles
+
+
+class CpuMeter:
+    """CPU seconds per role between start() and stop(): this process is 'client'."""
+
+    def __init__(self, roots=()):
+        self.trees = {}
+        for r in roots:
+            self.trees.update(process_tree(r))
+
+    def _read(self):
+        out = {"client": cpu_seconds(os.getpid())}
+        for pid, role in self.trees.items():
+            out[role] = out.get(role, 0.0) + cpu_seconds(pid)
+        return out
+
+    def start(self):
+        self._t0 = self._read()
+
+    def stop(self) -> dict:
+        t1 = self._read()
+        return {k: t1[k] - self._t0.get(k, 0.0) for k in t1}
 
 
 def free_ports(n):
@@ -57,8 +144,9 @@ def free_ports(n):
     return ports
 
 
-def measure(fn, clients: int, seconds: float, warmup: int = 20):
-    """Run fn(client_index) in `clients` threads for `seconds`; returns (calls/s, p50 ms, p99 ms)."""
+def measure(fn, clients: int, seconds: float, warmup: int = 20, meter: CpuMeter | None = None):
+    """Run fn(client_index) in `clients` threads for `seconds`; returns (calls/s, p50 ms,
+    p99 ms, CPU ms per call by role)."""
     for k in range(clients):
         for _ in range(max(1, warmup // clients)):
             fn(k)
@@ -73,17 +161,69 @@ def measure(fn, clients: int, seconds: float, warmup: int = 20):
             fn(k)
             lat[k].append(time.perf_counter() - t0)
 
+    meter = meter or CpuMeter()
+    meter.start()
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
         list(pool.map(loop, range(clients)))
     wall = time.perf_counter() - t0
+    cpu = meter.stop()
     all_lat = np.concatenate([np.asarray(x) for x in lat]) * 1e3
-    return len(all_lat) / wall, float(np.percentile(all_lat, 50)), float(np.percentile(all_lat, 99))
+    n = max(len(all_lat), 1)
+    return (len(all_lat) / wall, float(np.percentile(all_lat, 50)), float(np.percentile(all_lat, 99)),
+            {k: 1e3 * v / n for k, v in cpu.items()})
 
 
 def load_text():
     one, five, _ = os.getloadavg()
     return f"{one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def start_server(kind: str, path: str, args, tmp: str):
+    """`poolexport serve` with `--server kind`; returns (process, http port, grpc port, log)."""
+    http, grpc, metrics = free_ports(3)
+    log = open(os.path.join(tmp, f"server-{os.path.basename(path)}-{kind}.log"), "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poolexport.serve", "serve", path, "--model-name", "m",
+         "--server", kind,
+         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--max-batch-size", str(args.max_batch_size),
+         "--max-queue-delay-us", str(args.max_queue_delay_us), *args.serve_arg],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp)  # not the source tree: `python -m` puts cwd first on sys.path
+    return proc, http, grpc, log
+
+
+def wait_ready(proc, http, log):
+    import tritonclient.http as httpclient
+
+    probe = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start; see {log.name}")
+            try:
+                if probe.is_model_ready("m"):
+                    return
+            except Exception:
+                pass
+            time.sleep(0.5)
+    finally:
+        probe.close()
+
+
+def stop_server(proc, log):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    log.close()
 
 
 def bench_model(model: str, args, tmp: str) -> list[dict]:
@@ -93,7 +233,10 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
 
     from poolexport.serve.runtime import OrtBackend
 
-    path = model if os.path.isfile(model) else export_example(model, os.path.join(tmp, f"{model}.onnx"))
+    if os.path.isfile(model):
+        path = model
+    else:
+        path, _ = export_example(model, os.path.join(tmp, model.replace(":", "_").replace("=", "-") + ".onnx"))
     # the served session's options, so the ratios measure serving alone: idle threads do
     # not spin unless the server is told they may (--serve-arg=--allow-spinning)
     spinning = args.bare_default_options or "--allow-spinning" in args.serve_arg
@@ -104,98 +247,86 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
     x8 = np.repeat(x, args.max_batch_size, axis=0)
     feeds1, feeds8 = {inp.name: x}, {inp.name: x8}
     want = bare.run(feeds1)
+    out_names = [o.name for o in bare.signature.outputs]
 
     print(f"model {model}: input {inp.name} {shape} ({'with' if bare.library else 'without'} "
           f"custom-op library)", flush=True)
-    http, grpc, metrics = free_ports(3)
-    log = open(os.path.join(tmp, f"server-{os.path.basename(model)}.log"), "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "poolexport.serve", "serve", path, "--model-name", "m",
-         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--max-batch-size", str(args.max_batch_size),
-         "--max-queue-delay-us", str(args.max_queue_delay_us), *args.serve_arg],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        cwd=tmp)  # not the source tree: `python -m` puts cwd first on sys.path
+    servers = {}
     samples: dict[tuple, list] = {}
     try:
-        probe = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start; see {log.name}")
-            try:
-                if probe.is_model_ready("m"):
-                    break
-            except Exception:
-                pass
-            time.sleep(0.5)
-        probe.close()
+        for kind in args.server:
+            servers[kind] = start_server(kind, path, args, tmp)
+        for kind, (proc, http, _, log) in servers.items():
+            wait_ready(proc, http, log)
 
         # one client per thread: the HTTP client is gevent-based and bound to its thread
         local = threading.local()
 
-        def client(kind):
-            if not hasattr(local, kind):
-                setattr(local, kind, httpclient.InferenceServerClient(f"127.0.0.1:{http}")
-                        if kind == "http" else grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}"))
-            return getattr(local, kind)
+        def client(kind, proto):
+            key = f"{kind}-{proto}"
+            if not hasattr(local, key):
+                _, http, grpc, _ = servers[kind]
+                setattr(local, key, httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+                        if proto == "http" else grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}"))
+            return getattr(local, key)
 
-        out_names = [o.name for o in bare.signature.outputs]
+        def http_call(kind):
+            def call(k):
+                i = httpclient.InferInput(inp.name, shape, inp.triton_dtype)
+                i.set_data_from_numpy(x, binary_data=True)
+                outs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in out_names]
+                return client(kind, "http").infer("m", [i], outputs=outs)
+            return call
 
-        def http_call(k):
-            i = httpclient.InferInput(inp.name, shape, inp.triton_dtype)
-            i.set_data_from_numpy(x, binary_data=True)
-            outs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in out_names]
-            return client("http").infer("m", [i], outputs=outs)
-
-        def grpc_call(k):
-            i = grpcclient.InferInput(inp.name, shape, inp.triton_dtype)
-            i.set_data_from_numpy(x)
-            return client("grpc").infer("m", [i])
-
-        for call in (http_call, grpc_call):  # served answers must be the bare session's
-            got = call(0).as_numpy(out_names[0])
-            np.testing.assert_allclose(got, want[out_names[0]], rtol=1e-4, atol=1e-5)
+        def grpc_call(kind):
+            def call(k):
+                i = grpcclient.InferInput(inp.name, shape, inp.triton_dtype)
+                i.set_data_from_numpy(x)
+                return client(kind, "grpc").infer("m", [i])
+            return call
 
         n = args.clients
-        plan = [("bare ORT session", 1, 1, lambda k: bare.run(feeds1)),
-                ("served HTTP (binary)", 1, 1, http_call),
-                ("served gRPC", 1, 1, grpc_call),
-                ("bare ORT session", n, 1, lambda k: bare.run(feeds1)),
-                (f"bare ORT session, batch {args.max_batch_size}", 1, args.max_batch_size,
-                 lambda k: bare.run(feeds8)),
-                ("served HTTP (binary), dynamic batching", n, 1, http_call),
-                ("served gRPC, dynamic batching", n, 1, grpc_call)]
+        bare1 = ("bare ORT session", None, 1, 1, lambda k: bare.run(feeds1))
+        plan = [bare1]
+        for kind in servers:
+            plan += [(f"{kind}: served HTTP (binary)", kind, 1, 1, http_call(kind)),
+                     (f"{kind}: served gRPC", kind, 1, 1, grpc_call(kind))]
+        plan += [("bare ORT session", None, n, 1, lambda k: bare.run(feeds1)),
+                 (f"bare ORT session, batch {args.max_batch_size}", None, 1, args.max_batch_size,
+                  lambda k: bare.run(feeds8))]
+        for kind in servers:
+            plan += [(f"{kind}: served HTTP (binary), dynamic batching", kind, n, 1, http_call(kind)),
+                     (f"{kind}: served gRPC, dynamic batching", kind, n, 1, grpc_call(kind))]
+        for name, kind, clients, batch, fn in plan:  # served answers must be the bare session's
+            if kind is not None:
+                got = fn(0).as_numpy(out_names[0])
+                np.testing.assert_allclose(got, want[out_names[0]], rtol=1e-4, atol=1e-5)
+        meters = {kind: CpuMeter([proc.pid]) for kind, (proc, *_rest) in servers.items()}
         # rounds interleave bare and served runs, so load from elsewhere hits both alike
         for r in range(args.rounds):
-            for name, clients, batch, fn in plan:
-                res = measure(fn, clients, args.seconds)
-                samples.setdefault((name, clients, batch), []).append(res)
-                print(f"  round {r}: {name:<40} x{clients} {res[0] * batch:8.1f} items/s "
-                      f"p50 {res[1]:.2f} ms", flush=True)
+            for name, kind, clients, batch, fn in plan:
+                res = measure(fn, clients, args.seconds, meter=meters.get(kind))
+                samples.setdefault((name, kind, clients, batch), []).append(res)
+                cpu = " ".join(f"{k} {v / batch:.2f}" for k, v in res[3].items())
+                print(f"  round {r}: {name:<52} x{clients} {res[0] * batch:8.1f} items/s "
+                      f"p50 {res[1]:.2f} ms; CPU ms/item: {cpu}", flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        log.close()
+        for proc, _, _, log in servers.values():
+            stop_server(proc, log)
 
     rows = []
-    for (name, clients, batch), res in samples.items():
-        res = np.asarray(res)
-        # each round's served/bare ratio, then the median: rounds are side by side in time
-        rows.append(dict(model=model, path=name, clients=clients, batch=batch,
-                         items_per_s=float(np.median(res[:, 0])) * batch,
-                         per_round=[float(v) * batch for v in res[:, 0]],
-                         p50_ms=float(np.median(res[:, 1])), p99_ms=float(np.median(res[:, 2]))))
+    for (name, kind, clients, batch), res in samples.items():
+        cpu = {}
+        for k in res[0][3]:
+            cpu[k] = float(np.median([r[3].get(k, 0.0) for r in res])) / batch
+        rows.append(dict(model=model, path=name, server=kind, clients=clients, batch=batch,
+                         items_per_s=float(np.median([r[0] for r in res])) * batch,
+                         per_round=[float(r[0]) * batch for r in res],
+                         p50_ms=float(np.median([r[1] for r in res])),
+                         p99_ms=float(np.median([r[2] for r in res])), cpu_ms_per_item=cpu))
     bare_rows = {r["clients"]: r for r in rows if r["path"] == "bare ORT session"}
     for r in rows:
-        if not r["path"].startswith("bare"):
+        if r["server"] is not None:
             b = bare_rows[r["clients"]]
             r["vs_bare"] = float(np.median(np.asarray(r["per_round"]) / np.asarray(b["per_round"])))
         if r["clients"] == 1 and r["batch"] == 1:
@@ -206,41 +337,52 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
 
 def print_tables(all_rows, args, load_before, load_after):
     print(f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, load "
-          f"average before {load_before}, after {load_after}; batch-1 requests, median of "
-          f"{args.rounds} interleaved rounds of {args.seconds:g} s\n")
+          f"average before {load_before}, after {load_after} (this run's own processes "
+          f"included); batch-1 requests, median of {args.rounds} interleaved rounds of "
+          f"{args.seconds:g} s\n")
     by_model: dict[str, list] = {}
     for r in all_rows:
         by_model.setdefault(r["model"], []).append(r)
-    print("| model (bare session latency, batch 1) | bare b1 | served b1 HTTP / gRPC "
+    print("| model (bare session latency, batch 1) | server | bare b1 | served b1 HTTP / gRPC "
           "| fixed cost per request HTTP / gRPC | bare, 8 clients "
           "| 8 clients, dynamic batching HTTP / gRPC |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for model, rows in by_model.items():
         get = {(r["path"], r["clients"]): r for r in rows}
         b1, b8 = get[("bare ORT session", 1)], get[("bare ORT session", args.clients)]
-        h1, g1 = get[("served HTTP (binary)", 1)], get[("served gRPC", 1)]
-        h8 = get[("served HTTP (binary), dynamic batching", args.clients)]
-        g8 = get[("served gRPC, dynamic batching", args.clients)]
         lat = 1e3 / b1["items_per_s"]
-        print(f"| {os.path.basename(model)} ({lat:.2f} ms) | {b1['items_per_s']:.0f}/s "
-              f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
-              f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms | {b8['items_per_s']:.0f}/s "
-              f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
+        for kind in args.server:
+            h1, g1 = get[(f"{kind}: served HTTP (binary)", 1)], get[(f"{kind}: served gRPC", 1)]
+            h8 = get[(f"{kind}: served HTTP (binary), dynamic batching", args.clients)]
+            g8 = get[(f"{kind}: served gRPC, dynamic batching", args.clients)]
+            print(f"| {os.path.basename(model)} ({lat:.2f} ms) | {kind} | {b1['items_per_s']:.0f}/s "
+                  f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
+                  f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms | {b8['items_per_s']:.0f}/s "
+                  f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
+    roles = ["client", "front end", "tritonserver", "stub"]
     for model, rows in by_model.items():
-        print(f"\n{os.path.basename(model)}:\n")
-        print("| path | clients | items/s | p50 ms | p99 ms | vs bare session, same clients |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\n{os.path.basename(model)}: throughput, and CPU ms per item by process "
+              "(client: this process, which also runs the bare session)\n")
+        print("| path | clients | items/s | p50 ms | p99 ms | vs bare session, same clients | "
+              + " | ".join(f"CPU {k}" for k in roles) + " | CPU all |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in roles) + " | ---: |")
         for r in rows:
             rel = f"{100 * r['vs_bare']:.0f}%" if "vs_bare" in r else ""
+            cpu = r["cpu_ms_per_item"]
+            cells = " | ".join(f"{cpu[k]:.2f}" if k in cpu else "" for k in roles)
             print(f"| {r['path']} | {r['clients']} | {r['items_per_s']:.0f} | {r['p50_ms']:.2f} | "
-                  f"{r['p99_ms']:.2f} | {rel} |")
+                  f"{r['p99_ms']:.2f} | {rel} | {cells} | {sum(cpu.values()):.2f} |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", default=None,
-                    help="a poolexport.models arch or an ONNX file with a dynamic batch dim; "
-                         "repeatable (default: resnet_softpool and mobilenet_se)")
+                    help="ARCH[:SIZE][:KEY=VALUE] (a poolexport.models arch, its input size, "
+                         "create_model arguments) or an ONNX file with a dynamic batch dim; "
+                         f"repeatable (default: {' and '.join(DEFAULT_MODELS)})")
+    ap.add_argument("--server", action="append", default=None, choices=("poolexport", "tritonserver"),
+                    help="`poolexport serve --server` value; repeatable, measured side by side "
+                         "(default: poolexport)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-batch-size", type=int, default=8)
@@ -252,10 +394,12 @@ def main(argv=None):
                     help="bare session with ONNX Runtime's defaults (idle threads spin) instead of "
                          "the served session's options")
     ap.add_argument("--force", action="store_true",
-                    help="print the tables even when the load average exceeded the core count")
+                    help="run and print the tables even when the machine was busy before the run "
+                         "(load average over the core count)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    models = args.model or ["resnet_softpool", "mobilenet_se"]
+    models = args.model or DEFAULT_MODELS
+    args.server = args.server or ["poolexport"]
 
     import onnxruntime as ort
 
@@ -263,23 +407,21 @@ def main(argv=None):
     load_before = load_text()
     busy = os.getloadavg()[0] > cores
     print(f"load average before: {load_before} on {cores} cores; ort {ort.__version__}", flush=True)
+    if busy and not args.force:
+        print(f"\nnot run: the load average before the run ({load_before}) exceeds the {cores} "
+              "cores, so the numbers would measure the machine's other work too. Rerun on a "
+              "quiet machine, or pass --force.", file=sys.stderr)
+        return 3
     tmp = tempfile.mkdtemp(prefix="bench_serve_")
     rows = []
     for model in models:
         rows += bench_model(model, args, tmp)
-        busy = busy or os.getloadavg()[0] > cores
     load_after = load_text()
-    busy = busy or os.getloadavg()[0] > cores
-    print(f"load average after: {load_after}", flush=True)
+    print(f"load average after: {load_after} (includes this run's server and clients)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(date=str(datetime.date.today()), cores=cores, load_before=load_before,
-                           load_after=load_after, rows=rows), f, indent=1)
-    if busy and not args.force:
-        print(f"\nno table: the load average exceeded the {cores} cores during the run, so the "
-              "numbers above measure the machine's other work too. Rerun on a quiet machine, "
-              "or pass --force to print it anyway.", file=sys.stderr)
-        return 3
+                           load_after=load_after, busy_before=busy, rows=rows), f, indent=1)
     print_tables(rows, args, load_before, load_after)
     return 0
 
