@@ -546,11 +546,118 @@ def _if_mode(b: _Body, is_sample: str, t: _Body, y_s: str, e: _Body, y_e: str) -
     b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
 
 
+# ------------------------------------------------------------------ the adaPool family
+# ada_pool.h's math on the (N*C, K, O'...) windows: the window mean and the IDW distances
+# on values scaled by SOFT_SCALE where max |w| > SOFT_SCALE_ABOVE; DSC on a / q, m / q
+# (q = max(|a|, |m|)), so exp(DSC) is at most e; IDW weights dmin / dist in (0, 1]. Finite
+# for any finite input; the results are clipped to [-max |w|, max |w|].
+def _ada_common(b: _Body, win: str, valid: str):
+    """(scaled windows, validity as float, scaled mean (keepdims), finish(yk) -> y)."""
+    ax = b.const([1])
+    amax = b.op("ReduceMax", b.op("Abs", win), ax, keepdims=1)  # padding is 0 in win
+    k = _scale(b, amax, SOFT_SCALE_ABOVE, SOFT_SCALE)
+    wk = b.op("Mul", win, k)
+    vf = b.op("Cast", valid, to=TensorProto.FLOAT)
+    n = b.op("ReduceSum", vf, ax, keepdims=1)
+    mk = _safe_div(b, b.op("ReduceSum", wk, ax, keepdims=1), n)
+
+    def finish(yk: str) -> str:
+        k0 = b.op("ReduceMax", k, ax, keepdims=0)
+        ak = b.op("Mul", b.op("ReduceMax", amax, ax, keepdims=0), k0)
+        return b.op("Div", b.op("Min", b.op("Max", yk, b.op("Neg", ak)), ak), k0)
+
+    return wk, vf, mk, finish
+
+
+def _edscw_math(b: _Body, win: str, valid: str) -> str:
+    wk, vf, mk, finish = _ada_common(b, win, valid)
+    ax, zero, one = b.const([1]), b.const(0.0, np.float32), b.const(1.0, np.float32)
+    q = b.op("Max", b.op("Abs", wk), b.op("Abs", mk))
+    qpos = b.op("Greater", q, zero)
+    safe = b.op("Where", qpos, q, one)
+    u, v = b.op("Div", wk, safe), b.op("Div", mk, safe)
+    r2 = b.op("Where", qpos, b.op("Add", b.op("Mul", u, u), b.op("Mul", v, v)), one)
+    dsc = b.op("Where", qpos, b.op("Div", b.op("Mul", b.const(2.0, np.float32), b.op("Abs", b.op("Mul", u, v))), r2),
+               one)
+    e = b.op("Mul", b.op("Exp", dsc), vf)
+    s = b.op("ReduceSum", e, ax, keepdims=0)
+    num = b.op("ReduceSum", b.op("Mul", e, wk), ax, keepdims=0)
+    return finish(_safe_div(b, num, s))
+
+
+def _idw_math(b: _Body, win: str, valid: str) -> str:
+    wk, vf, mk, finish = _ada_common(b, win, valid)
+    ax, zero, one = b.const([1]), b.const(0.0, np.float32), b.const(1.0, np.float32)
+    dist = b.op("Where", valid, b.op("Abs", b.op("Sub", wk, mk)), b.const(np.inf, np.float32))
+    dmin = b.op("ReduceMin", dist, ax, keepdims=1)  # inf for an all-padding window
+    pos = b.op("And", valid, b.op("Greater", dist, zero))
+    w = b.op("Where", pos, b.op("Div", dmin, b.op("Where", pos, dist, one)), zero)
+    s = b.op("ReduceSum", w, ax, keepdims=0)
+    num = b.op("ReduceSum", b.op("Mul", w, wk), ax, keepdims=0)
+    hit = b.op("Equal", b.op("ReduceMax", b.op("Cast", b.op("Equal", dist, zero), to=TensorProto.FLOAT), ax,
+                                keepdims=0), one)  # some value equals the mean: the limit, y = m
+    yk = b.op("Where", hit, b.op("Squeeze", mk, ax), _safe_div(b, num, s))
+    return finish(yk)
+
+
+def _em_math(b: _Body, win: str, valid: str) -> str:
+    """SoftPool with beta = 1 (eM), _soft_math's steps without the beta attribute."""
+    ax = b.const([1])
+    z = b.op("Where", valid, win, b.const(-np.inf, np.float32))
+    m = b.op("ReduceMax", z, ax, keepdims=1)
+    m = b.op("Where", b.op("IsInf", m), b.const(0.0, np.float32), m)
+    e = b.op("Exp", b.op("Sub", z, m))
+    amax = b.op("ReduceMax", b.op("Abs", win), ax, keepdims=1)
+    k = _scale(b, amax, SOFT_SCALE_ABOVE, SOFT_SCALE)
+    s = b.op("ReduceSum", e, ax, keepdims=0)
+    num = b.op("ReduceSum", b.op("Mul", e, b.op("Mul", win, k)), ax, keepdims=0)
+    k0 = b.op("ReduceMax", k, ax, keepdims=0)
+    ak = b.op("Mul", b.op("ReduceMax", amax, ax, keepdims=0), k0)
+    return b.op("Div", b.op("Min", b.op("Max", _safe_div(b, num, s), b.op("Neg", ak)), ak), k0)
+
+
+def _ada_window_function(name: str, math, opset: int) -> onnx.FunctionProto:
+    b = _Body(name.lower())
+    body, (y,) = _generic_windowed(f"{name.lower()}_g", math)
+    b.nodes += body.nodes
+    b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+    return _function(name, b, _WINDOW_ATTRS, opset)
+
+
+def edscw_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+    return _ada_window_function(D.EDSCW_POOL, _edscw_math, opset)
+
+
+def idw_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+    return _ada_window_function(D.IDW_POOL, _idw_math, opset)
+
+
+def ada_pool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+    """Y = Beta * eDSCW + (1 - Beta) * eM, Beta broadcast (numpy rules) to Y."""
+    b = _Body("ada")
+    body, (e,) = _generic_windowed("ada_e", _edscw_math)
+    b.nodes += body.nodes
+    body, (s,) = _generic_windowed("ada_s", _em_math)
+    b.nodes += body.nodes
+    beta = b.op("Cast", "Beta", to=TensorProto.FLOAT)
+    y = b.op("Add", b.op("Mul", beta, e), b.op("Mul", b.op("Sub", b.const(1.0, np.float32), beta), s))
+    # beta in [0, 1]: kept between the two values (ada_pool.h's rule)
+    inside = b.op("And", b.op("GreaterOrEqual", beta, b.const(0.0, np.float32)),
+                  b.op("LessOrEqual", beta, b.const(1.0, np.float32)))
+    y = b.op("Where", inside, b.op("Min", b.op("Max", y, b.op("Min", e, s)), b.op("Max", e, s)), y)
+    b.nodes.append(helper.make_node("CastLike", [y, "X"], ["Y"]))
+    return helper.make_function(D.DOMAIN, D.ADA_POOL, ["X", "Beta"], ["Y"], b.nodes,
+                                [helper.make_opsetid("", opset)], attributes=_WINDOW_ATTRS)
+
+
 BUILDERS = {
     D.SOFT_POOL: soft_pool_function,
     D.STOCHASTIC_POOL: stochastic_pool_function,
     D.REDUCE_SOFT_POOL: reduce_soft_pool_function,
     D.REDUCE_STOCHASTIC_POOL: reduce_stochastic_pool_function,
+    D.EDSCW_POOL: edscw_pool_function,
+    D.IDW_POOL: idw_pool_function,
+    D.ADA_POOL: ada_pool_function,
 }
 
 
@@ -559,7 +666,7 @@ def functions(op_types, opset: int = D.OPSET, sample: bool = False, fast: bool =
     ``sample``: StochasticPool's body also handles mode="sample"; ``fast=False``: the
     windowed ops without their run-time fast forms (the portable target decided already)."""
     out = []
-    for name in D.OPS:
+    for name in D.OPS + D.ADA_OPS:
         if name in set(op_types):
             fn = BUILDERS[name]
             if name == D.SOFT_POOL:

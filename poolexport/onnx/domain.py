@@ -20,6 +20,11 @@ REDUCE_SOFT_POOL = "ReduceSoftPool"
 REDUCE_STOCHASTIC_POOL = "ReduceStochasticPool"
 OPS = (SOFT_POOL, STOCHASTIC_POOL, REDUCE_SOFT_POOL, REDUCE_STOCHASTIC_POOL)
 WINDOWED_OPS = (SOFT_POOL, STOCHASTIC_POOL)
+# the adaPool family (Stergiou and Poppe, IEEE TIP 2022): windowed, CPU kernels only
+EDSCW_POOL = "EdscwPool"
+IDW_POOL = "IdwPool"
+ADA_POOL = "AdaPool"
+ADA_OPS = (EDSCW_POOL, IDW_POOL, ADA_POOL)
 
 _A = defs.OpSchema.AttrType
 _Attr = defs.OpSchema.Attribute
@@ -43,6 +48,12 @@ _DOCS = {
     REDUCE_STOCHASTIC_POOL: "Stochastic pooling over whole axes (ReduceMean's meaning of axes and "
     "keepdims): mode 'expectation' gives sum(r^2)/sum(r) with r = max(X, 0); mode 'sample' picks with "
     "Philox4x32-10 keyed by seed and the flat output index, window order row-major over the reduced axes.",
+    EDSCW_POOL: "eDSCW pooling (adaPool, Stergiou and Poppe, IEEE TIP 2022): Y = sum_i softmax(DSC(w_i, m))_i * "
+    "w_i over each window w with mean m, DSC(a, m) = 2|a m| / (a^2 + m^2) (1 at a = m = 0)." + _WINDOW_DOC,
+    IDW_POOL: "Inverse-distance-weighted pooling (adaPool repository): Y = sum_i w_i * x_i over each window, "
+    "w_i proportional to 1 / |x_i - m| (m the window mean); Y = m where some x_i equals m." + _WINDOW_DOC,
+    ADA_POOL: "adaPool (Stergiou and Poppe, IEEE TIP 2022): Y = Beta * EdscwPool(X) + (1 - Beta) * "
+    "SoftPool(X, beta=1); Beta (not clamped) broadcasts to Y numpy-style." + _WINDOW_DOC,
 }
 
 
@@ -165,17 +176,20 @@ def _infer_reduce(ctx) -> None:
 
 
 def _schema(name: str, attrs: list) -> defs.OpSchema:
+    inputs = [defs.OpSchema.FormalParameter("X", "T", "Input tensor.")]
+    if name == ADA_POOL:
+        inputs.append(defs.OpSchema.FormalParameter("Beta", "T", "Blend mask, broadcast to Y."))
     schema = defs.OpSchema(
         name,
         DOMAIN,
         VERSION,
         _DOCS[name],
-        inputs=[defs.OpSchema.FormalParameter("X", "T", "Input tensor.")],
+        inputs=inputs,
         outputs=[defs.OpSchema.FormalParameter("Y", "T", "Pooled tensor.")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16 tensors.")],
         attributes=attrs + _plugin_attrs(),
     )
-    schema.set_type_and_shape_inference_function(_infer_windowed if name in WINDOWED_OPS else _infer_reduce)
+    schema.set_type_and_shape_inference_function(_infer_windowed if name in WINDOWED_OPS + ADA_OPS else _infer_reduce)
     return schema
 
 
@@ -185,7 +199,7 @@ def schemas() -> list[defs.OpSchema]:
         _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs() + _seed_word_attrs()),
         _schema(REDUCE_SOFT_POOL, _reduce_attrs() + _soft_attrs()),
         _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs() + _seed_word_attrs()),
-    ]
+    ] + [_schema(name, _window_attrs()) for name in ADA_OPS]
 
 
 def register_schemas() -> None:

@@ -59,10 +59,12 @@ def normalize_nodes(model: onnx.ModelProto) -> None:
     """Write every attribute of every poolexport node explicitly (defaults filled in)."""
     ranks = None
     for node in custom_nodes(model):
-        if node.op_type not in D.OPS:
-            raise ValueError(f"{node.op_type}: not an op of the {D.DOMAIN} domain (known: {', '.join(D.OPS)})")
+        if node.op_type not in D.OPS + D.ADA_OPS:
+            known = ", ".join(D.OPS + D.ADA_OPS)
+            raise ValueError(f"{node.op_type}: not an op of the {D.DOMAIN} domain (known: {known})")
         a = _attrs(node)
-        if node.op_type in D.WINDOWED_OPS:
+        windowed = node.op_type in D.WINDOWED_OPS + D.ADA_OPS
+        if windowed:
             if "kernel_shape" not in a:
                 raise ValueError(f"{node.op_type}: kernel_shape is required (node {node.name!r})")
             k = len(a["kernel_shape"])
@@ -79,7 +81,7 @@ def normalize_nodes(model: onnx.ModelProto) -> None:
                 _set(node, "axes", list(range(r)))
         if node.op_type in (D.SOFT_POOL, D.REDUCE_SOFT_POOL):
             defaults["beta"] = 1.0
-        else:
+        elif node.op_type not in D.ADA_OPS:
             defaults.update(mode="expectation", seed=0)
         for name, value in defaults.items():
             if name not in a:
@@ -87,9 +89,9 @@ def normalize_nodes(model: onnx.ModelProto) -> None:
         a = _attrs(node)
         auto_pad = a.get("auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        if node.op_type in D.WINDOWED_OPS and auto_pad != "NOTSET" and a.get("ceil_mode"):
+        if windowed and auto_pad != "NOTSET" and a.get("ceil_mode"):
             _set(node, "ceil_mode", 0)  # ignored by ONNX unless NOTSET; the decomposition relies on 0
-        if node.op_type in D.WINDOWED_OPS and auto_pad != "NOTSET":
+        if windowed and auto_pad != "NOTSET":
             _set(node, "pads", [0] * len(a["pads"]))  # ignored by ONNX unless NOTSET; likewise
 
 

@@ -60,12 +60,29 @@ def custom_translation_table() -> dict:
         return pe.ReduceStochasticPool(X, axes=reduce_axes(_rank(X), axes), keepdims=int(bool(keepdims)),
                                        mode=str(mode), seed=int(seed))
 
+    def edscw_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+        attrs = window_attributes(D.EDSCW_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return pe.EdscwPool(X, **attrs)
+
+    def idw_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+        attrs = window_attributes(D.IDW_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return pe.IdwPool(X, **attrs)
+
+    def ada_pool(X, Beta, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+        attrs = window_attributes(D.ADA_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+        return pe.AdaPool(X, Beta, **attrs)
+
+    from ..ops import ada_pool as _ada  # noqa: F401  (registers the adaPool ops)
+
     ops = torch.ops.poolexport
     return {
         ops.soft_pool.default: soft_pool,
         ops.stochastic_pool.default: stochastic_pool,
         ops.reduce_soft_pool.default: reduce_soft_pool,
         ops.reduce_stochastic_pool.default: reduce_stochastic_pool,
+        ops.edscw_pool.default: edscw_pool,
+        ops.idw_pool.default: idw_pool,
+        ops.ada_pool.default: ada_pool,
     }
 
 

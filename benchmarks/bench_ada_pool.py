@@ -1,0 +1,99 @@
+"""Benchmark of the adaPool family's ONNX Runtime CPU kernels against SoftPool's kernel on
+the same tensor and window, float32, measured side by side (interleaved rounds, best of
+``--repeat``), so every ratio compares times taken under the same load.
+
+Columns per case: SoftPool (the library's kernel), EdscwPool, IdwPool and AdaPool (with a
+Beta of the output's spatial shape), ms; ratio = op / SoftPool (target <= 1.5); and the
+ops' decompositions (plain ONNX Runtime, the ``ort`` file without the library).
+
+    python benchmarks/bench_ada_pool.py [--repeat 10] [--threads 1] [--no-decomposition]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from onnx import TensorProto, helper
+
+CASES = [
+    ("2-D k2 s2", (8, 64, 56, 56), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0])),
+    ("2-D k3 s2 p1", (8, 64, 56, 56), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("3-D k2 s2", (2, 16, 16, 28, 28), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2], pads=[0] * 6)),
+]
+TARGET = 1.5
+
+
+def one_node(op, a, with_beta=False):
+    k = len(a["kernel_shape"])
+    full = dict(dilations=[1] * k, ceil_mode=0, auto_pad="NOTSET", **a)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)]
+    if with_beta:
+        inputs.append(helper.make_tensor_value_info("Beta", TensorProto.FLOAT, None))
+    node = helper.make_node(op, [i.name for i in inputs], ["Y"], domain="poolexport", **full)
+    graph = helper.make_graph([node], op, inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)],
+                             ir_version=10)
+
+
+def interleaved(fns: dict, repeat: int) -> dict:
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    import onnxruntime as ort
+
+    from poolexport import ort as pxort
+    from poolexport.onnx import decompositions
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-decomposition", action="store_true")
+    args = ap.parse_args()
+
+    def options():
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = args.threads
+        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return o
+
+    print(f"float32, {args.threads} thread(s), best of {args.repeat} interleaved rounds (a shared machine: "
+          "compare ratios, not times)")
+    for name, shape, a in CASES:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        out = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(shape[2:], a["kernel_shape"], a["strides"], a["pads"])]
+        beta = np.random.default_rng(1).uniform(0, 1, out).astype(np.float32)
+        fns = {}
+        for op in ("SoftPool", "EdscwPool", "IdwPool", "AdaPool"):
+            model = one_node(op, a, op == "AdaPool")
+            feed = {"X": x, "Beta": beta} if op == "AdaPool" else {"X": x}
+            sess = pxort.session(model.SerializeToString(), options=options())
+            fns[op] = (lambda s, f: lambda: s.run(None, f))(sess, feed)
+            if op != "SoftPool" and not args.no_decomposition:
+                model.functions.extend(decompositions.functions([op]))
+                plain = ort.InferenceSession(model.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+                fns[op + " decomposition"] = (lambda s, f: lambda: s.run(None, f))(plain, feed)
+        best = interleaved(fns, args.repeat)
+        soft = best["SoftPool"]
+        print(f"\n{name} {shape}: SoftPool {soft * 1e3:.2f} ms")
+        for op in ("EdscwPool", "IdwPool", "AdaPool"):
+            ratio = best[op] / soft
+            line = f"  {op:10s} {best[op] * 1e3:8.2f} ms  {ratio:5.2f}x SoftPool (target <= {TARGET}: " \
+                   f"{'met' if ratio <= TARGET else 'NOT met'})"
+            if op + " decomposition" in best:
+                line += f"; decomposition {best[op + ' decomposition'] * 1e3:.1f} ms " \
+                        f"({best[op + ' decomposition'] / best[op]:.1f}x the kernel)"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
