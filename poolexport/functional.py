@@ -487,3 +487,8 @@ from ._gem_lse import (gem_pool1d, gem_pool2d, gem_pool3d, gem_pool_reduce, lse_
 
 __all__ += ["gem_pool1d", "gem_pool2d", "gem_pool3d", "gem_pool_reduce",
             "lse_pool1d", "lse_pool2d", "lse_pool3d", "lse_pool_reduce"]
+
+# ---------------------------------------------------------------- generalized max pooling (poolexport._gmp)
+from ._gmp import generalized_max_pool, generalized_max_pool_reduce  # noqa: E402
+
+__all__ += ["generalized_max_pool", "generalized_max_pool_reduce"]

@@ -14,8 +14,9 @@ Forms of a pool:
 axis, so its global form gives N x 2C and its channel form N x 2 (timm's names).
 
 Pool-specific options (``p``, ``mean``, ``beta``, ``seed``, ``alpha``, ``learn_alpha``,
-``count_include_pad``, ``r``, ``eps``, ``learn_p``, ``learn_r``) go to the pools that have
-them and are ignored by the others, so one set of options can serve a tuple of pool names.
+``count_include_pad``, ``r``, ``eps``, ``learn_p``, ``learn_r``, ``lam``) go to the pools that
+have them and are ignored by the others, so one set of options can serve a tuple of pool names.
+``gmp`` (generalized max pooling) pools vectors, not windows: it has no window form.
 An ``nn.Module`` is returned unchanged: the caller vouches for its output shape.
 """
 from __future__ import annotations
@@ -26,7 +27,10 @@ from torch import nn
 
 from .avg_max_pool import (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, CatAvgMaxPool1d,
                            CatAvgMaxPool2d, CatAvgMaxPool3d, MaxPool1d, MaxPool2d, MaxPool3d)
+from .ada_pool import (AdaPool1d, AdaPool2d, AdaPool3d, EdscwPool1d, EdscwPool2d, EdscwPool3d, IdwPool1d, IdwPool2d,
+                       IdwPool3d)
 from .gem_pool import GeMPool1d, GeMPool2d, GeMPool3d, GeMPoolReduce, GlobalGeMPool
+from .gmp_pool import GeneralizedMaxPoolReduce, GlobalGeneralizedMaxPool
 from .global_pool import (GlobalAvgMaxPool, GlobalAvgPool, GlobalCatAvgMaxPool, GlobalLpPool, GlobalMaxPool,
                           GlobalMixedPool, GlobalSoftPool, GlobalStochasticPool)
 from .lp_pool import LpPool1d, LpPool2d, LpPool3d, LpPoolReduce
@@ -36,9 +40,16 @@ from .reduce_pool import AvgMaxPoolReduce, AvgPoolReduce, CatAvgMaxPoolReduce, M
 from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
 from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
 
-POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed", "avgmax", "catavgmax", "gem", "lse")
+POOL_NAMES = ("avg", "max", "l2", "lp", "rms", "soft", "stochastic", "mixed", "avgmax", "catavgmax", "gem", "lse",
+              "gmp")
 # pools whose output has twice the input's channels (global: N x 2C; across channels: N x 2)
 CONCAT_POOLS = ("catavgmax",)
+# pools with no window form (replace_pools leaves a network's window pools alone for them)
+GLOBAL_ONLY_POOLS = ("gmp",)
+# pools with only a window form (the adaPool family; create_pool and replace_pools take
+# them, replace_pools leaves global pools alone for them); not in POOL_NAMES, whose every
+# name also has the global/channel forms that the attention blocks use
+WINDOW_ONLY_POOLS = ("edscw", "idw", "ada")
 POOL_FORMS = ("global", "channel", "reduce", "window")
 ATTENTION_NAMES = ("se", "eca", "cbam")
 
@@ -51,6 +62,9 @@ _WINDOW = {
     "mixed": (MixedPool1d, MixedPool2d, MixedPool3d),
     "avgmax": (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d),
     "catavgmax": (CatAvgMaxPool1d, CatAvgMaxPool2d, CatAvgMaxPool3d),
+    "edscw": (EdscwPool1d, EdscwPool2d, EdscwPool3d),
+    "idw": (IdwPool1d, IdwPool2d, IdwPool3d),
+    "ada": (AdaPool1d, AdaPool2d, AdaPool3d),
 }
 _REDUCE = {"avg": AvgPoolReduce, "max": MaxPoolReduce, "avgmax": AvgMaxPoolReduce, "catavgmax": CatAvgMaxPoolReduce}
 _GLOBAL = {"avg": GlobalAvgPool, "max": GlobalMaxPool, "avgmax": GlobalAvgMaxPool, "catavgmax": GlobalCatAvgMaxPool}
@@ -78,6 +92,20 @@ def _generalized(name: str, form: str, dims: int, window: dict, dim, keepdim: bo
     if name == "gem":
         return (GeMPool1d, GeMPool2d, GeMPool3d)[dims - 1](**window, p=p, eps=eps, learn_p=learn_p)
     return (LsePool1d, LsePool2d, LsePool3d)[dims - 1](**window, r=r, learn_r=learn_r)
+
+
+def _gmp(form: str, dim, keepdim: bool, flatten: bool, lam: float) -> nn.Module:
+    """Generalized max pooling: global (the C-vectors of the positions), channel (the maps of
+    the channels) or reduce (positions along ``dim``); no window form."""
+    if form == "global":
+        return GlobalGeneralizedMaxPool(lam, flatten)
+    if form in ("channel", "reduce"):
+        dim, keepdim = (1, True) if form == "channel" else (dim, keepdim)
+        return GeneralizedMaxPoolReduce(dim, keepdim, lam)
+    if form == "window":
+        raise ValueError("create_pool: 'gmp' pools whole sets of vectors and has no window form; "
+                         "use form='global', 'channel' or 'reduce'")
+    raise ValueError(f"create_pool: form must be one of {POOL_FORMS}, got {form!r}")
 
 
 def _reduce(name: str, dim, keepdim: bool, p, mean, beta, seed, alpha, learn_alpha) -> nn.Module:
@@ -130,24 +158,30 @@ def create_pool(
     eps: float = 1e-6,
     learn_p: bool = True,
     learn_r: bool = True,
+    lam: float = 1e3,
     argname: str = "pool",
 ) -> nn.Module:
     """Build pool ``pool`` (a name of POOL_NAMES or an nn.Module) in form ``form``.
 
     ``p`` is the Lp pools' norm (default 2) and GeM's exponent (default 3, learned unless
-    ``learn_p=False``); ``r`` is LSE's (default 10, timm's, learned unless ``learn_r=False``).
+    ``learn_p=False``); ``r`` is LSE's (default 10, timm's, learned unless ``learn_r=False``);
+    ``lam`` is GMP's ridge (default 1e3, fixed).
 
     ``argname`` names the caller's argument in error messages (e.g. ``"CBAM: spatial_pools[1]"``).
     """
     if isinstance(pool, nn.Module):
         return pool
-    if not isinstance(pool, str) or pool.lower() not in POOL_NAMES:
-        raise ValueError(f"{argname} must be one of {POOL_NAMES} or an nn.Module, got {pool!r}")
+    if not isinstance(pool, str) or pool.lower() not in POOL_NAMES + WINDOW_ONLY_POOLS:
+        raise ValueError(f"{argname} must be one of {POOL_NAMES + WINDOW_ONLY_POOLS} or an nn.Module, got {pool!r}")
     name = pool.lower()
     window = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     generalized = (name, form, dims, window, dim, keepdim, flatten, p, r, eps, learn_p, learn_r)
     if name in ("gem", "lse") and form in ("global", "channel", "reduce"):
         return _generalized(*generalized)
+    if name == "gmp":
+        return _gmp(form, dim, keepdim, flatten, lam)
+    if name in WINDOW_ONLY_POOLS and form != "window":
+        raise ValueError(f"create_pool: {name!r} (adaPool family) has only a window form, got form={form!r}")
     opts = dict(p=p, mean=mean, beta=beta, seed=seed, alpha=alpha, learn_alpha=learn_alpha)
     if form == "global":
         return _global(name, flatten, **opts)

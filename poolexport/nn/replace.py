@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Optional
 
 from torch import nn
 
-from .factory import create_pool
+from .factory import GLOBAL_ONLY_POOLS, WINDOW_ONLY_POOLS, create_pool
 
 _WINDOW_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _ADAPTIVE_TYPES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
@@ -39,10 +39,14 @@ def _replacement(module: nn.Module, pool: str, kwargs: dict) -> Optional[nn.Modu
     if isinstance(module, _WINDOW_TYPES):
         if getattr(module, "return_indices", False):
             return None  # its indices feed a MaxUnpool: no other pool has them
+        if pool.lower() in GLOBAL_ONLY_POOLS:
+            return None  # gmp has no window form: only the global pools change
         dilation = getattr(module, "dilation", 1)
         return create_pool(pool, "window", dims=_DIMS[type(module)], kernel_size=module.kernel_size,
                            stride=module.stride, padding=module.padding, dilation=dilation,
                            ceil_mode=module.ceil_mode, **kwargs)
+    if pool.lower() in WINDOW_ONLY_POOLS:
+        return None  # the adaPool family has no global form: only the window pools change
     if isinstance(module, _ADAPTIVE_TYPES):
         if getattr(module, "return_indices", False) or not _is_global(module.output_size):
             return None  # only output size 1 is a global pool
@@ -70,7 +74,8 @@ def replace_pools(
 
     * ``nn.MaxPoolNd`` / ``nn.AvgPoolNd`` become the window form with the same kernel,
       stride, padding, dilation and ceil_mode (max pools with ``return_indices`` are left
-      alone: a ``MaxUnpool`` needs their indices);
+      alone: a ``MaxUnpool`` needs their indices; for ``"gmp"``, which has no window form,
+      every window pool is left alone);
     * ``nn.AdaptiveAvgPoolNd`` / ``nn.AdaptiveMaxPoolNd`` with output size 1 become the
       global form (N x C x 1..., as before); other output sizes are left alone;
     * timm's ``SelectAdaptivePool2d`` becomes the global form with its flatten kept.
