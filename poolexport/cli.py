@@ -544,13 +544,16 @@ def _table(report) -> list:
     a runtime reports beyond pass/fail, such as OpenVINO's error at its default precision)."""
     from rich.table import Table
 
-    table = Table(title=f"parity vs PyTorch float64\n{report.dtype}: rtol {report.tolerance.rtol:g}, "
+    precision = getattr(report, "reference", "float64")
+    table = Table(title=f"parity vs PyTorch {precision.split(' ')[0]}\n{report.dtype}: rtol {report.tolerance.rtol:g}, "
                         f"atol {report.tolerance.atol:g}; shapes "
                         + ", ".join("x".join(map(str, s)) for s in report.input_shapes))
     for col in ("runtime", "max abs err", "max rel err", "result", "time"):
         table.add_column(col, justify="left" if col in ("runtime", "result") else "right", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "error": "bold red", "skip": "dim"}
     notes = []
+    if precision != "float64":  # the torch row then compares the model with itself
+        notes.append(f"[{len(notes) + 1}] reference: PyTorch in {precision}")
     for r in report.summary():
         status = f"[{style[r.status]}]{r.status}[/]"
         for text in (r.reason, r.note):

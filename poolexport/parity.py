@@ -70,6 +70,8 @@ class ParityReport:
     tolerance: Tolerance
     input_shapes: list
     results: list = field(default_factory=list)
+    # the reference's precision: "float64", or "float32 (why float64 could not run)"
+    reference: str = "float64"
 
     @property
     def passed(self) -> bool:
@@ -105,6 +107,7 @@ class ParityReport:
             "dtype": self.dtype,
             "tolerance": asdict(self.tolerance),
             "input_shapes": [list(s) for s in self.input_shapes],
+            "reference": self.reference,
             "passed": self.passed,
             "verified_on": sorted({r.runtime for r in self.results if self.verified_on(r.runtime)}),
             "results": [asdict(r) | {"shape": list(r.shape)} for r in self.results],
@@ -280,17 +283,24 @@ def _first(y):
 
 
 # ------------------------------------------------------------------ reference and metrics
-def reference_outputs(torch_model, inputs: Sequence[np.ndarray]) -> list:
+def reference_outputs(torch_model, inputs: Sequence[np.ndarray], info: Optional[dict] = None) -> list:
     """PyTorch in float64 on the same weights (fp16 ones upcast) and inputs; an entry is
-    the exception instead when PyTorch itself cannot run that input."""
+    the exception instead when PyTorch itself cannot run that input. ``info["reference"]``
+    (when given) says which precision the reference ran in, and why not float64."""
     try:
         ref_model = copy.deepcopy(torch_model).double()
         with torch.no_grad():
             ref_model(torch.from_numpy(inputs[0]).double())
         cast = torch.float64
-    except Exception:
-        # a model that cannot run in float64 (dtype baked into a trace): float32 instead
+        precision = "float64"
+    except Exception as exc:
+        # a model that cannot run in float64 (a dtype baked into a trace or an exported
+        # program): float32 instead, said in the report, since the torch row then compares
+        # the model with itself
         ref_model, cast = copy.deepcopy(torch_model).float(), torch.float32
+        precision = f"float32 (the model cannot run in float64: {_one_line(exc)})"
+    if info is not None:
+        info["reference"] = precision
     refs = []
     for x in inputs:
         try:
@@ -339,8 +349,9 @@ def check_parity(
     else:
         torch_model.eval()
     torch_model = torch_model.half() if fp16 else torch_model.float()
-    refs = reference_outputs(torch_model, inputs)
-    report = ParityReport(dtype, tol, [tuple(s) for s in input_shapes])
+    info: dict = {}
+    refs = reference_outputs(torch_model, inputs, info)
+    report = ParityReport(dtype, tol, [tuple(s) for s in input_shapes], reference=info["reference"])
     params = _parameter_count(model)
     for runtime in runtimes:
         if on_runtime:

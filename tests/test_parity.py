@@ -59,6 +59,31 @@ def test_passes_and_skips_with_reasons(exported):
     assert report.to_dict()["passed"] is True
 
 
+def test_reference_precision_is_reported(exported):
+    """A model that cannot run in float64 gets a float32 reference, and the report says so:
+    the torch row then compares the model with itself."""
+    from poolexport.cli import _table
+
+    net, model = exported
+    report = check_parity(model, net, [(2, 3, 8, 8)], runtimes=("torch",))
+    assert report.reference == "float64" and report.to_dict()["reference"] == "float64"
+    assert not any("reference: PyTorch in" in str(part) for part in _table(report))
+
+    class Float32Only(torch.nn.Module):  # a float32 constant baked in, as an exported program does
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) @ torch.eye(4, dtype=torch.float32)
+
+    report = check_parity(model, Float32Only().eval(), [(2, 3, 8, 8)], runtimes=("torch",))
+    assert report.reference.startswith("float32 (the model cannot run in float64: RuntimeError")
+    assert "dtype" in report.reference and report.results[0].status == "pass"
+    assert report.to_dict()["reference"] == report.reference
+    assert any(str(part).startswith("[1] reference: PyTorch in float32") for part in _table(report))
+
+
 def test_detects_a_wrong_model(exported):
     """A perturbed weight must fail every ONNX runtime (the harness can fail)."""
     net, model = exported
