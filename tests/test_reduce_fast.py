@@ -1,6 +1,9 @@
 """The fast reduce forms over one contiguous run (global pooling over H x W), at the limits
 they branch on (limits.h): plane sizes around every lane width and kReduceUnroll vectors
-(+- 1), around kReduceChunk (a plane walked in chunks) and plane counts around
+(+- 1), around kReduceLanePlaneSoft / kReduceLanePlaneMoments (small planes reduced one
+plane per vector lane, in groups of a lane width of planes: plane counts around each lane
+width, and a plane's bits independent of its neighbours), around kReduceChunk (a plane
+walked in chunks) and plane counts around
 kReduceSplitPlanes (threads sharing a plane's chunks); SoftPool planes whose range of
 beta * x lies around kSharedRange (the unclamped exp) and around -kExpArgMin (the clamp);
 max |x| around kSoftScaleAbove (the shared math's scaled path); NaN and +-inf at the first,
@@ -30,9 +33,13 @@ CHUNK = L.LIMITS["kReduceChunk"]
 SPLIT = L.LIMITS["kReduceSplitPlanes"]
 UNROLL = L.LIMITS["kReduceUnroll"]
 SOFT_T = L.LIMITS["kSoftScaleAbove"]
+# planes of at most this many elements go one plane per vector lane (per op)
+LANE_PLANE = {"soft": L.LIMITS["kReduceLanePlaneSoft"], "expectation": L.LIMITS["kReduceLanePlaneMoments"]}
 
 # plane sizes: every lane width and kReduceUnroll vectors of it, +- 1; the chunk, +- 1
 LANE_SIZES = sorted({w for lanes in set(L.LANES.values()) for w in L.widths(lanes, (1, UNROLL, UNROLL + 1))} | {1, 2})
+# the same tails on planes just above the one-plane-per-lane form (the vector loops over a plane)
+WIDE_BASE = {op: (limit // (2 * UNROLL * 16) + 1) * 2 * UNROLL * 16 for op, limit in LANE_PLANE.items()}
 CHUNK_SIZES = [CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1]
 DTYPES = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}
 OPS = {"soft": ("ReduceSoftPool", {}), "expectation": ("ReduceStochasticPool", {"mode": "expectation"})}
@@ -128,6 +135,65 @@ def test_plane_sizes_around_lane_widths(op, dtype):
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_sizes_around_lane_widths_above_the_lane_form(op, dtype):
+    """The vector loops over one plane (their tails and unrolled steps), on planes too large
+    for the one-plane-per-lane form."""
+    for size in [WIDE_BASE[op] + w for w in LANE_SIZES]:
+        check_every_runtime(op, planes(3, size, DTYPES[dtype][0], seed=size), f"plane of {size}")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_sizes_around_the_lane_form(op, dtype):
+    """Plane sizes kReduceLanePlaneSoft / kReduceLanePlaneMoments - 1, itself, + 1 (one plane
+    per lane up to it, the vector loops over a plane past it), for both ops at both limits,
+    in groups of planes one short of, at and one past each lane width."""
+    for size in sorted({v for limit in LANE_PLANE.values() for v in (limit - 1, limit, limit + 1)}):
+        for count in (L.LANES["avx2"] + 1, L.LANES["avx512"] - 1):
+            check_every_runtime(op, planes(count, size, DTYPES[dtype][0], seed=size + count), f"{count} planes of {size}")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_plane_counts_around_lane_widths(op, dtype):
+    """One plane per lane: plane counts around every lane width (a last, partial group of
+    planes), 7 x 7 planes (a transposed block and a gathered tail) and planes of exactly
+    two lane widths (no tail)."""
+    counts = sorted({c for lanes in set(L.LANES.values()) for c in (1, lanes - 1, lanes, lanes + 1, 2 * lanes + 1)})
+    for size, hw in ((49, (7, 7)), (2 * L.LANES["avx512"], (1, 2 * L.LANES["avx512"]))):
+        for count in counts:
+            x = planes(count, size, DTYPES[dtype][0], seed=count, hw=hw)
+            check_every_runtime(op, x, f"{count} planes of {hw}")
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_a_plane_does_not_depend_on_its_neighbours(op):
+    """One plane per lane: a plane's output bits are the same alone and in any lane of a
+    group whose other planes are wide (range of beta * x past kSharedRange and the clamp),
+    hold NaN, +inf or huge values (the shared math's planes), on every path."""
+    size, lanes = 49, max(L.LANES.values())
+    target = planes(1, size, np.float32, seed=5)[0, 0, 0]
+    odd = [np.full(size, np.nan, np.float32), np.full(size, np.inf, np.float32), planes(1, size, np.float32, seed=6)[0, 0, 0]]
+    odd[0][1:] = 1.0
+    odd[1][:-1] = 0.5
+    odd[2][3] = -200.0  # wide: range 200 > kSharedRange, past the clamp
+    huge = planes(1, size, np.float32, seed=7)[0, 0, 0]
+    huge[size // 2] = np.float32(4 * SOFT_T)
+    odd.append(huge)
+    for path in PATHS:
+        with cpu_path(path):
+            alone = ort_reduce(op, target[None, None, None, :])[0, 0]
+            for at in (0, lanes // 2, lanes - 1, lanes):
+                rows = [odd[(q + at) % len(odd)] for q in range(lanes + 2)]
+                rows[at] = target
+                x = np.stack(rows)[None, :, None, :]
+                got = ort_reduce(op, x)[0, at]
+                assert got.tobytes() == alone.tobytes(), f"ort-{path} {op}: lane {at} gives {got!r}, alone {alone!r}"
+                assert torch_reduce(op, x)[0, at].tobytes() == alone.tobytes(), f"torch-{path} {op}: lane {at}"
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
 def test_plane_sizes_around_the_chunk(op, dtype):
     for size in CHUNK_SIZES:
         check_every_runtime(op, planes(2, size, DTYPES[dtype][0], seed=size), f"plane of {size}")
@@ -205,9 +271,28 @@ def test_soft_max_abs_around_the_scaled_path(size):
             check_every_runtime("soft", x, f"max |x| {v} sign {sign} size {size}")
 
 
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_expectation_overflow_takes_the_scaled_path(dtype):
+    """Expectation planes whose sum(r^2) overflows float32 (max r around and past
+    kMomentScaleAbove, up to float's maximum) at the first, middle or last element: the
+    shared math's scaled path, on planes of the one-plane-per-lane form and past it
+    (float16: its largest value, whose square float32 still holds)."""
+    big = [float(np.finfo(DTYPES[dtype][0]).max)] if dtype == "fp16" else \
+        L.around(L.LIMITS["kMomentScaleAbove"])[1:4] + [3.0e19, 1.0e30, float(np.finfo(np.float32).max)]
+    for size in sorted({L.LANES["avx2"] + 1, LANE_PLANE["expectation"], LANE_PLANE["expectation"] + 1, 49}):
+        for v in big:
+            x = np.abs(planes(4, size, DTYPES[dtype][0], seed=size))
+            for q, at in enumerate((0, size // 2, size - 1)):
+                x[0, q, 0, at] = v
+                x[0, q, 0, (at + 1) % size] = v
+            check_every_runtime("expectation", x, f"max r {v} size {size}")
+
+
 # ------------------------------------------------------------------ NaN and inf
 POSITIONS = {"first": lambda n: 0, "middle": lambda n: n // 2, "last": lambda n: n - 1}
-NONFINITE_SIZES = [L.LANES["avx2"] + 1, L.LANES["avx512"] * UNROLL + 1, CHUNK + 1]
+# one plane per lane (a gathered tail; the largest such planes of each op), vector loops, chunks
+NONFINITE_SIZES = sorted({L.LANES["avx2"] + 1, L.LANES["avx512"] * UNROLL + 1, *LANE_PLANE.values(),
+                          *(v + 1 for v in LANE_PLANE.values()), CHUNK + 1})
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))

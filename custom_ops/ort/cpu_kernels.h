@@ -726,8 +726,62 @@ float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector
   return sh.c + sd / se;  // se >= 1: the maximum's weight is exp(0)
 }
 
+// Small planes (at most kReduceLanePlaneSoft / kReduceLanePlaneMoments elements): one plane
+// per vector lane (reduce_plane.inc), n <= plane_lanes(isa) planes at f (float) into out;
+// t holds lanes * P floats (SoftPool); next: the next group's input, fetched into the cache
+// while this one computes. A plane's bits depend on its own values only, so neither the
+// thread split nor the planes sharing its group change them. Planes the fast math cannot
+// take (soft: plane_shift's exact; expectation: a non-finite ratio) take plane_exact.
+inline void planes_by_lane(Op op, Isa isa, const float* f, int64_t P, int64_t n, float beta, float* t,
+                           const void* next, int64_t next_bytes, float* out) {
+  alignas(64) float lo[16], hi[16], neg_m[16], c[16];
+  if (op == Op::kExpectation) {
+    plane_lanes_expectation(isa, f, P, n, out);
+    for (int64_t l = 0; l < n; ++l)  // sum(r^2) overflowed (or NaN): the shared math's scaled path
+      if (!(out[l] - out[l] == 0.0f)) out[l] = plane_exact(op, f + l * P, P, beta);
+    return;
+  }
+  plane_lanes_range(isa, f, P, n, t, lo, hi);
+  bool narrow = true, exact[16];
+  for (int64_t l = 0, lanes = plane_lanes(isa); l < lanes; ++l) {  // (lanes >= n hold a plane of 0)
+    const PlaneShift sh = plane_shift(lo[l], hi[l], beta);
+    exact[l] = sh.exact;
+    neg_m[l] = sh.exact ? 0.0f : -sh.m;
+    c[l] = sh.exact ? 0.0f : sh.c;
+    narrow = narrow && (sh.exact || sh.narrow);
+  }
+  plane_lanes_soft_sums(isa, t, P, beta, narrow, neg_m, c, next, next_bytes, out);
+  for (int64_t l = 0; l < n; ++l)
+    if (exact[l]) out[l] = plane_exact(op, f + l * P, P, beta);
+}
+
+template <class T, class PFor>
+void reduce_planes_by_lane(Op op, const T* x, T* y, int64_t planes, int64_t P, float beta, PFor&& pfor) {
+  const Isa isa = cpu_isa();
+  const int64_t lanes = plane_lanes(isa), groups = (planes + lanes - 1) / lanes;
+  pfor(groups, lanes * ((op == Op::kSoft ? 4 : 1) * P + 1), [&](int64_t b, int64_t e) {
+    std::vector<float> t(op == Op::kSoft ? lanes * P : 0), buf(std::is_same<T, float>::value ? 0 : lanes * P);
+    alignas(64) float out[16];
+    for (int64_t g = b; g < e; ++g) {
+      const int64_t first = g * lanes, n = std::min(lanes, planes - first);
+      const float* f;
+      if constexpr (std::is_same<T, float>::value) {
+        f = x + first * P;
+      } else {  // converted once; the shared math, plane_exact, then reads this copy (the same values)
+        halves_to_floats(isa, x + first * P, buf.data(), n * P);
+        f = buf.data();
+      }
+      const int64_t next_n = std::max<int64_t>(0, std::min(lanes, planes - first - lanes));
+      planes_by_lane(op, isa, f, P, n, beta, t.data(), x + (first + n) * P, next_n * P * (int64_t)sizeof(T), out);
+      from_floats(isa, out, y + first, n);
+    }
+  });
+}
+
 template <class T, class PFor>
 void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, float beta, PFor&& pfor) {
+  if (P <= (op == Op::kSoft ? limits::kReduceLanePlaneSoft : limits::kReduceLanePlaneMoments))
+    return reduce_planes_by_lane(op, x, y, planes, P, beta, pfor);
   const Isa isa = cpu_isa();
   const int64_t chunks = (P + kReduceChunk - 1) / kReduceChunk;
   // cost per element: an exp is worth a few adds (so that even 1 x 576 x 7 x 7 is shared)
@@ -752,8 +806,16 @@ void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, f
   }
   if (chunks == 1 || planes >= kReduceSplitPlanes) {
     pfor(planes, cost, [&](int64_t b, int64_t e) {
-      std::vector<float> buf;
-      for (int64_t i = b; i < e; ++i) store(y, i, plane_value(op, isa, x + i * P, P, beta, buf));
+      std::vector<float> buf, plane;
+      for (int64_t i = b; i < e; ++i) {
+        if constexpr (std::is_same<T, float>::value) {
+          store(y, i, plane_value(op, isa, x + i * P, P, beta, buf));
+        } else {  // float16: the plane converted once, not once per pass over its chunks (same values)
+          plane.resize(P);
+          halves_to_floats(isa, x + i * P, plane.data(), P);
+          store(y, i, plane_value(op, isa, plane.data(), P, beta, buf));
+        }
+      }
     });
     return;
   }

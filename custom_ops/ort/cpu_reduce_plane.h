@@ -79,6 +79,20 @@ inline bool plane_soft(Isa isa, const float* x, int64_t n, float beta, float* y)
 inline void plane_chunk_moments(Isa isa, const float* x, int64_t n, float* s1, float* s2) {
   PX_RP_DISPATCH(isa, chunk_moments(x, n, s1, s2));
 }
+// The one-plane-per-lane form (reduce_plane.inc): lanes per call on each path.
+inline int64_t plane_lanes(Isa isa) {
+  return isa == Isa::kAvx2 ? limits::kLanesAvx2 : isa == Isa::kAvx512 ? limits::kLanesAvx512 : limits::kLanesPortable;
+}
+inline void plane_lanes_range(Isa isa, const float* x, int64_t P, int64_t n, float* t, float* lo, float* hi) {
+  PX_RP_DISPATCH(isa, lanes_range(x, P, n, t, lo, hi));
+}
+inline void plane_lanes_soft_sums(Isa isa, const float* t, int64_t P, float beta, bool narrow, const float* neg_m,
+                                  const float* c, const void* next, int64_t next_bytes, float* y) {
+  PX_RP_DISPATCH(isa, lanes_soft_sums(t, P, beta, narrow, neg_m, c, static_cast<const char*>(next), next_bytes, y));
+}
+inline void plane_lanes_expectation(Isa isa, const float* x, int64_t P, int64_t n, float* y) {
+  PX_RP_DISPATCH(isa, lanes_expectation(x, P, n, y));
+}
 #undef PX_RP_DISPATCH
 
 }  // namespace cpu

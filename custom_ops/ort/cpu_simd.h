@@ -36,6 +36,16 @@ struct LanesPortable {
   static inline void store_n(float* p, R a, int64_t n) { PX_EACH if (l < n) p[l] = a.v[l]; }
   // lanes >= n set to +0
   static inline R keep_first_n(R a, int64_t n) { PX_EACH a.v[l] = l < n ? a.v[l] : 0.0f; return a; }
+  // lane l reads p[l * stride] for l < n, else holds fill (one plane per lane, reduce_plane.inc)
+  struct I {
+    int64_t v[16];
+  };
+  static inline I lane_offsets(int64_t stride) { I r; PX_EACH r.v[l] = l * stride; return r; }
+  static inline R gather_n(const float* p, I off, int64_t n, float fill) { R r; PX_EACH r.v[l] = l < n ? p[off.v[l]] : fill; return r; }
+  // out[i] lane l = p[l * stride + i] (i < W) for l < n, else 0: W rows of W floats transposed
+  static inline void transpose_n(const float* p, int64_t stride, int64_t n, R* out) {
+    for (int i = 0; i < 16; ++i) PX_EACH out[i].v[l] = l < n ? p[l * stride + i] : 0.0f;
+  }
   static inline R set1(float f) { R r; PX_EACH r.v[l] = f; return r; }
   static inline R add(R a, R b) { PX_EACH a.v[l] += b.v[l]; return a; }
   static inline R sub(R a, R b) { PX_EACH a.v[l] -= b.v[l]; return a; }
@@ -111,6 +121,34 @@ struct LanesAvx2 {
   PX_TARGET_AVX2 static inline void store(float* p, R a) { _mm256_storeu_ps(p, a); }
   PX_TARGET_AVX2 static inline void store_n(float* p, R a, int64_t n) { _mm256_maskstore_ps(p, first_n(n), a); }
   PX_TARGET_AVX2 static inline R keep_first_n(R a, int64_t n) { return _mm256_and_ps(a, _mm256_castsi256_ps(first_n(n))); }
+  using I = __m256i;  // int32 offsets: planes of the lane-wise form are small
+  PX_TARGET_AVX2 static inline I lane_offsets(int64_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)stride));
+  }
+  PX_TARGET_AVX2 static inline R gather_n(const float* p, I off, int64_t n, float fill) {
+    return _mm256_mask_i32gather_ps(_mm256_set1_ps(fill), p, off, _mm256_castsi256_ps(first_n(n)), 4);
+  }
+  PX_TARGET_AVX2 static inline void transpose_n(const float* p, int64_t stride, int64_t n, R* out) {
+    R r[8], t[8];
+    if (n >= 8)  // (a full group: no test per row)
+      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(p + l * stride);
+    else
+      for (int l = 0; l < 8; ++l) r[l] = l < n ? _mm256_loadu_ps(p + l * stride) : _mm256_setzero_ps();
+    for (int l = 0; l < 8; l += 2) {
+      t[l] = _mm256_unpacklo_ps(r[l], r[l + 1]);
+      t[l + 1] = _mm256_unpackhi_ps(r[l], r[l + 1]);
+    }
+    for (int l = 0; l < 8; l += 4) {
+      r[l] = _mm256_shuffle_ps(t[l], t[l + 2], 0x44);
+      r[l + 1] = _mm256_shuffle_ps(t[l], t[l + 2], 0xEE);
+      r[l + 2] = _mm256_shuffle_ps(t[l + 1], t[l + 3], 0x44);
+      r[l + 3] = _mm256_shuffle_ps(t[l + 1], t[l + 3], 0xEE);
+    }
+    for (int l = 0; l < 4; ++l) {
+      out[l] = _mm256_permute2f128_ps(r[l], r[l + 4], 0x20);
+      out[l + 4] = _mm256_permute2f128_ps(r[l], r[l + 4], 0x31);
+    }
+  }
   PX_TARGET_AVX2 static inline R set1(float f) { return _mm256_set1_ps(f); }
   PX_TARGET_AVX2 static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
   PX_TARGET_AVX2 static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
@@ -178,6 +216,10 @@ struct LanesAvx2 {
   }
 };
 
+// GCC 12's own avx512fintrin.h trips -W(maybe-)uninitialized (its _mm512_undefined_* operands)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 // ---- AVX-512F: 16 lanes ----
 struct LanesAvx512 {
   static constexpr int W = 16;
@@ -194,6 +236,41 @@ struct LanesAvx512 {
   PX_TARGET_AVX512 static inline void store(float* p, R a) { _mm512_storeu_ps(p, a); }
   PX_TARGET_AVX512 static inline void store_n(float* p, R a, int64_t n) { _mm512_mask_storeu_ps(p, first_n(n), a); }
   PX_TARGET_AVX512 static inline R keep_first_n(R a, int64_t n) { return _mm512_maskz_mov_ps(first_n(n), a); }
+  using I = __m512i;  // int32 offsets: planes of the lane-wise form are small
+  PX_TARGET_AVX512 static inline I lane_offsets(int64_t stride) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32((int32_t)stride));
+  }
+  // masked-off lanes are never read
+  PX_TARGET_AVX512 static inline R gather_n(const float* p, I off, int64_t n, float fill) {
+    return _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), first_n(n), off, p, 4);
+  }
+  PX_TARGET_AVX512 static inline void transpose_n(const float* p, int64_t stride, int64_t n, R* out) {
+    R r[16], t[16];
+    if (n >= 16)  // (a full group: no test per row)
+      for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_ps(p + l * stride);
+    else
+      for (int l = 0; l < 16; ++l) r[l] = l < n ? _mm512_loadu_ps(p + l * stride) : _mm512_setzero_ps();
+    for (int l = 0; l < 16; l += 2) {  // a0 b0 a1 b1 | a4 b4 a5 b5 | ...
+      t[l] = _mm512_unpacklo_ps(r[l], r[l + 1]);
+      t[l + 1] = _mm512_unpackhi_ps(r[l], r[l + 1]);
+    }
+    for (int l = 0; l < 16; l += 4) {  // a0 b0 c0 d0 | a4 b4 c4 d4 | ...
+      r[l] = _mm512_shuffle_ps(t[l], t[l + 2], 0x44);
+      r[l + 1] = _mm512_shuffle_ps(t[l], t[l + 2], 0xEE);
+      r[l + 2] = _mm512_shuffle_ps(t[l + 1], t[l + 3], 0x44);
+      r[l + 3] = _mm512_shuffle_ps(t[l + 1], t[l + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8)  // 128-bit blocks 0, 2 / 1, 3 of row groups l and l + 4
+      for (int l = 0; l < 4; ++l) {
+        t[h + l] = _mm512_shuffle_f32x4(r[h + l], r[h + l + 4], 0x88);
+        t[h + l + 4] = _mm512_shuffle_f32x4(r[h + l], r[h + l + 4], 0xDD);
+      }
+    for (int l = 0; l < 8; ++l) {
+      out[l] = _mm512_shuffle_f32x4(t[l], t[l + 8], 0x88);
+      out[l + 8] = _mm512_shuffle_f32x4(t[l], t[l + 8], 0xDD);
+    }
+  }
   PX_TARGET_AVX512 static inline R set1(float f) { return _mm512_set1_ps(f); }
   PX_TARGET_AVX512 static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
   PX_TARGET_AVX512 static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
@@ -237,6 +314,7 @@ struct LanesAvx512 {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_castps_si512(kf), 23)));
   }
 };
+#pragma GCC diagnostic pop
 
 }  // namespace cpu
 }  // namespace poolexport
@@ -284,8 +362,22 @@ __attribute__((target("avx2,f16c"))) static void floats_to_halves_f16c(const flo
 }
 #endif
 
+#ifdef PX_HAVE_X86_LANES
+#pragma GCC diagnostic push  // (as above: avx512fintrin.h's undefined operands)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// AVX-512F's vcvtph2ps on 16 halves at a time (exact, as F16C's)
+__attribute__((target("avx512f,avx2,f16c"))) static void halves_to_floats_avx512(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(h + i))));
+  halves_to_floats_f16c(h + i, f + i, n - i);
+}
+#pragma GCC diagnostic pop
+#endif
+
 inline void halves_to_floats(Isa isa, const uint16_t* h, float* f, int64_t n) {
 #ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) return halves_to_floats_avx512(h, f, n);
   if (isa != Isa::kPortable && cpu_has_f16c()) return halves_to_floats_f16c(h, f, n);
 #endif
   for (int64_t i = 0; i < n; ++i) f[i] = half_bits_to_float(h[i]);

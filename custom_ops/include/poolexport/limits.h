@@ -53,8 +53,14 @@ constexpr int kReduceBlockLanes = 256;
 constexpr int64_t kReduceChunk = 1024;
 constexpr int64_t kReduceSplitPlanes = 32;
 constexpr int kReduceUnroll = 2;
+// Small planes (SE / CBAM descriptors on 7 x 7 .. 16 x 16 maps) are reduced one plane per
+// vector lane instead (no horizontal sums, no tails; a transpose): SoftPool planes of at
+// most kReduceLanePlaneSoft elements, expectation planes of at most kReduceLanePlaneMoments
+// (its sums are cheap, so the transpose pays off only on smaller planes).
+constexpr int64_t kReduceLanePlaneSoft = 256;
+constexpr int64_t kReduceLanePlaneMoments = 64;
 
-// Finite limits (issue 21). A SoftPool window (or shared-shift block, or backward plane)
+// Finite limits. A SoftPool window (or shared-shift block, or backward plane)
 // whose max |x| exceeds kSoftScaleAbove (2^64) computes its weighted sums on x * kSoftScale
 // (2^-64, exact but for subnormal bits far below the result's ulp) and flushes weights
 // exp(t), t < kExpArgMin, to 0; the result is scaled back. Below it, |x| <= 2^64 keeps
