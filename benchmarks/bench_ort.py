@@ -1,4 +1,4 @@
-"""Benchmark of the ONNX Runtime custom-op library (issues 4 and 13), measured side by side.
+"""Benchmark of the ONNX Runtime custom-op library, measured side by side.
 
 CPU (default): for N x C x H x W = 8 x 64 x 112 x 112 with (kernel 2, stride 2) and
 (kernel 3, stride 2, pad 1), and a 3-D case, one table per thread count (``--threads``,
@@ -7,8 +7,8 @@ columns of a case are timed in one interleaved run, so every ratio compares time
 under the same load. float32 rows, SoftPool and StochasticPool (expectation):
   * library: the op with the custom-op library, ms
   * ORT AveragePool on the same tensor and window, ms; ratio = library / AveragePool, with
-    the target per row: SoftPool <= 1.0 at 2-D k2 s2 and <= 1.3 at 2-D k3 s2 p1 (issue 13),
-    <= 1.3 elsewhere and for StochasticPool (issue 4)
+    the target per row: SoftPool <= 1.0 at 2-D k2 s2 and <= 1.3 at 2-D k3 s2 p1,
+    <= 1.3 elsewhere and for StochasticPool
   * decomposition: the same file without the library (its ``ort`` target, local functions
     run by plain ONNX Runtime), ms, and its time / library's                (target >= 4)
   * torch formula avgpool(x*exp(x)) / avgpool(exp(x)), ms, and its time / library's
@@ -60,7 +60,7 @@ CASES = [
     ("3-D k2 s2", (2, 32, 32, 56, 56), dict(kernel_shape=[2, 2, 2], strides=[2, 2, 2])),
 ]
 OPS = (("SoftPool", {}), ("StochasticPool", {"mode": "expectation"}))
-# library / ORT AveragePool: issue 13 tightens SoftPool at the two 2-D cases; issue 4's 1.3 elsewhere
+# library / ORT AveragePool: SoftPool tighter at the two 2-D cases, 1.3 elsewhere
 SOFTPOOL_TARGET = {"2-D k2 s2": 1.0, "2-D k3 s2 p1": 1.3}
 DEFAULT_TARGET = 1.3
 PORTABLE_TARGET = 1.5  # portable SoftPool / naive formula

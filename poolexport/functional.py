@@ -295,7 +295,7 @@ def _unpadded_index(idx: torch.Tensor, spatial, padded, pad: list) -> torch.Tens
     scale = 1
     for i in reversed(range(k)):
         # rest - q * size, not rest % size: with a dynamic (symbolic) size, % is
-        # aten.remainder.Scalar, which torch.onnx cannot translate (issue 23); the
+        # aten.remainder.Scalar, which torch.onnx cannot translate; the
         # indices are >= 0, so both are the same
         quotient = rest // padded[i]
         coord = rest - quotient * padded[i] - pad[2 * (k - 1 - i)]

@@ -104,7 +104,7 @@ def replace_pools(
         new = made[id(module)] if id(module) in made else _replacement(module, pool, pool_kwargs)
         if new is not None:
             # a fresh module is in train mode: take the replaced module's mode (an eval
-            # model's stochastic pools must not sample, issue 23)
+            # model's stochastic pools must not sample)
             new.train(module.training)
             made[id(module)] = new
             plan.append((name, new))

@@ -132,7 +132,7 @@ def _windows(b: _Body, xf: str):
 
 # Finite limits (limits.h): a window whose max |x| (SoftPool) or max r (expectation) is
 # above these sums x * its scale (a power of two), then divides the result by it, so that no
-# sum overflows (issue 21).
+# sum overflows.
 SOFT_SCALE_ABOVE, SOFT_SCALE = 2.0**64, 2.0**-64
 MOMENT_SCALE_ABOVE, MOMENT_SCALE = 2.0**48, 2.0**-80
 

@@ -231,7 +231,7 @@ def export_model(
         # a program's dynamism is fixed: its module asserts the static sizes
         static = program_static_axes(model)
         axes = {i: n for i, n in axes.items() if i not in static}
-    flags = training_flags(model)  # the caller's module leaves as it came (issue 23)
+    flags = training_flags(model)  # the caller's module leaves as it came
     try:
         proto = _export(model, x, axes, fp16, opset, exporter, verbose, step)
     finally:
