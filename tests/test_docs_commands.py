@@ -138,6 +138,9 @@ SKIPPED: dict[str, str] = {
     "python benchmarks/bench_torch_ops.py --no-memory --repeat 25": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_openvino.py --threads 2": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_serve.py": "a benchmark: a server and clients for minutes, on a quiet machine",
+    "python benchmarks/bench_serve.py --server poolexport --server tritonserver":
+        "a benchmark: two servers and their clients for minutes, on a quiet machine",
+    "python benchmarks/bench_ada_pool.py": "a benchmark: a quiet machine",
     "python benchmarks/bench_serve.py --model my.onnx --seconds 10 --json out.json":
         "a benchmark on a file of yours (my.onnx is a placeholder): minutes on a quiet machine",
     "python benchmarks/bench_export.py": "a benchmark: every example model through both exporters (minutes)",
