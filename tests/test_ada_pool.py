@@ -410,6 +410,23 @@ def test_parity_of_exported_file(kind, dims, target):
     assert any(r.runtime == "onnxruntime" and r.status == "pass" for r in report.results)
 
 
+def test_exported_program_runs_in_float64_for_the_parity_reference():
+    """torch.export of an AdaPool must not bake the input's dtype into the program (an
+    unconditional beta cast did): parity's reference runs the program in float64."""
+    from poolexport.parity import reference_outputs
+
+    torch.manual_seed(0)
+    net = _parity_net("ada", 2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    program = torch.export.export(net, (x,)).module()
+    info = {}
+    ref = reference_outputs(program, [x.numpy()], info)[0]
+    assert info["reference"] == "float64"
+    with torch.no_grad():
+        expected = net.double()(x.double()).numpy()
+    np.testing.assert_allclose(ref, expected, rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------- modules, factory, replace_pools
 def test_modules_factory_and_replace_pools():
     import poolexport.nn as pnn

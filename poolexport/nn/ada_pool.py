@@ -112,8 +112,11 @@ class _AdaPoolNd(WindowPoolNd):
             self.register_buffer("beta", value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self)._fn(x, self.beta.to(x.dtype), self.kernel_size, self.stride, self.padding, self.dilation,
-                              self.ceil_mode)
+        # a cast only when the dtypes differ: an unconditional one is recorded by torch.export
+        # with x's dtype baked in, and the program could no longer run in float64 (parity's
+        # reference) or float16
+        beta = self.beta if self.beta.dtype == x.dtype else self.beta.to(x.dtype)
+        return type(self)._fn(x, beta, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={getattr(self, n)}" for n in WINDOW_ARGS + self._extra_args)
