@@ -5,7 +5,9 @@ For 8 x 64 x 56 x 56 float32, (kernel 2, stride 2) and (kernel 3, stride 2, pad 
 same run (rounds interleaved, median of --repeat):
   * soft_pool2d and stochastic_pool2d (expectation): the native kernels  (target <= 1.3)
   * the SoftPool paper repo's formula avg_pool(x*e^x) / avg_pool(e^x)      (soft >= 3x faster)
-  * the pure-torch reference (the first implementation, kept as the reference)
+  * the pure-torch reference (the first implementation, kept as the reference), timed in a
+    loop of its own with avg_pool2d: its gigabytes of allocations per call disturbed the
+    other columns' times when interleaved with them
 Also: training-mode sampling on 64 x 64 x 32 x 32 k2 s2 (forward) vs avg_pool2d's forward
 (target <= 2), the per-call time on a 1x8x7x7 map (target <= 3x avg_pool2d), and the peak
 memory of one SoftPool k3 s2 p1 training step on 16 x 64 x 112 x 112 above avg_pool2d's
@@ -76,16 +78,23 @@ def speed(repeat: int) -> None:
                     fn()
             return run
 
+        baseline = fwd_bwd(lambda t: F.avg_pool2d(t, **kw), x, g)
         fns = {
-            "torch avg_pool2d": fwd_bwd(lambda t: F.avg_pool2d(t, **kw), x, g),
+            "torch avg_pool2d": baseline,
             "soft_pool2d (native)": fwd_bwd(lambda t: soft_pool2d(t, **kw), x, g),
             "stochastic_pool2d expectation (native)": fwd_bwd(lambda t: stochastic_pool2d(t, **kw), x, g),
             "paper formula avg_pool(x*e^x)/avg_pool(e^x)": fwd_bwd(lambda t: paper_formula(t, **kw), x, g),
-            "soft_pool2d (pure torch, before)": reference(fwd_bwd(lambda t: soft_pool2d(t, **kw), x, g)),
-            "stochastic_pool2d expectation (pure torch, before)":
-                reference(fwd_bwd(lambda t: stochastic_pool2d(t, **kw), x, g)),
         }
         t = interleaved(fns, repeat)
+        # the pure-torch columns allocate gigabytes per call; interleaved with the others they
+        # moved avg_pool2d's own time by up to 60% (freed memory, page faults), so they run in
+        # a loop of their own, against avg_pool2d timed in that loop
+        before = interleaved({"torch avg_pool2d": baseline,
+                              "soft_pool2d (pure torch, before)": reference(fwd_bwd(lambda t: soft_pool2d(t, **kw), x, g)),
+                              "stochastic_pool2d expectation (pure torch, before)":
+                                  reference(fwd_bwd(lambda t: stochastic_pool2d(t, **kw), x, g))}, repeat)
+        t.update({k: v * t["torch avg_pool2d"] / before["torch avg_pool2d"] for k, v in before.items()
+                  if k != "torch avg_pool2d"})
         base = t["torch avg_pool2d"]
         for k, v in t.items():
             rows.setdefault(k, []).append(f"{v / base:.2f}x" + (f" ({v * 1e3:.2f} ms)" if k == "torch avg_pool2d" else ""))
