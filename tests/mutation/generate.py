@@ -62,6 +62,12 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_loader_rules.py", "tests/test_strict_zip.py", "tests/test_program_allowlist.py",
         "tests/test_torchscript_allowlist.py", "tests/test_untrusted_files.py", "tests/test_sandbox.py",
         "tests/test_containment.py"],
+    # a file named exactly takes its own tests instead of its folder's
+    "custom_ops/include/poolexport/ada_pool.h": ["tests/test_ada_pool.py"],
+    "custom_ops/ort/ada_kernels.h": ["tests/test_ada_pool.py"],
+    "poolexport/ops/_packed.py": ["tests/test_packed_eager.py"],
+    "poolexport/_gmp.py": ["tests/test_gmp.py"],
+    "serve/batcher.py": ["tests/test_serve_batcher.py"],
 }
 TABLE_NUMBERS = 6
 C_SUFFIXES = {".h", ".hpp", ".cc", ".cpp", ".inc", ".cu", ".cuh"}
@@ -239,10 +245,12 @@ def py_mutants(path: Path, rel: str) -> list[Mutant]:
 # ------------------------------------------------------------------------------ listing
 def files() -> list[tuple[str, list[str]]]:
     out = []
-    for pattern, tests in TARGETS.items():
+    chosen: dict[str, list[str]] = {}
+    for pattern, tests in sorted(TARGETS.items(), key=lambda item: "*" not in item[0]):  # exact paths last: they win
         for path in sorted(ROOT.glob(pattern)):
             if path.is_file() and (path.suffix in C_SUFFIXES or path.suffix == ".py"):
-                out.append((path.relative_to(ROOT).as_posix(), tests))
+                chosen[path.relative_to(ROOT).as_posix()] = tests
+    out.extend(sorted(chosen.items()))
     return out
 
 
