@@ -320,3 +320,31 @@ def test_concurrent_callers_get_their_own_rows_bit_exact(tmp_path):
     assert not failures, failures[:3]
     assert b.stats.success == 16 * 25
     assert b.stats.execution_count < b.stats.success  # some requests were merged
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_close_returns_at_once_when_idle_and_waits_for_a_running_batch(instances):
+    """SIGTERM on an idle server must not sit out close()'s timeout; with a batch running,
+    close() returns when it ends, not before."""
+    recs = [Recorder() for _ in range(instances)]
+    b = DynamicBatcher(recs, MAX_BATCH, max_queue_delay_us=0)
+    _submit(b, {"x": _rows(1, 1)})()
+    start = time.monotonic()
+    b.close(timeout=20)
+    assert time.monotonic() - start < 2
+
+    held = [Recorder(hold=True) for _ in range(instances)]
+    b = DynamicBatcher(held, MAX_BATCH, max_queue_delay_us=0)
+    running = _submit(b, {"x": _rows(1, 2)})
+    end = time.monotonic() + 10
+    while not any(r.started.is_set() for r in held) and time.monotonic() < end:
+        time.sleep(0.001)
+    closer = threading.Thread(target=b.close, kwargs={"timeout": 20})
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # the batch is still running
+    for r in held:
+        r.release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert running()[1] is None
