@@ -79,18 +79,8 @@ class Stats:
             self.last_inference_ms = int(time.time() * 1e3)
 
 
-def client_fault(e: Exception) -> bool:
-    """An ONNX Runtime failure caused by the input (too small for a kernel, a shape the
-    graph cannot take), not by the server. Allocation failures are the server's."""
-    try:
-        from onnxruntime.capi import onnxruntime_pybind11_state as C
-    except ImportError:
-        return False
-    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
-
-
 def run_error(e: Exception, feeds: dict) -> RunError:
-    from .validation import model_error_reason
+    from .validation import client_fault, model_error_reason
 
     if client_fault(e):
         shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in feeds.items())

@@ -69,16 +69,6 @@ def error_reason(e: Exception) -> str:
     return text or "the model rejected the input"
 
 
-def client_fault(e: Exception) -> bool:
-    """An ONNX Runtime failure caused by the input (too small for a kernel, a shape the
-    graph cannot take), not by the server. Allocation failures are the server's."""
-    try:
-        from onnxruntime.capi import onnxruntime_pybind11_state as C
-    except ImportError:
-        return False
-    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
-
-
 class _Session:
     """ONNX Runtime session with the custom-op library; `run(feeds) -> {name: array}`."""
 
@@ -191,6 +181,8 @@ class TritonPythonModel:
             try:
                 outs = run_batched(self.runner.run, batch, self.names)
             except Exception as e:
+                from poolexport.serve.validation import client_fault
+
                 if client_fault(e):
                     shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in batch[0].items())
                     error = self._error(400, f"the model cannot run on this input ({shapes}): "

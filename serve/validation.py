@@ -469,6 +469,16 @@ def grpc_infer_inputs(request) -> list[DeclaredInput]:
 _PATHISH = re.compile(r"\S*[/\\]\S*|\S*::\S*")
 
 
+def client_fault(e: Exception) -> bool:
+    """An ONNX Runtime failure caused by the input (too small for a kernel, a shape the
+    graph cannot take), not by the server. Allocation failures are the server's."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as C
+    except ImportError:
+        return False
+    return isinstance(e, (C.InvalidArgument, C.Fail)) and "alloc" not in str(e).lower()
+
+
 def model_error_reason(text: str) -> str:
     """A model run's error text made safe to show a client: one line, no file paths or
     C++ symbols (ONNX Runtime puts both in its messages)."""
