@@ -11,9 +11,9 @@ ops' decompositions (plain ONNX Runtime, the ``ort`` file without the library).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from bench_ort import interleaved  # the script's folder is on sys.path
 from onnx import TensorProto, helper
 
 CASES = [
@@ -34,18 +34,6 @@ def one_node(op, a, with_beta=False):
     graph = helper.make_graph([node], op, inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("poolexport", 1)],
                              ir_version=10)
-
-
-def interleaved(fns: dict, repeat: int) -> dict:
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
 
 
 def main() -> None:

@@ -133,9 +133,15 @@ def inserted_casts(build, threads):
 def ort_fp16_avgpool(a, threads):
     """A session on ONNX Runtime's own float16 AveragePool, or None where its CPU provider has
     none (it refuses the node, or casts it to float32: onnxruntime 1.32 on x86-64 casts)."""
+    return ort_fp16_session(one_node("AveragePool", {**a, "count_include_pad": 0}, domain="",
+                                     elem=TensorProto.FLOAT16), threads)
+
+
+def ort_fp16_session(model, threads):
+    """A session on ``model`` (one float16 node of ONNX Runtime's own), or None where its
+    CPU provider has no float16 kernel for it: it refuses the node, or wraps it in Casts."""
     import onnxruntime as ort
 
-    model = one_node("AveragePool", {**a, "count_include_pad": 0}, domain="", elem=TensorProto.FLOAT16)
     build = lambda o: ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])  # noqa: E731
     try:
         return None if inserted_casts(build, threads) else build(session_options(threads))
@@ -320,16 +326,7 @@ def global_average_pool(elem=TensorProto.FLOAT):
 def ort_fp16_global_average_pool(threads):
     """ONNX Runtime's own float16 GlobalAveragePool session, or None where its CPU provider
     has none (refused, or silently wrapped in Casts to float32)."""
-    import onnxruntime as ort
-
-    model = global_average_pool(TensorProto.FLOAT16)
-    build = lambda o: ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])  # noqa: E731
-    try:
-        return None if inserted_casts(build, threads) else build(session_options(threads))
-    except Exception as e:  # onnxruntime's pybind error classes are not a stable import
-        if "NOT_IMPLEMENTED" in str(e) or "kernel" in str(e).lower():
-            return None
-        raise
+    return ort_fp16_session(global_average_pool(TensorProto.FLOAT16), threads)
 
 
 def bench_reduce(repeat, threads):
