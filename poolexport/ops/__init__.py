@@ -7,6 +7,7 @@ Argument names are the ONNX attribute names of the ``poolexport`` ONNX domain.
 """
 from .soft_pool import reduce_soft_pool, soft_pool
 from . import ada_pool as _ada_pool  # noqa: F401  (registers edscw_pool, idw_pool, ada_pool)
+from . import ada_unpool as _ada_unpool  # noqa: F401  (registers ada_unpool)
 from .stochastic_pool import MODES as STOCHASTIC_MODES
 from .stochastic_pool import reduce_stochastic_pool, stochastic_pool
 
