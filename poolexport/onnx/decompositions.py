@@ -661,12 +661,21 @@ BUILDERS = {
 }
 
 
+def _ada_unpool_function(opset: int = D.OPSET) -> onnx.FunctionProto:
+    from .ada_unpool import ada_unpool_function
+
+    return ada_unpool_function(opset)
+
+
+BUILDERS[D.ADA_UNPOOL] = _ada_unpool_function
+
+
 def functions(op_types, opset: int = D.OPSET, sample: bool = False, fast: bool = True) -> list[onnx.FunctionProto]:
     """The local functions for the given op types (each once, in a stable order);
     ``sample``: StochasticPool's body also handles mode="sample"; ``fast=False``: the
     windowed ops without their run-time fast forms (the portable target decided already)."""
     out = []
-    for name in D.OPS + D.ADA_OPS:
+    for name in D.OPS + D.ADA_OPS + D.UNPOOL_OPS:
         if name in set(op_types):
             fn = BUILDERS[name]
             if name == D.SOFT_POOL:

@@ -25,6 +25,9 @@ EDSCW_POOL = "EdscwPool"
 IDW_POOL = "IdwPool"
 ADA_POOL = "AdaPool"
 ADA_OPS = (EDSCW_POOL, IDW_POOL, ADA_POOL)
+# adaUnpool: not windowed (no attributes), CPU kernel only
+ADA_UNPOOL = "AdaUnpool"
+UNPOOL_OPS = (ADA_UNPOOL,)
 
 _A = defs.OpSchema.AttrType
 _Attr = defs.OpSchema.Attribute
@@ -199,7 +202,13 @@ def schemas() -> list[defs.OpSchema]:
         _schema(STOCHASTIC_POOL, _window_attrs() + _stochastic_attrs() + _seed_word_attrs()),
         _schema(REDUCE_SOFT_POOL, _reduce_attrs() + _soft_attrs()),
         _schema(REDUCE_STOCHASTIC_POOL, _reduce_attrs() + _stochastic_attrs() + _seed_word_attrs()),
-    ] + [_schema(name, _window_attrs()) for name in ADA_OPS]
+    ] + [_schema(name, _window_attrs()) for name in ADA_OPS] + [_unpool_schema()]
+
+
+def _unpool_schema() -> defs.OpSchema:
+    from .ada_unpool import schema
+
+    return schema()
 
 
 def register_schemas() -> None:

@@ -59,9 +59,11 @@ def normalize_nodes(model: onnx.ModelProto) -> None:
     """Write every attribute of every poolexport node explicitly (defaults filled in)."""
     ranks = None
     for node in custom_nodes(model):
-        if node.op_type not in D.OPS + D.ADA_OPS:
-            known = ", ".join(D.OPS + D.ADA_OPS)
+        if node.op_type not in D.OPS + D.ADA_OPS + D.UNPOOL_OPS:
+            known = ", ".join(D.OPS + D.ADA_OPS + D.UNPOOL_OPS)
             raise ValueError(f"{node.op_type}: not an op of the {D.DOMAIN} domain (known: {known})")
+        if node.op_type in D.UNPOOL_OPS:
+            continue  # no attributes
         a = _attrs(node)
         windowed = node.op_type in D.WINDOWED_OPS + D.ADA_OPS
         if windowed:

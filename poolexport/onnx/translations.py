@@ -72,7 +72,11 @@ def custom_translation_table() -> dict:
         attrs = window_attributes(D.ADA_POOL, _rank(X), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
         return pe.AdaPool(X, Beta, **attrs)
 
+    def ada_unpool(X, MaskEdscw, MaskEm, Beta):
+        return pe.AdaUnpool(X, MaskEdscw, MaskEm, Beta)
+
     from ..ops import ada_pool as _ada  # noqa: F401  (registers the adaPool ops)
+    from ..ops import ada_unpool as _ada_unpool  # noqa: F401  (registers ada_unpool)
 
     ops = torch.ops.poolexport
     return {
@@ -83,6 +87,7 @@ def custom_translation_table() -> dict:
         ops.edscw_pool.default: edscw_pool,
         ops.idw_pool.default: idw_pool,
         ops.ada_pool.default: ada_pool,
+        ops.ada_unpool.default: ada_unpool,
     }
 
 
