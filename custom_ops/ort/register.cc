@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ada_kernels.h"
+#include "ada_unpool_kernels.h"
 #include "ops.h"
 
 namespace {
@@ -29,6 +30,8 @@ const std::vector<std::unique_ptr<OrtLiteCustomOp>>& all_ops() {
     add_ops<Ort::Float16_t, false>(v, "CPUExecutionProvider");
     poolexport::add_ada_ops<float>(v, "CPUExecutionProvider");  // adaPool family: CPU only
     poolexport::add_ada_ops<Ort::Float16_t>(v, "CPUExecutionProvider");
+    poolexport::add_ada_unpool_op<float>(v, "CPUExecutionProvider");  // adaUnpool: CPU only
+    poolexport::add_ada_unpool_op<Ort::Float16_t>(v, "CPUExecutionProvider");
 #ifdef POOLEXPORT_WITH_CUDA
     add_ops<float, true>(v, "CUDAExecutionProvider");
     add_ops<Ort::Float16_t, true>(v, "CUDAExecutionProvider");
