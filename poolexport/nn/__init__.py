@@ -4,6 +4,7 @@ from .soft_pool import SoftPool1d, SoftPool2d, SoftPool3d, SoftPoolReduce
 from .stochastic_pool import StochasticPool1d, StochasticPool2d, StochasticPool3d, StochasticPoolReduce
 from .ada_pool import (AdaPool1d, AdaPool2d, AdaPool3d, EdscwPool1d, EdscwPool2d, EdscwPool3d, IdwPool1d, IdwPool2d,
                        IdwPool3d)
+from .ada_unpool import AdaUnpool1d, AdaUnpool2d, AdaUnpool3d
 from .avg_max_pool import (AvgMaxPool1d, AvgMaxPool2d, AvgMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d, CatAvgMaxPool1d,
                            CatAvgMaxPool2d, CatAvgMaxPool3d, MaxPool1d, MaxPool2d, MaxPool3d)
 from .lp_pool import L2Pool1d, L2Pool2d, L2Pool3d, LpPool1d, LpPool2d, LpPool3d, LpPoolReduce
