@@ -13,6 +13,11 @@ on a free model instance (each instance has its own session; ONNX Runtime and Te
 release the GIL while they run), and each request gets its own rows of the outputs back.
 A request alone over `max_batch_size` rows (the front ends refuse those first) runs
 alone. Requests are taken in arrival order: one of another shape ends the batch.
+
+Two ways in: `infer()` (a thread that waits: the HTTP front end's, one per connection)
+and `submit()` (nobody waits: the gRPC front end's event loop queues the request and gets
+a callback; `drain()` on a pool thread runs the queue, one per model instance at most).
+Both kinds merge into the same batches.
 """
 from __future__ import annotations
 
@@ -36,10 +41,10 @@ class Request:
     """One queued request: its feeds, and once run `result`: (its own output rows, None)
     or (None, RunError)."""
 
-    __slots__ = ("feeds", "rows", "key", "result", "queued_ns")
+    __slots__ = ("feeds", "rows", "key", "result", "queued_ns", "callback")
 
-    def __init__(self, feeds: dict, batching: bool):
-        self.feeds, self.result = feeds, None
+    def __init__(self, feeds: dict, batching: bool, callback=None):
+        self.feeds, self.result, self.callback = feeds, None, callback
         first = next(iter(feeds.values()))
         self.rows = int(first.shape[0]) if batching and first.ndim else 1
         # requests merge only when every input has the same shape past the batch dim
@@ -143,10 +148,15 @@ class DynamicBatcher:
         self._closed = False
         self.received = 0  # requests queued so far
         self._incoming = 0  # requests the front ends are receiving (incoming())
+        self._drainers = 0  # drain() calls running or started (submit)
 
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 0
+
+    def idle(self) -> bool:
+        """A model instance is free and no request waits (a hint: read without the lock)."""
+        return bool(self._free) and not self._queue
 
     def incoming(self) -> "Incoming":
         """`with batcher.incoming() as ticket:` around receiving a request, checking and
@@ -191,6 +201,54 @@ class DynamicBatcher:
         if error is not None:
             raise error
         return outputs
+
+    def submit(self, feeds: dict, callback, ticket: "Incoming | None" = None) -> tuple[Request, bool]:
+        """Queue a request whose caller does not wait: `callback(request)` is called, on the
+        thread that ran it, once `request.result` is set. Returns (request, start): when
+        `start` the caller must run `drain()` on a thread (no drain() call left would take
+        this request). Raises RuntimeError once close() was called."""
+        request = Request(feeds, self.batching, callback)
+        with self._changed:
+            if ticket is not None:
+                ticket.settle_locked()
+            if self._closed:
+                raise RuntimeError("the server is stopping")
+            self._queue.append(request)
+            self.received += 1
+            self._arrived.notify_all()
+            self._changed.notify()
+            start = self._drainers < self._count  # one per instance at most
+            if start:
+                self._drainers += 1
+        return request, start
+
+    def withdraw(self, request: Request) -> bool:
+        """Take a submitted request out of the queue (its caller gave up); False when it
+        is running or has run."""
+        with self._changed:
+            if request in self._queue:
+                self._queue.remove(request)
+                return True
+        return False
+
+    def drain(self) -> None:
+        """Run batches while requests are queued (for submit(): no thread waits for those);
+        returns when the queue is empty. Each call was announced by submit()'s `start`."""
+        while True:
+            with self._changed:
+                while self._queue and not self._free:
+                    self._changed.wait()
+                if not self._queue:
+                    self._drainers -= 1
+                    return
+                runner = self._free.pop()
+                batch = self._take_batch()
+            try:
+                self._run(runner, batch)
+            finally:
+                with self._changed:
+                    self._free.append(runner)
+                    self._changed.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new requests; returns once the queued ones have run (or after `timeout`)."""
@@ -246,3 +304,9 @@ class DynamicBatcher:
             else:
                 self.stats.finished(False, end - r.queued_ns)
             r.result = (None, error) if error is not None else (outs[i], None)
+        for r in batch:
+            if r.callback is not None:
+                try:
+                    r.callback(r)
+                except Exception:  # noqa: BLE001 - one caller's failure is not the batch's
+                    traceback.print_exc(file=sys.stderr)

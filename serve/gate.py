@@ -25,7 +25,10 @@ pass through; other POSTs
 (model repository control, shared-memory registration, trace and log settings) are
 refused with 403 (tritonserver also wants an access token for them that nobody holds).
 
-gRPC: a generic pass-through on grpc.aio (bytes in, bytes out) with ModelInfer and
+gRPC, default server: grpc.aio on one event-loop thread; a lone client's requests run on
+that thread, concurrent ones are queued for the batcher and run by a pool thread (see
+_GrpcGate._run_local). With `--server tritonserver`:
+a generic pass-through on grpc.aio (bytes in, bytes out) with ModelInfer and
 ModelStreamInfer parsed and checked, the same methods as above refused (PERMISSION_DENIED), and the
 message size capped by gRPC itself (grpc.max_receive_message_length).
 """
@@ -67,6 +70,8 @@ _TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"")
 _PATHISH = re.compile(r"\S*[/\\]\S*")
 GENERIC_500 = "inference failed on the server (details are in the server's log)"
 MAX_SMALL_BODY = 64 << 10  # any request that is not an infer request
+INLINE_AFTER = 2   # lone gRPC requests in a row before one runs on the event-loop thread
+PROBE_EVERY = 16   # of a lone run, this often one goes through the pool to look for others
 
 
 class _Reply(Exception):
@@ -576,7 +581,10 @@ class _GrpcGate(grpc.GenericRpcHandler):
         self.channel = None  # made on the event loop (start)
         self._calls = {}
         self._pool = None
-        if gate.model is not None:  # threads that wait for the batcher (one per request in flight)
+        self._in_flight = 0  # infer requests between receipt and answer (event-loop thread)
+        self._alone_streak = 0  # requests in a row that found no other one in flight
+        self._handlers = {}  # method -> grpc method handler
+        if gate.model is not None:  # threads that run the batcher's queue (DynamicBatcher.drain)
             import concurrent.futures
 
             self._pool = concurrent.futures.ThreadPoolExecutor(4 * gate.grpc_workers, "grpc-infer")
@@ -596,8 +604,17 @@ class _GrpcGate(grpc.GenericRpcHandler):
 
     # grpc.GenericRpcHandler
     def service(self, details):
+        """The handler of a method, made once per method of the service (a client names
+        any method it likes: only ours are remembered)."""
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = self._make_handler(details.method)
+            if handler is not None and len(self._handlers) < 64:
+                self._handlers[details.method] = handler
+        return handler
+
+    def _make_handler(self, method):
         grpc = self.grpc
-        method = details.method
         if not method.startswith(_GRPC_SERVICE):
             return None
         name = method[len(_GRPC_SERVICE):]
@@ -786,32 +803,74 @@ class _GrpcGate(grpc.GenericRpcHandler):
         fn = handlers.get(name)
         return None if fn is None else grpc.unary_unary_rpc_method_handler(fn)
 
-    async def _run_local(self, feeds, ticket):
-        """The batcher's answer, on a thread of the pool: the event loop never waits."""
+    async def _run_local(self, feeds, ticket, inline: bool):
+        """The batcher's answer. A unary request (`inline`) from a lone client, with a
+        model instance free and nothing queued, runs right here on the event-loop thread:
+        handing it to another thread and back cost more CPU than the checks and decoding
+        together. Otherwise it is queued without a thread waiting for it
+        (DynamicBatcher.submit): a pool thread runs the queue (drain) while the event loop
+        goes on receiving, so concurrent requests (and a stream's) meet in a batch, and each
+        answer comes back to the loop with one call_soon_threadsafe.
+
+        Lone client: the last INLINE_AFTER requests each found no other request in this
+        front end. A run on the loop keeps later requests from reaching it, so that count
+        would stay lone under load too: every PROBE_EVERY-th request goes through the queue
+        anyway, and requests that came meanwhile show up beside it and end the lone run."""
         import asyncio
 
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.gate.model.batcher.infer, feeds, self.gate.upstream_timeout, ticket)
+        batcher = self.gate.model.batcher
+        lone = self._alone_streak
+        if (inline and self._in_flight == 1 and lone >= INLINE_AFTER and lone % PROBE_EVERY
+                and batcher.idle()):
+            return batcher.infer(feeds, self.gate.upstream_timeout, ticket)
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
 
-    async def _answer_local(self, raw) -> tuple:
+        def answered(request):  # on the thread that ran the batch
+            try:
+                loop.call_soon_threadsafe(_settle, answer, request.result)
+            except RuntimeError:  # the loop is closed: the server stopped, nobody to answer
+                pass
+
+        request, start = batcher.submit(feeds, answered, ticket)
+        if start:  # no thread waits for the request: one runs the queue
+            self._pool.submit(batcher.drain)
+        done, _ = await asyncio.wait({answer}, timeout=self.gate.upstream_timeout)
+        if not done:
+            if batcher.withdraw(request):
+                raise TimeoutError("no answer from the model in time")
+            await answer  # being run: its answer is coming
+        outputs, error = answer.result()
+        if error is not None:
+            raise error
+        return outputs
+
+    async def _answer_local(self, raw, inline: bool = False) -> tuple:
         """(serialized ModelInferResponse, None) or (None, (status, message))."""
+        self._in_flight += 1  # only touched on the event-loop thread
+        if self._in_flight > 1:
+            self._alone_streak = 0
+        else:
+            self._alone_streak += 1
         try:
             with self.gate.model.batcher.incoming() as ticket:  # a batch being formed waits for it
                 bad, req = self._parse_checked(raw)
                 if bad is not None:
                     return None, bad
                 feeds, names = self.gate.model.grpc_feeds(req)
-                outs = await self._run_local(feeds, ticket)
+                outs = await self._run_local(feeds, ticket, inline)
         except (RequestError, RunError) as e:
             return None, (e.status, e.message)
         except TimeoutError:
             return None, (503, "the model did not answer in time")
         except RuntimeError:
             return None, (503, "the server is stopping")
+        finally:
+            self._in_flight -= 1
         return self.gate.model.grpc_response(self.pb, req, names, outs).SerializeToString(), None
 
     async def _infer_local(self, raw, context):
-        resp, bad = await self._answer_local(raw)
+        resp, bad = await self._answer_local(raw, inline=True)
         if bad is not None:
             code = grpc.StatusCode.UNAVAILABLE if bad[0] == 503 else _grpc_code(bad[0])
             await context.abort(code, bad[1])
@@ -871,6 +930,11 @@ class _GrpcGate(grpc.GenericRpcHandler):
             return raw
         resp.error_message = fixed[1]
         return resp.SerializeToString()
+
+
+def _settle(future, result) -> None:
+    if not future.done():  # else the call was cancelled (the client went away)
+        future.set_result(result)
 
 
 # ------------------------------------------------------------------------------- both

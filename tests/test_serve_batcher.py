@@ -348,3 +348,151 @@ def test_close_returns_at_once_when_idle_and_waits_for_a_running_batch(instances
     closer.join(10)
     assert not closer.is_alive()
     assert running()[1] is None
+
+
+# ------------------------------------------- submit(): requests nobody waits for (gRPC)
+
+class _Answers:
+    """submit() callbacks: each request's result, and the thread that delivered it."""
+
+    def __init__(self):
+        self.results, self.threads = {}, {}
+        self.changed = threading.Condition()
+
+    def callback(self, key):
+        def done(request):
+            with self.changed:
+                self.results[key] = request.result
+                self.threads[key] = threading.current_thread().name
+                self.changed.notify_all()
+        return done
+
+    def wait(self, keys, timeout=30):
+        with self.changed:
+            assert self.changed.wait_for(lambda: all(k in self.results for k in keys), timeout), \
+                f"no answer for {[k for k in keys if k not in self.results]}"
+        return [self.results[k] for k in keys]
+
+
+def _drain_on_a_thread(batcher, start):
+    if start:
+        threading.Thread(target=batcher.drain, name="drainer", daemon=True).start()
+
+
+def test_submitted_requests_merge_and_each_gets_its_rows():
+    """Behind a held run (an infer() caller's), three submitted requests and one more
+    infer() caller merge into one batch; each gets its own rows through its callback."""
+    rec = Recorder(hold=True)
+    b = DynamicBatcher([rec], MAX_BATCH, max_queue_delay_us=0)
+    answers = _Answers()
+    try:
+        first = _submit(b, {"x": _rows(1, -1)})
+        assert rec.started.wait(10)
+        starts = []
+        for i in range(3):
+            _req, start = b.submit({"x": _rows(1, i)}, answers.callback(i))
+            starts.append(start)
+        assert starts == [True, False, False]  # one drain() per instance at most
+        waiting = _submit(b, {"x": _rows(1, 9)})
+        threading.Thread(target=b.drain, daemon=True).start()
+        rec.release.set()
+        assert first()[1] is None
+        for i, (outs, error) in enumerate(answers.wait([0, 1, 2])):
+            assert error is None
+            np.testing.assert_array_equal(outs["y"], _rows(1, 2 * i))
+        np.testing.assert_array_equal(waiting()[0]["y"], _rows(1, 18))
+        assert rec.runs == [1, 4]
+    finally:
+        rec.release.set()
+        b.close()
+
+
+def test_drain_ends_with_the_queue_and_the_next_submit_starts_one():
+    rec = Recorder()
+    b = DynamicBatcher([rec], MAX_BATCH, max_queue_delay_us=0)
+    answers = _Answers()
+    try:
+        for i in range(3):
+            _req, start = b.submit({"x": _rows(1, i)}, answers.callback(i))
+            assert start, f"request {i}: no drain() left to take it"
+            _drain_on_a_thread(b, start)
+            (outs, error), = answers.wait([i])
+            assert error is None and answers.threads[i] == "drainer"
+            np.testing.assert_array_equal(outs["y"], _rows(1, 2 * i))
+            end = time.monotonic() + 10
+            while b._drainers and time.monotonic() < end:  # the drainer returns once the queue is empty
+                time.sleep(0.001)
+    finally:
+        b.close()
+
+
+def test_one_drain_per_instance_runs_in_parallel():
+    one, two = Recorder(hold=True), Recorder(hold=True)
+    b = DynamicBatcher([one, two], 0, max_queue_delay_us=0)
+    answers = _Answers()
+    try:
+        starts = []
+        for i in range(3):
+            _req, start = b.submit({"x": _rows(1, i)}, answers.callback(i))
+            starts.append(start)
+            _drain_on_a_thread(b, start)
+        assert starts == [True, True, False]
+        assert one.started.wait(10) and two.started.wait(10)  # both at once
+        one.release.set()
+        two.release.set()
+        assert all(error is None for _outs, error in answers.wait([0, 1, 2]))
+        assert sorted(one.runs + two.runs) == [1, 1, 1]
+    finally:
+        one.release.set()
+        two.release.set()
+        b.close()
+
+
+def test_withdraw_takes_a_queued_request_only():
+    rec = Recorder(hold=True)
+    b = DynamicBatcher([rec], MAX_BATCH, max_queue_delay_us=0)
+    answers = _Answers()
+    try:
+        running, start = b.submit({"x": _rows(1, 1)}, answers.callback("running"))
+        _drain_on_a_thread(b, start)
+        assert rec.started.wait(10)
+        queued, start = b.submit({"x": _rows(1, 2)}, answers.callback("queued"))
+        assert not start
+        assert b.withdraw(queued) is True
+        assert b.withdraw(running) is False  # being run: its answer is coming
+        rec.release.set()
+        (outs, error), = answers.wait(["running"])
+        assert error is None
+        time.sleep(0.05)
+        assert "queued" not in answers.results and rec.runs == [1]
+    finally:
+        rec.release.set()
+        b.close()
+
+
+def test_submitted_requests_fail_together_and_close_runs_them():
+    class Failing:
+        def __init__(self):
+            self.release = threading.Event()
+
+        def run(self, feeds):
+            self.release.wait(30)
+            raise RuntimeError("disk on fire at /srv/secret")
+
+    runner = Failing()
+    b = DynamicBatcher([runner], MAX_BATCH, max_queue_delay_us=0)
+    answers = _Answers()
+    for i in range(3):
+        _req, start = b.submit({"x": _rows(1, i)}, answers.callback(i))
+        _drain_on_a_thread(b, start)
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(RuntimeError):
+        b.submit({"x": _rows(1, 9)}, answers.callback(9))
+    runner.release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    for outs, error in answers.wait([0, 1, 2]):
+        assert outs is None and isinstance(error, RunError) and error.status == 500
+        assert "/srv" not in error.message
