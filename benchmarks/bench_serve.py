@@ -13,6 +13,12 @@ options (idle threads do not spin; --bare-default-options for ONNX Runtime's def
 so the ratios measure serving alone. With several --server values each gets its own
 server, and every round runs all of them between the bare runs.
 
+Clients: tritonclient (HTTP with binary tensors, gRPC), and beside it a lean client
+(rows labelled `lean client`: http.client with the binary tensor extension and a header
+built once, a plain grpc channel with the request serialized once): tritonclient's own CPU
+per request is large next to the server's on a small machine. --no-lean-clients: only
+tritonclient.
+
 CPU per request: for every phase the CPU time (user + system, from /proc) of each process
 is read before and after, and divided by the requests served: the client (this process),
 the server's front end (the `poolexport serve` process), tritonserver and the backend stub
@@ -146,32 +152,117 @@ def free_ports(n):
 
 def measure(fn, clients: int, seconds: float, warmup: int = 20, meter: CpuMeter | None = None):
     """Run fn(client_index) in `clients` threads for `seconds`; returns (calls/s, p50 ms,
-    p99 ms, CPU ms per call by role)."""
-    for k in range(clients):
-        for _ in range(max(1, warmup // clients)):
-            fn(k)
+    p99 ms, CPU ms per call by role). Each thread first sends `warmup` requests of its own
+    (its client, connection and channel are new), then all start the timed part together."""
     lat = [[] for _ in range(clients)]
-    stop_at = time.perf_counter() + seconds
+    warmed, go = threading.Barrier(clients + 1), threading.Barrier(clients + 1)
+    stop_at = [0.0]
 
     def loop(k):
+        try:
+            for _ in range(warmup):
+                fn(k)
+        finally:
+            warmed.wait()
+        go.wait()
         while True:
             t0 = time.perf_counter()
-            if t0 >= stop_at:
+            if t0 >= stop_at[0]:
                 return
             fn(k)
             lat[k].append(time.perf_counter() - t0)
 
     meter = meter or CpuMeter()
-    meter.start()
-    t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(loop, range(clients)))
+        done = [pool.submit(loop, k) for k in range(clients)]
+        warmed.wait()
+        meter.start()
+        t0 = time.perf_counter()
+        stop_at[0] = t0 + seconds
+        go.wait()
+        for d in done:
+            d.result()
     wall = time.perf_counter() - t0
     cpu = meter.stop()
     all_lat = np.concatenate([np.asarray(x) for x in lat]) * 1e3
     n = max(len(all_lat), 1)
     return (len(all_lat) / wall, float(np.percentile(all_lat, 50)), float(np.percentile(all_lat, 99)),
             {k: 1e3 * v / n for k, v in cpu.items()})
+
+
+class LeanHttpClient:
+    """A lean KServe v2 HTTP client beside tritonclient's (which spends about 0.5-1 ms of CPU
+    per 600 KB request on this machine's cores, shared with the server): http.client, one
+    keep-alive connection, the binary tensor extension, the JSON header built once. It
+    shows what the server costs when the client costs little."""
+
+    def __init__(self, port: int, model: str, name: str, shape, datatype: str, nbytes: int, outputs):
+        import http.client
+
+        self.conn = http.client.HTTPConnection("127.0.0.1", port)
+        self.path = f"/v2/models/{model}/infer"
+        self.header = json.dumps({
+            "inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
+                        "parameters": {"binary_data_size": nbytes}}],
+            "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs]}).encode()
+        self.headers = {"Content-Type": "application/octet-stream",
+                        "Inference-Header-Content-Length": str(len(self.header))}
+
+    def infer(self, x: np.ndarray) -> "LeanResult":
+        self.conn.request("POST", self.path, self.header + x.tobytes(), self.headers)
+        r = self.conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {body[:200]!r}")
+        n = int(r.getheader("Inference-Header-Content-Length", len(body)))
+        head, offset, arrays = json.loads(body[:n]), n, {}
+        for o in head["outputs"]:
+            size = o["parameters"]["binary_data_size"]
+            arrays[o["name"]] = np.frombuffer(body, _NUMPY[o["datatype"]], size // np.dtype(
+                _NUMPY[o["datatype"]]).itemsize, offset).reshape(o["shape"])
+            offset += size
+        return LeanResult(arrays)
+
+
+class LeanGrpcClient:
+    """A lean KServe v2 gRPC client beside tritonclient's: grpc's own channel, the request
+    serialized once without its tensor, which is appended as raw_input_contents (field 7)."""
+
+    def __init__(self, port: int, model: str, name: str, shape, datatype: str):
+        import grpc
+        from tritonclient.grpc import service_pb2
+
+        self.pb = service_pb2
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        req = service_pb2.ModelInferRequest(model_name=model)
+        req.inputs.add(name=name, datatype=datatype, shape=list(shape))
+        self.prefix = req.SerializeToString()
+
+    def infer(self, x: np.ndarray) -> "LeanResult":
+        data = x.tobytes()
+        n, size = len(data), b""
+        while True:  # the length as a protobuf varint
+            size += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+            n >>= 7
+            if not n:
+                break
+        resp = self.pb.ModelInferResponse.FromString(self.call(self.prefix + b"\x3a" + size + data))
+        return LeanResult({o.name: np.frombuffer(raw, _NUMPY[o.datatype]).reshape(tuple(o.shape))
+                           for o, raw in zip(resp.outputs, resp.raw_output_contents)})
+
+
+class LeanResult:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def as_numpy(self, name):
+        return self.arrays[name]
+
+
+_NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
+          "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
 
 
 def load_text():
@@ -285,18 +376,37 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
                 return client(kind, "grpc").infer("m", [i])
             return call
 
+        def lean_call(kind, proto):
+            def call(k):
+                key = f"{kind}-lean-{proto}"
+                if not hasattr(local, key):
+                    _, http, grpc, _ = servers[kind]
+                    setattr(local, key, LeanHttpClient(http, "m", inp.name, shape, inp.triton_dtype,
+                                                       x.nbytes, out_names) if proto == "http" else
+                            LeanGrpcClient(grpc, "m", inp.name, shape, inp.triton_dtype))
+                return getattr(local, key).infer(x)
+            return call
+
         n = args.clients
         bare1 = ("bare ORT session", None, 1, 1, lambda k: bare.run(feeds1))
         plan = [bare1]
         for kind in servers:
             plan += [(f"{kind}: served HTTP (binary)", kind, 1, 1, http_call(kind)),
                      (f"{kind}: served gRPC", kind, 1, 1, grpc_call(kind))]
+            if args.lean_clients:
+                plan += [(f"{kind}: served HTTP (binary), lean client", kind, 1, 1, lean_call(kind, "http")),
+                         (f"{kind}: served gRPC, lean client", kind, 1, 1, lean_call(kind, "grpc"))]
         plan += [("bare ORT session", None, n, 1, lambda k: bare.run(feeds1)),
                  (f"bare ORT session, batch {args.max_batch_size}", None, 1, args.max_batch_size,
                   lambda k: bare.run(feeds8))]
         for kind in servers:
             plan += [(f"{kind}: served HTTP (binary), dynamic batching", kind, n, 1, http_call(kind)),
                      (f"{kind}: served gRPC, dynamic batching", kind, n, 1, grpc_call(kind))]
+            if args.lean_clients:
+                plan += [(f"{kind}: served HTTP (binary), dynamic batching, lean client", kind, n, 1,
+                          lean_call(kind, "http")),
+                         (f"{kind}: served gRPC, dynamic batching, lean client", kind, n, 1,
+                          lean_call(kind, "grpc"))]
         for name, kind, clients, batch, fn in plan:  # served answers must be the bare session's
             if kind is not None:
                 got = fn(0).as_numpy(out_names[0])
@@ -335,6 +445,11 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
     return rows
 
 
+def server_cpu(row) -> float:
+    """CPU ms per item of every process of the server (front end, tritonserver, stub)."""
+    return sum(v for k, v in row["cpu_ms_per_item"].items() if k != "client")
+
+
 def print_tables(all_rows, args, load_before, load_after):
     print(f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, load "
           f"average before {load_before}, after {load_after} (this run's own processes "
@@ -343,22 +458,30 @@ def print_tables(all_rows, args, load_before, load_after):
     by_model: dict[str, list] = {}
     for r in all_rows:
         by_model.setdefault(r["model"], []).append(r)
-    print("| model (bare session latency, batch 1) | server | bare b1 | served b1 HTTP / gRPC "
-          "| fixed cost per request HTTP / gRPC | bare, 8 clients "
-          "| 8 clients, dynamic batching HTTP / gRPC |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| model (bare session latency, batch 1) | server | client | bare b1 | served b1 HTTP / gRPC "
+          "| fixed cost per request HTTP / gRPC | server CPU ms per request HTTP / gRPC "
+          f"| bare, {args.clients} clients | {args.clients} clients, dynamic batching HTTP / gRPC |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    clients = [("tritonclient", "")] + ([("lean", ", lean client")] if args.lean_clients else [])
     for model, rows in by_model.items():
         get = {(r["path"], r["clients"]): r for r in rows}
         b1, b8 = get[("bare ORT session", 1)], get[("bare ORT session", args.clients)]
         lat = 1e3 / b1["items_per_s"]
         for kind in args.server:
-            h1, g1 = get[(f"{kind}: served HTTP (binary)", 1)], get[(f"{kind}: served gRPC", 1)]
-            h8 = get[(f"{kind}: served HTTP (binary), dynamic batching", args.clients)]
-            g8 = get[(f"{kind}: served gRPC, dynamic batching", args.clients)]
-            print(f"| {os.path.basename(model)} ({lat:.2f} ms) | {kind} | {b1['items_per_s']:.0f}/s "
-                  f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
-                  f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms | {b8['items_per_s']:.0f}/s "
-                  f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
+            for client, suffix in clients:
+                h1 = get[(f"{kind}: served HTTP (binary){suffix}", 1)]
+                g1 = get[(f"{kind}: served gRPC{suffix}", 1)]
+                h8 = get[(f"{kind}: served HTTP (binary), dynamic batching{suffix}", args.clients)]
+                g8 = get[(f"{kind}: served gRPC, dynamic batching{suffix}", args.clients)]
+                print(f"| {os.path.basename(model)} ({lat:.2f} ms) | {kind} | {client} "
+                      f"| {b1['items_per_s']:.0f}/s "
+                      f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
+                      f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms "
+                      f"| {server_cpu(h1):.2f} / {server_cpu(g1):.2f} "
+                      f"| {b8['items_per_s']:.0f}/s "
+                      f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
+    print("\n(server CPU: user + system CPU of the server's processes per request, the model run "
+          "included; `lean`: http.client / a plain grpc channel instead of tritonclient)")
     roles = ["client", "front end", "tritonserver", "stub"]
     for model, rows in by_model.items():
         print(f"\n{os.path.basename(model)}: throughput, and CPU ms per item by process "
@@ -396,6 +519,9 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true",
                     help="run and print the tables even when the machine was busy before the run "
                          "(load average over the core count)")
+    ap.add_argument("--no-lean-clients", dest="lean_clients", action="store_false",
+                    help="only tritonclient: leave out the rows measured with the lean HTTP "
+                         "(http.client) and gRPC (grpc channel, raw bytes) clients")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     models = args.model or DEFAULT_MODELS
