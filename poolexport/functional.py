@@ -27,11 +27,29 @@ from ._window import TORCH_OPS, WindowSpec, axis_output, window_spec_for_input
 from . import ops as _ops
 from .ops import _packed
 from .ops._registry import direct
+from .ops.stochastic_pool import MODES, reduce_stochastic_pool_tensor_seed, stochastic_pool_tensor_seed
 
 # the ops as the layers call them: below the autograd layer when nothing is recorded
-soft_pool, stochastic_pool = direct(_ops.soft_pool), direct(_ops.stochastic_pool)
-reduce_soft_pool, reduce_stochastic_pool = direct(_ops.reduce_soft_pool), direct(_ops.reduce_stochastic_pool)
-from .ops.stochastic_pool import MODES
+soft_pool, reduce_soft_pool = direct(_ops.soft_pool), direct(_ops.reduce_soft_pool)
+_stochastic_int_seed, _stochastic_tensor_seed = direct(_ops.stochastic_pool), direct(stochastic_pool_tensor_seed)
+_reduce_stochastic_int_seed = direct(_ops.reduce_stochastic_pool)
+_reduce_stochastic_tensor_seed = direct(reduce_stochastic_pool_tensor_seed)
+
+
+def stochastic_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed):
+    """The StochasticPool op; ``seed`` an int, or a one-element int64 tensor (drawn inside
+    a compiled graph: its ``tensor_seed`` overload)."""
+    if isinstance(seed, torch.Tensor):
+        return _stochastic_tensor_seed(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
+    return _stochastic_int_seed(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad, mode, seed)
+
+
+def reduce_stochastic_pool(X, axes, keepdims, mode, seed):
+    """The ReduceStochasticPool op; ``seed`` an int or a one-element int64 tensor."""
+    if isinstance(seed, torch.Tensor):
+        return _reduce_stochastic_tensor_seed(X, axes, keepdims, mode, seed)
+    return _reduce_stochastic_int_seed(X, axes, keepdims, mode, seed)
+
 
 _Size = Union[int, Sequence[int]]
 _CONV = {1: TF.conv1d, 2: TF.conv2d, 3: TF.conv3d}
@@ -98,18 +116,21 @@ def _soft(k: int):
 
 def _stochastic(k: int):
     def fn(x: torch.Tensor, kernel_size: _Size, stride: Optional[_Size] = None, padding: Union[_Size, str] = 0,
-           dilation: _Size = 1, ceil_mode: bool = False, mode: str = "expectation", seed: int = 0) -> torch.Tensor:
+           dilation: _Size = 1, ceil_mode: bool = False, mode: str = "expectation", seed=0) -> torch.Tensor:
         name = f"stochastic_pool{k}d"
         if mode not in MODES:
             raise ValueError(f"{name}: mode must be one of {MODES}, got {mode!r}")
         args, packed = _window_args(name, x, k, kernel_size, stride, padding, dilation, ceil_mode)
+        if isinstance(seed, torch.Tensor):
+            return _stochastic_tensor_seed(x, *args, mode, seed)
         if packed is not None and _eager(x):
             return _window_pool_packed(x, packed, 0.0, _packed.MODE_CODES[mode], int(seed))
-        return stochastic_pool(x, *args, mode, int(seed))
+        return _stochastic_int_seed(x, *args, mode, int(seed))
 
     fn.__name__ = f"stochastic_pool{k}d"
     fn.__doc__ = (f"Stochastic pooling over {k} spatial axes: mode='sample' picks a_i with p_i = relu(a_i)/sum, "
-                  "mode='expectation' returns sum(relu(a)^2)/sum(relu(a)).")
+                  "mode='expectation' returns sum(relu(a)^2)/sum(relu(a)). seed: an int, or a one-element int64 "
+                  "tensor (the same picks).")
     return fn
 
 
@@ -129,11 +150,13 @@ def soft_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False, beta: flo
 
 
 def stochastic_pool_reduce(x: torch.Tensor, dim=None, keepdim: bool = False, mode: str = "expectation",
-                           seed: int = 0) -> torch.Tensor:
-    """Stochastic pooling over whole axes ``dim``; ONNX ReduceStochasticPool."""
+                           seed=0) -> torch.Tensor:
+    """Stochastic pooling over whole axes ``dim``; ONNX ReduceStochasticPool. seed: an int,
+    or a one-element int64 tensor (the same picks)."""
     if mode not in MODES:
         raise ValueError(f"stochastic_pool_reduce: mode must be one of {MODES}, got {mode!r}")
-    return reduce_stochastic_pool(x, _reduce_dims("stochastic_pool_reduce", x, dim), bool(keepdim), mode, int(seed))
+    return reduce_stochastic_pool(x, _reduce_dims("stochastic_pool_reduce", x, dim), bool(keepdim), mode,
+                                  seed if isinstance(seed, torch.Tensor) else int(seed))
 
 
 # ---------------------------------------------------------------- windows

@@ -389,6 +389,30 @@ void reduce_kernel(StableIValue* stack, uint64_t, uint64_t) {
             });
 }
 
+// ---------------------------------------------------------------- seed tensors
+// The stochastic ops' .tensor_seed overloads: the seed comes as a one-element int64 CPU
+// tensor (drawn inside a compiled graph), read here; then the int overload's kernel runs
+// on the same stack, the seed in place of the tensor.
+int64_t take_seed_tensor(StableIValue v, const char* op) {
+  Tensor seed(bits<AtenTensorHandle>(v));
+  const std::vector<int64_t> shape = seed.sizes();
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  int32_t device = -1;
+  check(api.get_device_type(seed.get(), &device), "device_type");
+  if (Tensor::dtype_of(seed.get()) != api.dtype_int64() || numel != 1 || device != api.device_type_cpu())
+    fail(std::string(op) + ": seed must be a one-element int64 CPU tensor");
+  return *static_cast<const int64_t*>(seed.data());
+}
+
+// SeedAt: the seed's position on the stack (after X, the window or axes arguments and mode)
+template <BoxedKernel IntSeedKernel, int SeedAt, bool Reduce>
+void tensor_seed_kernel(StableIValue* stack, uint64_t num_args, uint64_t num_outputs) {
+  const int64_t seed = take_seed_tensor(stack[SeedAt], Reduce ? "ReduceStochasticPool" : "StochasticPool");
+  std::memcpy(&stack[SeedAt], &seed, sizeof(seed));
+  IntSeedKernel(stack, num_args, num_outputs);
+}
+
 // ---------------------------------------------------------------- registration
 template <class F>
 bool resolve_one(void* lib, const char* symbol, F* slot, std::string* missing) {
@@ -442,6 +466,10 @@ const Kernel kKernels[] = {
     {"reduce_stochastic_pool", reduce_kernel<true, false>},
     {"reduce_stochastic_pool_backward", reduce_kernel<true, true>},
     {"_window_pool_packed", packed_window_kernel},
+    {"stochastic_pool.tensor_seed", tensor_seed_kernel<window_kernel<true, false>, 8, false>},
+    {"stochastic_pool_backward.tensor_seed", tensor_seed_kernel<window_kernel<true, true>, 9, false>},
+    {"reduce_stochastic_pool.tensor_seed", tensor_seed_kernel<reduce_kernel<true, false>, 4, true>},
+    {"reduce_stochastic_pool_backward.tensor_seed", tensor_seed_kernel<reduce_kernel<true, true>, 5, true>},
 };
 
 void set_error(char* err, size_t len, const std::string& msg) {

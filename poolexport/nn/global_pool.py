@@ -109,7 +109,7 @@ class GlobalStochasticPool(_GlobalPool):
 
     def _reduce(self, x, dims, keepdim):
         if self.training:
-            return reduce_stochastic_pool(x, dims, keepdim, "sample", _draw_seed(self.seed))
+            return reduce_stochastic_pool(x, dims, keepdim, "sample", _draw_seed(self.seed, x))
         return reduce_stochastic_pool(x, dims, keepdim, "expectation", 0)
 
     def extra_repr(self) -> str:

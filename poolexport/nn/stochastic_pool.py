@@ -8,7 +8,9 @@ probabilistic weighting sum(p_i a_i). Picks come from a counter-based generator
 reproducible on every backend.
 
 ``seed=None`` draws a fresh seed from torch's global generator at every training
-forward (reproducible under ``torch.manual_seed``); an int fixes it.
+forward (reproducible under ``torch.manual_seed``); an int fixes it. Under torch.compile
+the fresh seed is drawn inside the graph, as a tensor: one graph serves every step, and
+given the same generator state it draws the seed eager draws.
 """
 from __future__ import annotations
 
@@ -19,17 +21,25 @@ from torch import nn
 
 from .. import functional as F
 from .._args import check_bool, check_dim, check_seed
+from ..ops.stochastic_pool import draw_seed, fresh_seed
 from ._window_pool import WindowPoolNd
 
 _Size = Union[int, Sequence[int]]
 
 
-def _draw_seed(seed: Optional[int]) -> int:
-    """A fixed seed, or a fresh one from torch's global generator (reproducible under
-    torch.manual_seed)."""
+def _draw_seed(seed: Optional[int], x: torch.Tensor) -> Union[int, torch.Tensor]:
+    """The seed of a training forward on x: a fixed one, or a fresh one from torch's global
+    generator (reproducible under torch.manual_seed).
+
+    Inside torch.compile the fresh seed stays a tensor drawn by an op of the graph: as a
+    Python int it would break the graph at ``.item()`` and come back as a constant that
+    the next graph specialises on, one compilation per step. torch.export and tracing
+    keep the int (the exported op's seed is an integer attribute)."""
     if seed is not None:
         return int(seed)
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return draw_seed(x)
+    return int(fresh_seed())
 
 
 class _StochasticPoolNd(WindowPoolNd):
@@ -40,10 +50,12 @@ class _StochasticPoolNd(WindowPoolNd):
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
         self.seed = check_seed(type(self).__name__, "seed", seed)
 
-    def _extra_kwargs(self) -> dict:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return {"mode": "sample", "seed": _draw_seed(self.seed)}
-        return {"mode": "expectation"}
+            return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                  mode="sample", seed=_draw_seed(self.seed, x))
+        return type(self)._fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              mode="expectation")
 
 
 class StochasticPool1d(_StochasticPoolNd):
@@ -69,7 +81,7 @@ class StochasticPoolReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return F.stochastic_pool_reduce(x, self.dim, self.keepdim, "sample", _draw_seed(self.seed))
+            return F.stochastic_pool_reduce(x, self.dim, self.keepdim, "sample", _draw_seed(self.seed, x))
         return F.stochastic_pool_reduce(x, self.dim, self.keepdim, "expectation")
 
     def extra_repr(self) -> str:

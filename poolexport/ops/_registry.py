@@ -17,6 +17,9 @@ backward op:
 * registers the fake (meta) kernels for torch.compile / torch.export, and the autograd
   formula (backward = the backward op, on the saved input).
 
+An op may have further overloads (``define_pair(..., overload="tensor_seed")``): the same
+registration under ``name.overload``, with the overload's own schema and kernels.
+
 :func:`direct` wraps a forward op for the layers (``poolexport.functional``,
 ``poolexport.nn``): it skips the (Python) autograd layer when no graph can be recorded, so
 eval and inference calls cost the dispatcher and the compiled kernel only.
@@ -84,10 +87,15 @@ def direct(op):
 
 
 def _define(name: str, schema_args: str, reference: Callable, python_kernel: Callable, fake: Callable) -> None:
+    """``name`` may be ``op.overload``."""
     LIB.define(f"{name}({schema_args}) -> Tensor")
     LIB.define(f"_reference_{name}({schema_args}) -> Tensor")
     LIB.impl(f"_reference_{name}", reference, "CompositeExplicitAutograd")
     LIB.impl(name, python_kernel, "CUDA")
+    # the Python kernel takes CPU where the compiled library registered none for this op
+    # (no compiled registration, or a library older than the op's overload)
+    if not (compiled_cpu_kernels()[0] and torch._C._dispatch_has_kernel_for_dispatch_key(f"poolexport::{name}", "CPU")):
+        LIB.impl(name, python_kernel, "CPU")
     torch.library.register_fake(f"poolexport::{name}", fake, lib=LIB)
 
 
@@ -96,25 +104,37 @@ def define_pair(
     args: str,
     forward: tuple[Callable, Callable, Callable],
     backward: tuple[Callable, Callable, Callable],
+    overload: str = "",
 ):
-    """Define ``name(Tensor X, args)`` and ``name_backward(Tensor grad, Tensor X, args)``;
-    each of ``forward``/``backward`` is (reference, python kernel, fake). Returns the
-    two OpOverloads."""
-    _define(name, f"Tensor X, {args}", *forward)
-    _define(f"{name}_backward", f"Tensor grad, Tensor X, {args}", *backward)
-    if not compiled_cpu_kernels()[0]:
-        LIB.impl(name, forward[1], "CPU")
-        LIB.impl(f"{name}_backward", backward[1], "CPU")
-    op = getattr(torch.ops.poolexport, name).default
-    backward_op = getattr(torch.ops.poolexport, f"{name}_backward").default
+    """Define ``name(Tensor X, args)`` and ``name_backward(Tensor grad, Tensor X, args)``
+    (as their ``overload`` if one is given); each of ``forward``/``backward`` is
+    (reference, python kernel, fake). Returns the two OpOverloads."""
+    suffix = f".{overload}" if overload else ""
+    _define(name + suffix, f"Tensor X, {args}", *forward)
+    _define(f"{name}_backward{suffix}", f"Tensor grad, Tensor X, {args}", *backward)
+    op = getattr(getattr(torch.ops.poolexport, name), overload or "default")
+    backward_op = getattr(getattr(torch.ops.poolexport, f"{name}_backward"), overload or "default")
+    # tensor arguments besides X (a seed tensor) are saved for the backward like X is
+    tensor_at = [i for i, a in enumerate(op._schema.arguments) if isinstance(a.type, torch.TensorType)]
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.attrs = inputs[1:]
+    if tensor_at == [0]:
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.attrs = inputs[1:]
 
-    def grad_fn(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return (backward_op(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+        def grad_fn(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return (backward_op(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
+    else:
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*(inputs[i] for i in tensor_at))
+            ctx.attrs = [None if i in tensor_at else v for i, v in enumerate(inputs)]
 
-    torch.library.register_autograd(f"poolexport::{name}", grad_fn, setup_context=setup_context, lib=LIB)
+        def grad_fn(ctx, grad):
+            args = list(ctx.attrs)
+            for i, t in zip(tensor_at, ctx.saved_tensors):
+                args[i] = t
+            return (backward_op(grad, *args),) + (None,) * (len(args) - 1)
+
+    torch.library.register_autograd(f"poolexport::{name}{suffix}", grad_fn, setup_context=setup_context, lib=LIB)
     return op, backward_op

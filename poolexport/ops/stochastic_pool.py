@@ -15,6 +15,11 @@ are unaffected. Every runtime (native kernels, CUDA, ONNX forms) follows this ru
 
 The functions below are the pure-torch reference (any device, any float dtype); on CPU
 float32/float16 the ops run the library's native kernels instead (``_native.py``).
+
+Each op also has a ``tensor_seed`` overload whose seed is a one-element int64 tensor, read
+inside the kernel: under torch.compile a seed drawn per training step
+(:func:`draw_seed`, ``poolexport::_draw_seed``) stays a tensor in the graph, so the graph
+neither breaks nor specialises on the value. Same seed, same picks as the int overload.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import torch
 from .._philox import uniform_for_elements
 from . import _native
 from ._windows import pool_backward, pool_forward, reduce_backward, reduce_forward, reduce_layout, spec_from_attrs
-from ._registry import REDUCE_ARGS, WINDOW_ARGS, define_pair
+from ._registry import LIB, REDUCE_ARGS, WINDOW_ARGS, define_pair
 from .soft_pool import _check_input, _input_like_fake, _reduced_fake, _windowed_fake
 
 OP = "StochasticPool"
@@ -219,4 +224,77 @@ reduce_stochastic_pool, reduce_stochastic_pool_backward = define_pair(
     "reduce_stochastic_pool", f"{REDUCE_ARGS}, str mode, int seed",
     (reduce_stochastic_pool_reference, _reduce_kernel, _reduced_fake),
     (reduce_stochastic_pool_backward_reference, _reduce_backward_kernel, _input_like_fake),
+)
+
+
+# ---------------------------------------------------------------- the seed as a tensor
+SEED_BOUND = 2**62  # fresh seeds are drawn in [0, SEED_BOUND)
+
+
+def fresh_seed() -> torch.Tensor:
+    """A fresh seed from torch's default CPU generator (reproducible under torch.manual_seed),
+    as a 0-d int64 tensor: the one definition of a per-step draw, eager or compiled."""
+    return torch.randint(0, SEED_BOUND, (), dtype=torch.int64)
+
+
+# The draw as an op of its own: inductor would lower a torch.randint in the graph to its
+# own generator (other values, other generator state than eager); a custom op runs as it
+# is. X orders the draw after X's producer. `order`, one tensor that every draw mutates,
+# chains the draws of a graph in the order eager makes them: passes that move independent
+# nodes (inductor's peak-memory reordering, CSE of two draws from one X) keep a chain of
+# writes to one buffer. Tagged random, so the AOT partitioner saves the seed for the
+# backward instead of drawing again.
+LIB.define("_draw_seed(Tensor(a!) order, Tensor X) -> Tensor", tags=(torch.Tag.nondeterministic_seeded,))
+
+
+def _draw_seed_kernel(order, X):
+    order.add_(1)
+    return fresh_seed()
+
+
+LIB.impl("_draw_seed", _draw_seed_kernel, "CompositeExplicitAutograd")
+torch.library.register_fake("poolexport::_draw_seed", lambda order, X: torch.empty((), dtype=torch.int64), lib=LIB)
+DRAW_ORDER = torch.zeros((), dtype=torch.int64)  # the draws' chain: its value counts draws, and is never read
+
+
+def draw_seed(X: torch.Tensor) -> torch.Tensor:
+    """A fresh seed (as :func:`fresh_seed`) drawn by an op of the graph, in program order."""
+    return torch.ops.poolexport._draw_seed(DRAW_ORDER, X)
+
+
+def _check_seed_tensor(op: str, seed: torch.Tensor) -> None:
+    if seed.dtype != torch.int64 or seed.numel() != 1:
+        raise ValueError(f"{op}: seed must be a one-element int64 tensor, got {seed.dtype} of shape "
+                         f"{tuple(seed.shape)}")
+
+
+def _int_seed(op: str, fn):
+    """fn, whose last argument is the int seed, as the tensor_seed overload's kernel."""
+    def call(*args):
+        _check_seed_tensor(op, args[-1])
+        return fn(*args[:-1], int(args[-1].item()))
+    return call
+
+
+def _checked_fake(op: str, fake):
+    def call(*args):
+        _check_seed_tensor(op, args[-1])
+        return fake(*args)
+    return call
+
+
+stochastic_pool_tensor_seed, stochastic_pool_backward_tensor_seed = define_pair(
+    "stochastic_pool", f"{WINDOW_ARGS}, str mode, Tensor seed",
+    (_int_seed(OP, stochastic_pool_reference), _int_seed(OP, _kernel), _checked_fake(OP, _windowed_fake)),
+    (_int_seed(OP, stochastic_pool_backward_reference), _int_seed(OP, _backward_kernel),
+     _checked_fake(OP, _input_like_fake)),
+    overload="tensor_seed",
+)
+reduce_stochastic_pool_tensor_seed, reduce_stochastic_pool_backward_tensor_seed = define_pair(
+    "reduce_stochastic_pool", f"{REDUCE_ARGS}, str mode, Tensor seed",
+    (_int_seed(REDUCE_OP, reduce_stochastic_pool_reference), _int_seed(REDUCE_OP, _reduce_kernel),
+     _checked_fake(REDUCE_OP, _reduced_fake)),
+    (_int_seed(REDUCE_OP, reduce_stochastic_pool_backward_reference), _int_seed(REDUCE_OP, _reduce_backward_kernel),
+     _checked_fake(REDUCE_OP, _input_like_fake)),
+    overload="tensor_seed",
 )
