@@ -18,6 +18,10 @@ Networks (small widths and inputs: inductor's C++ build, not the arithmetic, is 
 * mobilenet_se with the ten global pools of its SE blocks and classifier swapped by
   ``replace_pools``, alternately for SoftPool and stochastic pooling (fixed seed).
 
+Sampling with ``seed=None`` (a fresh seed per training step, drawn inside the graph) is
+compiled over several steps: one compilation, and the eager step's picks, gradients and
+generator state from the same ``torch.manual_seed``.
+
 Inductor's graph caches (FX graph, AOTAutograd) are off here: their key is the traced
 graph's code and input shapes, not the shapes the fake kernels gave inside it, so a cached
 build would hide a changed fake kernel. Every run traces and lowers afresh; the compiled
@@ -130,19 +134,71 @@ def test_se_network_with_swapped_global_pools_compiles_and_matches_eager(train):
     _compare(model, (2, 3, 64, 64), train)
 
 
-@pytest.mark.xfail(strict=True, reason="a seed drawn per training forward (seed=None) reaches the op as a Python int "
-                                       "after a graph break, so dynamo specializes the graph on its value and "
-                                       "recompiles at every step until its recompile limit")
-def test_sampling_with_a_fresh_seed_per_step_does_not_recompile():
+class _FreshSeedNet(torch.nn.Module):
+    """Every stochastic layer with seed=None: a windowed pool used twice on the same input
+    (two draws from one tensor: a compile pass must neither merge nor swap them), a second
+    one beside it, a global pool and a pool across channels fed by a pool's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.window = pnn.StochasticPool2d(3, 2, 1, ceil_mode=True)
+        self.other = pnn.StochasticPool2d(2)
+        self.globl = pnn.GlobalStochasticPool(flatten=True)
+        self.across = pnn.StochasticPoolReduce(dim=1, keepdim=True)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.window(y), self.window(y), self.other(y), self.globl(y), self.across(self.window(x))
+
+
+def _train_step(run, model, x, ws):
+    """The pools' outputs, the input and parameter gradients of a weighted sum of them, and
+    torch's generator state afterwards."""
+    x = x.detach().clone().requires_grad_()
+    outs = run(x)
+    sum((o * w).sum() for o, w in zip(outs, ws)).backward()
+    grads = [x.grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return [o.detach() for o in outs], grads, torch.get_rng_state()
+
+
+STEPS = 4
+
+
+def test_sampling_with_a_fresh_seed_per_step_compiles_once_and_matches_eager():
+    """seed=None draws a fresh seed at every training forward. Compiled, the draw is an op of
+    the graph: one compilation serves every step (no graph break at the draw, no graph
+    specialised on a seed's value), and from the same generator state the compiled step
+    draws the eager step's seeds, so it makes the same picks and gradients and leaves the
+    generator where eager leaves it."""
     from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = _FreshSeedNet().train()
+    compiled_model = copy.deepcopy(model)
     counter = CompileCounterWithBackend("inductor")
-    pool = torch.compile(pnn.StochasticPool2d(2).train(), backend=counter)
-    x = torch.rand(1, 2, 8, 8)
-    pool(x)
-    pool(x)
-    compiled = counter.frame_count
-    for _ in range(3):
-        pool(x)
-    assert counter.frame_count == compiled
+    compiled = torch.compile(compiled_model, backend=counter)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 9, 8, generator=gen)
+    with torch.no_grad():  # eval mode draws nothing
+        ws = [torch.randn(o.shape, generator=gen) for o in copy.deepcopy(model).eval()(x)]
+    for step in range(STEPS):
+        torch.manual_seed(100 + step)
+        want, want_grads, want_rng = _train_step(model, model, x, ws)
+        torch.manual_seed(100 + step)
+        got, got_grads, got_rng = _train_step(compiled, compiled_model, x, ws)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert torch.equal(g, w), f"step {step}: output {i} differs (other picks)"
+        assert torch.equal(got_rng, want_rng), f"step {step}: the generator advanced differently"
+        for i, (g, w) in enumerate(zip(got_grads, want_grads)):
+            _close(g, w, f"step {step}: gradient {i}")
+        if step:  # a fresh seed per step really: the picks change between steps
+            assert not all(torch.equal(a, b) for a, b in zip(got, previous))
+        previous = got
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations over {STEPS} steps"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
