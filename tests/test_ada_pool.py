@@ -8,6 +8,10 @@ wrappers assert x.is_cuda), with each case where they differ listed and tested.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,6 +20,8 @@ import torch
 from onnx import TensorProto, helper
 
 import _ada_oracle as O
+import _limits as L
+from _cpu import cpu_paths
 from poolexport import ort as pxort
 from poolexport.onnx import decompositions
 from poolexport.onnx import domain as D
@@ -448,3 +454,201 @@ def test_modules_factory_and_replace_pools():
     torch.testing.assert_close(y, want)
     with pytest.raises(ValueError, match="beta_shape"):
         pnn.AdaPool2d(2, beta_shape=(3,))
+
+
+# ---------------------------------------------------------------- the vectorised CPU kernel
+# ada_rows.inc runs each output row in vectors of W columns (16 portable / AVX-512, 8 AVX2):
+# widths around W and 2W, each path pinned with POOLEXPORT_CPU_ISA (read on every call),
+# border vectors (padding, masked) and interior ones, stride 1 (plain phases), 2 (vector
+# split) and 3 (scalar split).
+ADA_LIMITS = L.read(Path(__file__).resolve().parents[1] / "custom_ops" / "ort" / "ada_kernels.h")
+# out_w -> (input width, attributes): every width reachable in each geometry
+ROW_GEOMETRIES = {
+    "k3s2p1": (lambda o: 2 * o - 1, dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 1])),
+    "k2s1d2": (lambda o: o + 2, dict(kernel_shape=[2, 2], strides=[1, 1], dilations=[1, 2])),
+    "k3s3p1": (lambda o: 3 * o - 2, dict(kernel_shape=[1, 3], strides=[1, 3], pads=[0, 1, 0, 1])),
+}
+
+
+@contextlib.contextmanager
+def _cpu_path(path):  # (tests/test_boundaries.py's cpu_path)
+    old = os.environ.get("POOLEXPORT_CPU_ISA")
+    os.environ["POOLEXPORT_CPU_ISA"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("POOLEXPORT_CPU_ISA", None)
+        else:
+            os.environ["POOLEXPORT_CPU_ISA"] = old
+
+
+def _widths(path):
+    w = L.LANES[path]
+    return sorted({w - 1, w, w + 1, 2 * w - 1, 2 * w, 2 * w + 1})
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("geometry", list(ROW_GEOMETRIES))
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_row_kernel_lane_widths(path, geometry, kind):
+    in_w, a = ROW_GEOMETRIES[geometry]
+    for out_w in _widths(path):
+        x = _x((2, 2, 3, in_w(out_w)), seed=out_w)
+        feeds, beta = _feeds(kind, x, a, np.float32)
+        with _cpu_path(path):
+            got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+        assert got.shape[-1] == out_w
+        want = _oracle(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+        _close(got, want, _tol(kind, x, a, np.float32))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_row_kernel_float16(path, kind):
+    # float16 rows converted once per input row, results rounded once
+    in_w, a = ROW_GEOMETRIES["k3s2p1"]
+    w = L.LANES[path]
+    x = _x((1, 3, 4, in_w(w + 1)), seed=5).astype(np.float16).astype(np.float64)
+    feeds, beta = _feeds(kind, x, a, np.float16)
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT16)
+    want = _oracle(kind, x, None if beta is None else beta.astype(np.float64), a)
+    _close(got, want, _tol(kind, x, a, np.float32) + 2.0**-10 * (np.abs(want).reshape(-1) + np.abs(x).max()))
+
+
+def _nan_where(kind, x, beta, a):
+    """The oracle's outputs, NaN where the window holds inf or NaN (the oracle's own
+    arithmetic gives NaN there: inf - inf, inf / inf)."""
+    with np.errstate(all="ignore"):
+        want = _oracle(kind, x, beta, a)
+    return want
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_row_kernel_nonfinite(path, value, where, kind):
+    # inf / NaN at the row's first, middle or last column (first / a middle / the last
+    # vector): the windows holding it give NaN, as the float64 oracle does; every other
+    # window keeps its value
+    in_w, a = ROW_GEOMETRIES["k3s2p1"]
+    out_w = 2 * L.LANES[path] + 1
+    x = _x((1, 2, 3, in_w(out_w)), seed=29)
+    col = {"first": 0, "middle": x.shape[-1] // 2, "last": x.shape[-1] - 1}[where]
+    x[0, 1, 1, col] = value
+    feeds, beta = _feeds(kind, x, a, np.float32, beta_range=(0.0, 1.0))
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT).astype(np.float64)
+    want = _nan_where(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want).reshape(-1)
+    tol = np.broadcast_to(_tol(kind, np.nan_to_num(x, nan=0, posinf=0, neginf=0), a, np.float32), finite.shape)
+    _close(got.reshape(-1)[finite], want.reshape(-1)[finite], tol[finite])
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("kind", ["edscw", "ada"])
+def test_ort_dsc_denominator_floor(path, kind):
+    # windows [q, -q, t, t]: m = t / 2, so DSC(t, m) = 0.8 is taken on u = t / q, v = m / q of
+    # about t / q; the floor kAdaDscDenMin added to u^2 + v^2 sits at t / q ~ its square
+    # root (limit - 1, limit, limit + 1 as powers of 2) and is harmless there; where a
+    # larger floor would bite (t / q ~ 2^-11) the result is the oracle's
+    root = int(round(-np.log2(ADA_LIMITS["kAdaDscDenMin"]) / 2))
+    q = 3.0
+    rows = []
+    for e in [root - 1, root, root + 1, 10, 11, 12]:
+        t = q * 2.0**-e
+        rows.append([q, -q, t, t])
+    x = np.array(rows, np.float64).reshape(1, 1, len(rows), 4)
+    a = dict(kernel_shape=[1, 4], strides=[1, 4])
+    feeds, beta = _feeds(kind, x, a, np.float32, beta_range=(0.0, 1.0))
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+    want = _oracle(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+    err = np.abs(got.reshape(-1).astype(np.float64) - want.reshape(-1))
+    assert np.all(err <= 64 * 2.0**-23 * q), err  # the stated tolerance (64 eps max|x|)
+    # and on the t-sized part itself (q - q cancels: y is a mix of t-sized terms)
+    t = x[0, 0, 3:, 2]
+    assert np.all(err[3:] <= 1e-4 * t), err[3:] / t
+
+
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_per_window_path_buffer(kind):
+    # windows with max |x| above kSoftScaleAbove take the per-window path, which gathers a
+    # window of up to kAdaWindowBuffer values once (more: visited in place)
+    limit = ADA_LIMITS["kAdaWindowBuffer"]
+    for k in (limit - 1, limit, limit + 1):
+        x = _x((1, 2, 1, 2 * k + 3), seed=k, scale=1.0) * 2.0**70
+        a = dict(kernel_shape=[1, k], strides=[1, k], pads=[0, 1, 0, 1])
+        feeds, beta = _feeds(kind, x.astype(np.float32).astype(np.float64), a, np.float32, beta_range=(0.0, 1.0))
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+        want = _oracle(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+        _close(got, want, _tol(kind, feeds["X"].astype(np.float64), a, np.float32))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_row_kernel_huge_lanes_mixed(path, kind):
+    # one window per vector above kSoftScaleAbove (and one at it): that vector goes to the
+    # per-window path, its neighbours stay on the vector path; all match the oracle
+    in_w, a = ROW_GEOMETRIES["k2s1d2"]
+    w = L.LANES[path]
+    x = _x((1, 1, 2, in_w(2 * w + 1)), seed=31)
+    x[0, 0, 0, 3] = 2.0**64 * 1.5
+    x[0, 0, 1, w + 3] = 2.0**64
+    feeds, beta = _feeds(kind, x.astype(np.float32).astype(np.float64), a, np.float32, beta_range=(0.0, 1.0))
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+    want = _oracle(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+    # each window on its own scale (the huge ones would hide every other error)
+    xf = feeds["X"].astype(np.float64)
+    per_window = np.array([_tol(kind, xf[..., c:c + 3 + 2], a, np.float32).max() for c in range(want.shape[-1])])
+    err = np.abs(got.astype(np.float64) - want)
+    assert np.all(err <= np.maximum(per_window, 64 * 2.0**-23 * np.abs(want))), err.max()
+
+
+def test_ort_idw_zero_windows_take_the_mean():
+    # windows of zeros (ReLU maps: every distance 0) next to windows with values: y = m
+    # where some value equals the mean, on every path, interior and border vectors
+    for path in cpu_paths():
+        x = np.zeros((1, 1, 3, 2 * L.LANES[path] + 5))
+        x[0, 0, :, ::6] = np.array([1.0, 3.0, 2.0])[:, None]
+        a = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[0, 1, 0, 1])
+        with _cpu_path(path):
+            got = _run("ort-library", "idw", a, {"X": x.astype(np.float32)}, TensorProto.FLOAT)
+        want = _oracle("idw", x, None, a)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+def test_ort_idw_border_window_with_zero_mean(path):
+    # a border window [pad, 2, -1, -1]: mean exactly 0, no value equal to it, so y = -0.4
+    # (weights 1/2, 1, 1); padding's distance |0 - m| = 0 must not count as a value at the mean
+    w = L.LANES[path]
+    x = _x((1, 1, 2, 3 * w + 4), seed=37)
+    x[..., :3] = [2.0, -1.0, -1.0]
+    a = dict(kernel_shape=[1, 4], strides=[1, 3], pads=[0, 1, 0, 1])
+    with _cpu_path(path):
+        got = _run("ort-library", "idw", a, {"X": x.astype(np.float32)}, TensorProto.FLOAT)
+    want = _oracle("idw", x.astype(np.float32).astype(np.float64), None, a)
+    assert want[0, 0, 0, 0] == pytest.approx(-0.4)
+    _close(got, want, _tol("idw", x, a, np.float32))
+
+
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_same_bits_for_any_thread_count(kind):
+    # rows are split over ORT's threads; each row's result must not depend on the split
+    # (nor on the rows a thread kept from its previous output row)
+    shape, a = (3, 5, 23, 37), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    feeds, _ = _feeds(kind, _x(shape, seed=41), a, np.float32)
+    outs = []
+    for threads in (1, 2, 4):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        sess = pxort.session(_model(kind, a, TensorProto.FLOAT, False).SerializeToString(), options=options)
+        outs.append(sess.run(None, feeds)[0])
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other, outs[0])

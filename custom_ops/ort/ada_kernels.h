@@ -1,14 +1,17 @@
 // The adaPool family's ONNX Runtime CPU kernels: EdscwPool and IdwPool (X -> Y) and
-// AdaPool (X, Beta -> Y, Beta broadcast to Y), float and float16 (float16 storage,
-// float32 math). One output window per step, the per-window math of ada_pool.h, on ORT's
-// intra-op pool.
+// AdaPool (X, Beta -> Y, Beta broadcast to Y), float and float16 (converted to float32
+// once per input row, float32 math). Output rows on ORT's intra-op pool, each vectorised
+// across its output columns (ada_rows.inc, AVX-512 / AVX2 / portable, SoftPool's shared
+// exp); the windows it cannot take go through the per-window math of ada_pool.h.
 #pragma once
 
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "attrs.h"
+#include "cpu_soft_shared.h"
 #include "onnxruntime_lite_custom_op.h"
 #include "ops.h"
 #include "poolexport/ada_pool.h"
@@ -18,7 +21,7 @@ namespace poolexport {
 
 enum class AdaKind { kEdscw, kIdw, kAda };
 
-// Windows of at most this many positions are gathered into a local buffer first.
+// Per-window path: windows of at most this many positions are gathered into a local buffer first.
 constexpr int64_t kAdaWindowBuffer = 64;
 
 template <class S>
@@ -50,92 +53,267 @@ inline std::string beta_strides(const std::string& op, const std::vector<int64_t
   return "";
 }
 
-// Interior runs: along an output row, the windows whose every W tap is inside the input
-// share one set of valid taps (the valid (kd, kh) rows times all kw). Up to kAdaRun of them
-// are gathered tap-major (a[t][j]) and the per-window math runs across j, branch-free, so
-// the compiler vectorizes it. Same math as ada_pool.h: scaled mean, DSC on a / q, m / q,
-// IDW weights dmin / dist, eM with its window maximum subtracted.
-constexpr int64_t kAdaRun = 32;
+// Output rows ahead whose input rows are prefetched (SoftPool's kernel does the same per
+// block): the row kernel itself reads each input row once, so without it every row waits
+// for memory first.
+constexpr int64_t kAdaPrefetchRows = 2;
 
-template <AdaKind Kind>
-void ada_run(const float (*a)[kAdaRun], int64_t taps, int64_t n, const float* beta, float* out) {
-  float amax[kAdaRun], k[kAdaRun], mk[kAdaRun], s[kAdaRun], sy[kAdaRun], aux[kAdaRun];
-  for (int64_t j = 0; j < n; ++j) amax[j] = 0.0f, mk[j] = 0.0f;
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = a[t][j] < 0.0f ? -a[t][j] : a[t][j];
-      amax[j] = v > amax[j] ? v : amax[j];
-    }
-  for (int64_t j = 0; j < n; ++j) k[j] = !(amax[j] <= limits::kSoftScaleAbove) ? limits::kSoftScale : 1.0f;
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t j = 0; j < n; ++j) mk[j] += a[t][j] * k[j];
-  for (int64_t j = 0; j < n; ++j) mk[j] = mk[j] / (float)taps, s[j] = 0.0f, sy[j] = 0.0f;
-  if constexpr (Kind == AdaKind::kIdw) {
-    for (int64_t j = 0; j < n; ++j) aux[j] = 3.402823466e38f;
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t j = 0; j < n; ++j) {
-        float d = a[t][j] * k[j] - mk[j];
-        d = d < 0.0f ? -d : d;
-        aux[j] = d < aux[j] ? d : aux[j];
-      }
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t j = 0; j < n; ++j) {
-        const float ak = a[t][j] * k[j];
-        float d = ak - mk[j];
-        d = d < 0.0f ? -d : d;
-        const float wgt = aux[j] / (d > 0.0f ? d : 1.0f);  // the dmin = 0 lanes are replaced below
-        s[j] += wgt;
-        sy[j] += wgt * ak;
-      }
-    for (int64_t j = 0; j < n; ++j) aux[j] = aux[j] == 0.0f ? mk[j] : sy[j] / s[j];
-  } else {
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t j = 0; j < n; ++j) {
-        const float ak = a[t][j] * k[j];
-        const float aa = ak < 0.0f ? -ak : ak, am = mk[j] < 0.0f ? -mk[j] : mk[j];
-        const float q = aa > am ? aa : am;
-        const float inv_q = 1.0f / (q == 0.0f ? 1.0f : q);  // one division, two products
-        const float u = ak * inv_q, v = mk[j] * inv_q;
-        const float uv = u * v;
-        const float r2 = u * u + v * v;
-        const float d = q == 0.0f ? 1.0f : 2.0f * (uv < 0.0f ? -uv : uv) / (r2 > 0.0f ? r2 : 1.0f);
-        const float e = fast_exp(d);
-        s[j] += e;
-        sy[j] += e * ak;
-      }
-    for (int64_t j = 0; j < n; ++j) aux[j] = sy[j] / s[j];
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    const float ak = amax[j] * k[j];
-    const float yk = aux[j] > ak ? ak : (aux[j] < -ak ? -ak : aux[j]);
-    out[j] = yk / k[j];
-  }
-  if constexpr (Kind == AdaKind::kAda) {  // eM (SoftPool, beta 1), then the blend
-    float m[kAdaRun];
-    for (int64_t j = 0; j < n; ++j) m[j] = -3.402823466e38f, s[j] = 0.0f, sy[j] = 0.0f;
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t j = 0; j < n; ++j) m[j] = a[t][j] > m[j] ? a[t][j] : m[j];
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t j = 0; j < n; ++j) {
-        const float e = fast_exp(a[t][j] - m[j]);
-        s[j] += e;
-        sy[j] += e * (a[t][j] * k[j]);
-      }
-    for (int64_t j = 0; j < n; ++j) {
-      const float ak = amax[j] * k[j], q = sy[j] / s[j];
-      const float em = (q > ak ? ak : (q < -ak ? -ak : q)) / k[j];
-      out[j] = ada_blend(beta[j], out[j], em);
+// ---- the vectorised row kernel (ada_rows.inc), compiled once per instruction set ----
+
+// eDSCW's DSC denominator u^2 + v^2 (u, v: a and m over the window's max |a|) is kept at
+// least this (2^-100): only where |a| and |m| are both under 2^-50 max|a| does it apply.
+constexpr float kAdaDscDenMin = 7.88860905221011805e-31f;
+
+namespace cpu {
+
+// One output row for ada_row: the window's valid input rows split into stride phases
+// (padding 0), tap kw of outputs [o, o + W) at rows[i] + off[kw] + o; valid (all-ones bits
+// or 0) and pad_inf (0 or inf) mark the padding at the same offsets; interior[v] is set
+// where every tap of vector v is valid. n: outputs rounded up to the lane width; y, bad,
+// beta, inv_count hold n values.
+struct AdaRow {
+  const float* const* rows;
+  int64_t nrows, kw;
+  const int64_t* off;
+  const float* valid;
+  const float* pad_inf;
+  const uint8_t* interior;
+  const float* inv_count;
+  const float* beta;
+  int64_t n;
+  float* y;
+  int64_t* bad;  // where ada_row lists the columns it leaves to the per-window path
+};
+
+// Stride phases of one input row: phase p, index t <- padded column s*t + p (half per
+// phase, a multiple of the lane width; lp = s * half).
+struct AdaSplit {
+  int64_t in_w, pad, s, half, lp;
+
+  // dst[p * half + t] = src[s * t + p - pad] inside the row, fill outside
+  void split(const float* src, float fill, float* dst) const {
+    for (int64_t p = 0; p < s; ++p) {
+      float* d = dst + p * half;
+      int64_t t0 = pad > p ? (pad - p + s - 1) / s : 0, t1 = pad + in_w > p ? (pad + in_w - p + s - 1) / s : 0;
+      t0 = t0 < half ? t0 : half;
+      t1 = t1 < half ? t1 : half;
+      for (int64_t t = 0; t < t0; ++t) d[t] = fill;
+      const float* b = src + p - pad;
+      if (s == 1) std::memcpy(d + t0, b + t0, (t1 > t0 ? t1 - t0 : 0) * sizeof(float));
+      else for (int64_t t = t0; t < t1; ++t) d[t] = b[s * t];
+      for (int64_t t = t1 > t0 ? t1 : t0; t < half; ++t) d[t] = fill;
     }
   }
+
+};
+
+// The lane operations ada_rows.inc needs beyond cpu_simd.h's.
+struct AdaExtPortable {
+  using R = LanesPortable::R;
+  static inline R bits(uint32_t b) {
+    float f;
+    memcpy(&f, &b, 4);
+    return LanesPortable::set1(f);
+  }
+  static inline R and_bits(R a, R m) {
+    for (int l = 0; l < 16; ++l) {
+      uint32_t x, y;
+      memcpy(&x, &a.v[l], 4);
+      memcpy(&y, &m.v[l], 4);
+      x &= y;
+      memcpy(&a.v[l], &x, 4);
+    }
+    return a;
+  }
+  static inline R recip(R a) {
+    for (int l = 0; l < 16; ++l) a.v[l] = 1.0f / a.v[l];
+    return a;
+  }
+  // some lane with !(a <= b) (NaN included)
+  static inline bool any_not_le(R a, R b) {
+    bool any = false;
+    for (int l = 0; l < 16; ++l) any |= !(a.v[l] <= b.v[l]);
+    return any;
+  }
+  // c == 0 ? a : b, lane-wise
+  static inline R where_zero(R c, R a, R b) {
+    for (int l = 0; l < 16; ++l) a.v[l] = c.v[l] == 0.0f ? a.v[l] : b.v[l];
+    return a;
+  }
+  // 0 <= t <= 1 ? a : b, lane-wise
+  static inline R where_unit(R t, R a, R b) {
+    for (int l = 0; l < 16; ++l) a.v[l] = t.v[l] >= 0.0f && t.v[l] <= 1.0f ? a.v[l] : b.v[l];
+    return a;
+  }
+};
+
+#ifdef PX_HAVE_X86_LANES
+// recip: the hardware estimate and one Newton step, r + r (1 - d r): about 2^-22 relative
+// (2 ulp) for normal d; 0 gives NaN (the callers replace or mask those lanes)
+struct AdaExtAvx2 {
+  using R = __m256;
+  PX_TARGET_AVX2 static inline R bits(uint32_t b) { return _mm256_castsi256_ps(_mm256_set1_epi32((int32_t)b)); }
+  PX_TARGET_AVX2 static inline R and_bits(R a, R m) { return _mm256_and_ps(a, m); }
+  PX_TARGET_AVX2 static inline R recip(R d) {
+    const R r = _mm256_rcp_ps(d);
+    return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(1.0f)), r);
+  }
+  PX_TARGET_AVX2 static inline bool any_not_le(R a, R b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NLE_UQ)) != 0; }
+  PX_TARGET_AVX2 static inline R where_zero(R c, R a, R b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_EQ_OQ));
+  }
+  PX_TARGET_AVX2 static inline R where_unit(R t, R a, R b) {
+    const R in = _mm256_and_ps(_mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ),
+                               _mm256_cmp_ps(t, _mm256_set1_ps(1.0f), _CMP_LE_OQ));
+    return _mm256_blendv_ps(b, a, in);
+  }
+};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+struct AdaExtAvx512 {
+  using R = __m512;
+  PX_TARGET_AVX512 static inline R bits(uint32_t b) { return _mm512_castsi512_ps(_mm512_set1_epi32((int32_t)b)); }
+  PX_TARGET_AVX512 static inline R and_bits(R a, R m) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_castps_si512(m)));
+  }
+  PX_TARGET_AVX512 static inline R recip(R d) {
+    const R r = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+  }
+  PX_TARGET_AVX512 static inline bool any_not_le(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLE_UQ) != 0; }
+  PX_TARGET_AVX512 static inline R where_zero(R c, R a, R b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_EQ_OQ), b, a);
+  }
+  PX_TARGET_AVX512 static inline R where_unit(R t, R a, R b) {
+    const __mmask16 in = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ) &
+                         _mm512_cmp_ps_mask(t, _mm512_set1_ps(1.0f), _CMP_LE_OQ);
+    return _mm512_mask_blend_ps(in, b, a);
+  }
+};
+#pragma GCC diagnostic pop
+#endif
+
+#define PX_ADA_NS ada_portable
+#define PX_ADA_TARGET
+#define PX_ADA_LANES LanesPortable
+#define PX_ADA_EXT AdaExtPortable
+#define PX_ADA_EXP shared_portable
+#include "ada_rows.inc"
+#undef PX_ADA_NS
+#undef PX_ADA_TARGET
+#undef PX_ADA_LANES
+#undef PX_ADA_EXT
+#undef PX_ADA_EXP
+
+#ifdef PX_HAVE_X86_LANES
+#define PX_ADA_NS ada_avx2
+#define PX_ADA_TARGET PX_TARGET_AVX2
+#define PX_ADA_LANES LanesAvx2
+#define PX_ADA_EXT AdaExtAvx2
+#define PX_ADA_EXP shared_avx2
+#include "ada_rows.inc"
+#undef PX_ADA_NS
+#undef PX_ADA_TARGET
+#undef PX_ADA_LANES
+#undef PX_ADA_EXT
+#undef PX_ADA_EXP
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#define PX_ADA_NS ada_avx512
+#define PX_ADA_TARGET PX_TARGET_AVX512
+#define PX_ADA_LANES LanesAvx512
+#define PX_ADA_EXT AdaExtAvx512
+#define PX_ADA_EXP shared_avx512
+#include "ada_rows.inc"
+#undef PX_ADA_NS
+#undef PX_ADA_TARGET
+#undef PX_ADA_LANES
+#undef PX_ADA_EXT
+#undef PX_ADA_EXP
+#pragma GCC diagnostic pop
+#endif
+
+inline int64_t ada_lanes(Isa isa) {
+  return isa == Isa::kAvx2 ? limits::kLanesAvx2 : (isa == Isa::kAvx512 ? limits::kLanesAvx512 : limits::kLanesPortable);
 }
 
-// Every output of planes [0, N*C): y[o] = f(visit over o's window, o's flat index).
+template <AdaKind Kind>
+int64_t ada_row(Isa isa, const AdaRow& r) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) return ada_avx512::ada_row<Kind>(r);
+  if (isa == Isa::kAvx2) return ada_avx2::ada_row<Kind>(r);
+#endif
+  return ada_portable::ada_row<Kind>(r);
+}
+
+inline void ada_split_row(Isa isa, const float* src, const AdaSplit& g, float* dst) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) return ada_avx512::split_row(src, g, dst);
+  if (isa == Isa::kAvx2) return ada_avx2::split_row(src, g, dst);
+#endif
+  ada_portable::split_row(src, g, dst);
+}
+
+// The column geometry shared by every output row of a call: stride phases of one padded
+// input row (phase p, index t <- padded column s*t + p), the taps' offsets into them, the
+// padding masks, and per window-row count the reciprocal of every output's valid count.
+struct AdaGeom : AdaSplit {
+  int64_t lanes, n;
+  std::vector<int64_t> off;
+  std::vector<float> valid, pad_inf, inv_count;  // inv_count: (nrows - 1) * n + ow
+  std::vector<uint8_t> interior;
+
+  AdaGeom(const Window3& w, Isa isa) {
+    lanes = ada_lanes(isa);
+    in_w = w.in[2], pad = w.pad[2], s = w.s[2];
+    const int64_t out_w = w.out[2], k = w.k[2], dil = w.dil[2];
+    n = (out_w + lanes - 1) / lanes * lanes;
+    half = (n + (k - 1) * dil / s + lanes - 1) / lanes * lanes;  // the last tap's last load ends before
+    lp = s * half;
+    off.resize(k);
+    for (int64_t kw = 0; kw < k; ++kw) off[kw] = (kw * dil) % s * half + kw * dil / s;
+    const std::vector<float> ones(in_w, bits_to_float(-1)), zeros(in_w, 0.0f);
+    valid.resize(lp);
+    pad_inf.resize(lp);
+    split(ones.data(), 0.0f, valid.data());
+    split(zeros.data(), __builtin_huge_valf(), pad_inf.data());
+    std::vector<int64_t> cols(n);
+    for (int64_t ow = 0; ow < n; ++ow) {
+      cols[ow] = 0;
+      for (int64_t kw = 0; kw < k; ++kw) {
+        const int64_t c = ow * s - pad + kw * dil;
+        cols[ow] += c >= 0 && c < in_w;
+      }
+    }
+    interior.assign(n / lanes, 1);
+    for (int64_t ow = 0; ow < n; ++ow)
+      if (ow >= out_w || cols[ow] != k) interior[ow / lanes] = 0;
+    const int64_t max_rows = w.k[0] * w.k[1];
+    inv_count.resize(max_rows * n);
+    for (int64_t r = 1; r <= max_rows; ++r)
+      for (int64_t ow = 0; ow < n; ++ow)
+        inv_count[(r - 1) * n + ow] = cols[ow] ? 1.0f / (float)(r * cols[ow]) : 0.0f;
+  }
+};
+
+}  // namespace cpu
+
+// Every output of planes [0, N*C), one output row per step on ORT's intra-op pool: the
+// window rows are converted to float once and split into phases (kept for the next
+// output row, which shares them when windows overlap), then ada_row across the row's
+// outputs; the lanes it flags (inf/NaN, max |x| above kSoftScaleAbove, a result that is
+// not finite) and rows without a valid input row take the per-window math of ada_pool.h.
 template <AdaKind Kind, class S>
 void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, const std::vector<int64_t>& bstrides,
                      const std::vector<int64_t>& out_shape, int64_t planes, const Window3& w) {
+  const cpu::Isa isa = cpu::cpu_isa();
+  const cpu::AdaGeom g(w, isa);
   const int64_t in_plane = w.in[0] * w.in[1] * w.in[2];
   const int64_t window_size = w.k[0] * w.k[1] * w.k[2];
-  const int64_t cost = window_size * (Kind == AdaKind::kAda ? 6 : 3) + 8;
+  const int64_t cost = window_size * (Kind == AdaKind::kAda ? 40 : 20) + 8;
   auto beta_offset = [&](int64_t o) {  // Y's multi-index (row-major over out_shape) dotted with Beta's strides
     int64_t rest = o, boff = 0;
     for (size_t i = out_shape.size(); i-- > 0;) {
@@ -144,25 +322,39 @@ void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, con
     }
     return boff;
   };
-  const int64_t rows = planes * w.out[0] * w.out[1];
+  const int64_t rows_per_plane = w.out[0] * w.out[1];
+  const int64_t rows = planes * rows_per_plane;
+  // Beta's offset is linear in Y's multi-index: a plane's part plus an output row's part
+  std::vector<int64_t> beta_plane, beta_row;
+  if (Kind == AdaKind::kAda) {
+    beta_plane.resize(planes);
+    beta_row.resize(rows_per_plane);
+    for (int64_t p = 0; p < planes; ++p) beta_plane[p] = beta_offset(p * rows_per_plane * w.out[2]);
+    for (int64_t q = 0; q < rows_per_plane; ++q) beta_row[q] = beta_offset(q * w.out[2]);
+  }
   parallel_for(ctx, rows, cost * w.out[2], [&](int64_t begin, int64_t end) {
-    float a[kAdaWindowBuffer][kAdaRun], b[kAdaRun], res[kAdaRun];
-    int64_t row_off[kAdaWindowBuffer];
+    std::vector<int64_t> offs, kept_offs;
+    std::vector<std::vector<float>> bufs, kept_bufs;
+    std::vector<const float*> ptrs;
+    std::vector<float> row_f(w.in[2]), yrow(g.n), brow(g.n, 0.0f);
+    std::vector<int64_t> bad(g.n);
+    int64_t kept_plane = -1;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t plane = r / (w.out[0] * w.out[1]), oh = r % w.out[1], od = (r / w.out[1]) % w.out[0];
+      const int64_t plane = r / rows_per_plane, q = r % rows_per_plane;
+      const int64_t od = q / w.out[1], oh = q % w.out[1];
       const S* xp = x + plane * in_plane;
       const int64_t o0 = r * w.out[2];
-      // one window by the per-window math (borders, large windows)
+      // one window by the per-window math (flagged lanes)
       auto one = [&](int64_t ow) {
         float buf[kAdaWindowBuffer];  // the values gathered once: the math visits them 3 to 6 times
         int64_t count = 0;
         const bool buffered = window_size <= kAdaWindowBuffer;
         if (buffered) for_each_in_window(w, od, oh, ow, [&](int64_t off) { buf[count++] = ada_load(xp[off]); });
-        auto visit = [&](auto&& g) {
+        auto visit = [&](auto&& f) {
           if (buffered) {
-            for (int64_t i = 0; i < count; ++i) g(buf[i]);
+            for (int64_t i = 0; i < count; ++i) f(buf[i]);
           } else {
-            for_each_in_window(w, od, oh, ow, [&](int64_t off) { g(ada_load(xp[off])); });
+            for_each_in_window(w, od, oh, ow, [&](int64_t off) { f(ada_load(xp[off])); });
           }
         };
         float v;
@@ -175,33 +367,56 @@ void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, con
         }
         y[o0 + ow] = ada_store<S>(v);
       };
-      // the interior run: windows whose W taps are all inside the input
-      int64_t nrows = 0;
-      for_each_window_row(w, od, oh, [&](int64_t off) {
-        if (nrows < kAdaWindowBuffer) row_off[nrows] = off;
-        ++nrows;
-      });
-      const int64_t taps = nrows * w.k[2];
-      const int64_t span = (w.k[2] - 1) * w.dil[2];
-      int64_t lo = (w.pad[2] + w.s[2] - 1) / w.s[2];
-      int64_t hi = w.in[2] - 1 - span + w.pad[2] < 0 ? -1 : (w.in[2] - 1 - span + w.pad[2]) / w.s[2];
-      hi = hi < w.out[2] - 1 ? hi : w.out[2] - 1;
-      if (taps == 0 || taps > kAdaWindowBuffer || lo > hi) lo = w.out[2], hi = w.out[2] - 1;
-      for (int64_t ow = 0; ow < lo && ow < w.out[2]; ++ow) one(ow);
-      for (int64_t ow0 = lo; ow0 <= hi; ow0 += kAdaRun) {
-        const int64_t n = hi + 1 - ow0 < kAdaRun ? hi + 1 - ow0 : kAdaRun;
-        for (int64_t ri = 0; ri < nrows; ++ri)
-          for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-            const S* src = xp + row_off[ri] + ow0 * w.s[2] - w.pad[2] + kw * w.dil[2];
-            float* dst = a[ri * w.k[2] + kw];
-            for (int64_t j = 0; j < n; ++j) dst[j] = ada_load(src[j * w.s[2]]);
-          }
-        if constexpr (Kind == AdaKind::kAda)
-          for (int64_t j = 0; j < n; ++j) b[j] = ada_load(beta[beta_offset(o0 + ow0 + j)]);
-        ada_run<Kind>(a, taps, n, b, res);
-        for (int64_t j = 0; j < n; ++j) y[o0 + ow0 + j] = ada_store<S>(res[j]);
+      if (r + kAdaPrefetchRows < end) {  // a later row's input, on its way while this one computes
+        const int64_t rn = r + kAdaPrefetchRows, qn = rn % rows_per_plane;
+        const char* pn = reinterpret_cast<const char*>(x + rn / rows_per_plane * in_plane);
+        for_each_window_row(w, qn / w.out[1], qn % w.out[1], [&](int64_t off) {
+          for (int64_t b = 0; b < w.in[2] * (int64_t)sizeof(S); b += 64) __builtin_prefetch(pn + off * sizeof(S) + b);
+        });
       }
-      for (int64_t ow = hi + 1 > lo ? hi + 1 : lo; ow < w.out[2]; ++ow) one(ow);
+      offs.clear();
+      for_each_window_row(w, od, oh, [&](int64_t off) { offs.push_back(off); });
+      if (offs.empty()) {  // a window of padding rows only
+        for (int64_t ow = 0; ow < w.out[2]; ++ow) one(ow);
+        continue;
+      }
+      // the window rows as float phases; the previous output row's are reused
+      bufs.resize(offs.size());
+      for (size_t i = 0; i < offs.size(); ++i) {
+        size_t j = 0;
+        while (kept_plane == plane && j < kept_offs.size() && kept_offs[j] != offs[i]) ++j;
+        if (kept_plane == plane && j < kept_offs.size() && !kept_bufs[j].empty()) {
+          std::swap(bufs[i], kept_bufs[j]);
+          continue;
+        }
+        bufs[i].resize(g.lp);
+        const float* src;
+        if constexpr (std::is_same<S, float>::value) {
+          src = xp + offs[i];
+        } else {
+          cpu::halves_to_floats(isa, xp + offs[i], row_f.data(), w.in[2]);
+          src = row_f.data();
+        }
+        cpu::ada_split_row(isa, src, g, bufs[i].data());
+      }
+      ptrs.resize(offs.size());
+      for (size_t i = 0; i < offs.size(); ++i) ptrs[i] = bufs[i].data();
+      if constexpr (Kind == AdaKind::kAda) {
+        const int64_t b0 = beta_plane[plane] + beta_row[q], bs = bstrides.back();
+        for (int64_t ow = 0; ow < w.out[2]; ++ow) brow[ow] = ada_load(beta[b0 + ow * bs]);
+      }
+      const int64_t nrows = (int64_t)offs.size();
+      const cpu::AdaRow row{ptrs.data(), nrows, w.k[2], g.off.data(), g.valid.data(), g.pad_inf.data(),
+                            g.interior.data(), g.inv_count.data() + (nrows - 1) * g.n, brow.data(), g.n,
+                            yrow.data(), bad.data()};
+      const int64_t nbad = cpu::ada_row<Kind>(isa, row);
+      if constexpr (std::is_same<S, float>::value) std::memcpy(y + o0, yrow.data(), w.out[2] * sizeof(float));
+      else cpu::floats_to_halves(isa, yrow.data(), y + o0, w.out[2]);
+      for (int64_t i = 0; i < nbad; ++i)
+        if (bad[i] < w.out[2]) one(bad[i]);
+      std::swap(kept_offs, offs);
+      std::swap(kept_bufs, bufs);
+      kept_plane = plane;
     }
   });
 }
