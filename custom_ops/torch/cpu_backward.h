@@ -2,10 +2,11 @@
 //
 // Windowed ops: one (n, c) plane per work item, so the gradient of a plane is summed by
 // one thread in a fixed order: deterministic, no atomics, no gradient-sized scratch
-// beyond the plane. Within a plane, each output window's gradient terms are added into a
-// plane accumulator G (a scatter, which vectorizes along output columns like the
-// forward's passes; a gather over the windows containing each input element would need
-// per-element window lists and gives the same sums).
+// beyond the plane. Within a plane, a first pass gives every output window its c_w and
+// y_w (below); a second gathers, for each input element, the terms of the windows that
+// hold it, in the order a scatter over output rows would add them (the window lists are
+// the same for every plane, built once per call). Both passes run along output or
+// input columns in vector blocks.
 //
 // SoftPool: p_wj = exp(beta a_j - m_w) / s_w. Softmax is shift-invariant, so when the
 // plane's range of beta * a is at most kSoftShiftRange, one shift M (the plane maximum)
@@ -37,49 +38,150 @@ using limits::kSoftShiftRange;
 
 struct BackwardScratch {
   std::vector<float> x, e, g;     // padded plane rows: input, exp, gradient accumulator
-  std::vector<float> s, t;        // per output column: window sums, then c_w and y_w
-  std::vector<int64_t> rows;      // the window's taps (offsets in the phase-split plane)
+  std::vector<float> c, y, gy;    // per output row (zero-padded, see BackwardPlan): c_w, y_w; one row of dY
+  std::vector<float> h;           // a float16 plane in float32
 };
 
-// Output-row passes of the shift path over phase-split rows (see plane_backward): at[i] is
-// window tap i's offset, and every tap reads a contiguous run, so the inner loops
-// vectorize. One dispatched call per output row (not per tap): short rows.
-PX_DISPATCH static void window_sums(const float* __restrict e, const float* __restrict x, const int64_t* at,
-                                    int64_t taps, int64_t n, float* __restrict sa, float* __restrict sb, bool soft) {
-  for (int64_t i = 0; i < taps; ++i) {
-    const float* __restrict ei = e + at[i];
-    const float* __restrict xi = x + at[i];
-    if (soft) {
-      for (int64_t o = 0; o < n; ++o) {
-        sa[o] += ei[o];
-        sb[o] += ei[o] * xi[o];
+// The lanes of one block of the shift path's vector loops; row buffers carry this much
+// slack past their end, so a last block may read (and write) past a row.
+constexpr int64_t kBackwardLanes = 8;  // the AVX2 passes hold one __m256 per block
+
+// Output-row pass of the shift path over phase-split rows (see plane_backward): at[i] is
+// window tap i's offset, and every tap reads a contiguous run. Blocks of lanes hold the
+// window sums in registers; column o < n gets
+//   soft:        c = g / sum e,  y = sum e * (a - c0) / sum e
+//   expectation: c = g / sum r,  y = sum r^2 / sum r
+// and 0 where the sum is not positive (no weight, or NaN) or o >= n. gy holds the row of
+// dY, zero-padded to whole blocks.
+static void window_stats_portable(const float* __restrict e, const float* __restrict x, const int64_t* at,
+                                  int64_t taps, int64_t n, const float* __restrict gy, float* __restrict c,
+                                  float* __restrict y, bool soft) {
+  constexpr int64_t L = kBackwardLanes;
+  for (int64_t o = 0; o < n; o += L) {
+    float sa[L] = {}, sb[L] = {};
+    for (int64_t i = 0; i < taps; ++i) {
+      const float* __restrict ei = e + at[i] + o;
+      const float* __restrict xi = x + at[i] + o;
+      if (soft) {
+        for (int64_t l = 0; l < L; ++l) {
+          sa[l] += ei[l];
+          sb[l] += ei[l] * xi[l];
+        }
+      } else {
+        for (int64_t l = 0; l < L; ++l) {
+          float r = stochastic_r(xi[l]);  // NaN kept: a window holding NaN gets sa = NaN, no gradient
+          sa[l] += r;
+          sb[l] += r * r;
+        }
       }
-    } else {
-      for (int64_t o = 0; o < n; ++o) {
-        float r = stochastic_r(xi[o]);  // NaN kept: a window holding NaN gets sa = NaN, no gradient
-        sa[o] += r;
-        sb[o] += r * r;
-      }
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const bool any = sa[l] > 0.0f && o + l < n;
+      y[o + l] = any ? sb[l] / sa[l] : 0.0f;
+      c[o + l] = any ? gy[o + l] / sa[l] : 0.0f;
     }
   }
 }
 
-PX_DISPATCH static void scatter_terms(const float* __restrict x, float* __restrict g, const int64_t* at, int64_t taps,
-                                      int64_t n, const float* __restrict c, const float* __restrict y, float beta,
-                                      bool soft) {
-  for (int64_t i = 0; i < taps; ++i) {
-    const float* __restrict xi = x + at[i];
-    float* __restrict gi = g + at[i];
+// G of one phase run of one input row, columns [0, n) in whole blocks: the sum over the
+// windows holding each element (src[j] + t indexes c and y of window j's column for run
+// column t; zero-padded rows give 0 where t is past that output row) of
+//   soft:        c_w * (1 + beta * (a - y_w))       (a, y_w both centred on c0)
+//   expectation: c_w * (2 r - y_w)
+// in the order the windows come (output rows ascending, then taps): each element's terms
+// are added in the same order as a scatter over output rows would add them. cov is 0 at
+// a column in no window: there G = 0 (a NaN a would otherwise meet the zero padding).
+static void gather_terms_portable(const float* __restrict x, const float* __restrict cbuf,
+                                  const float* __restrict ybuf, const int64_t* src, int64_t nsrc,
+                                  const float* __restrict cov, int64_t n, float beta, bool soft, float* __restrict g) {
+  constexpr int64_t L = kBackwardLanes;
+  for (int64_t t = 0; t < n; t += L) {
+    float acc[L] = {}, a[L];
+    for (int64_t l = 0; l < L; ++l)  // expectation: NaN read as 0, so a window holding NaN (c = y = 0) adds 0
+      a[l] = soft ? x[t + l] : (x[t + l] > 0.0f ? x[t + l] : 0.0f);
+    for (int64_t j = 0; j < nsrc; ++j) {
+      const float* __restrict cj = cbuf + src[j] + t;
+      const float* __restrict yj = ybuf + src[j] + t;
+      if (soft)
+        for (int64_t l = 0; l < L; ++l) acc[l] += cj[l] * (1.0f + beta * (a[l] - yj[l]));
+      else
+        for (int64_t l = 0; l < L; ++l) acc[l] += cj[l] * (2.0f * a[l] - yj[l]);
+    }
+    for (int64_t l = 0; l < L; ++l) g[t + l] = cov[t + l] != 0.0f ? acc[l] : 0.0f;
+  }
+}
+
+#ifdef PX_HAVE_AVX2_PATH
+// The two passes above in AVX2 (the compiler leaves the portable blocks scalar). The same
+// operations in the same order, no FMA: results equal the portable ones bit for bit.
+PX_AVX2 static void window_stats_avx2(const float* e, const float* x, const int64_t* at, int64_t taps, int64_t n,
+                                      const float* gy, float* c, float* y, bool soft) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t o = 0; o < n; o += 8) {
+    __m256 sa = zero, sb = zero;
     if (soft) {
-      for (int64_t o = 0; o < n; ++o) gi[o] += c[o] * (1.0f + beta * (xi[o] - y[o]));
+      for (int64_t i = 0; i < taps; ++i) {
+        const __m256 ev = _mm256_loadu_ps(e + at[i] + o);
+        sa = _mm256_add_ps(sa, ev);
+        sb = _mm256_add_ps(sb, _mm256_mul_ps(ev, _mm256_loadu_ps(x + at[i] + o)));
+      }
     } else {
-      for (int64_t o = 0; o < n; ++o) {
-        // NaN read as 0 here: a window holding NaN has c = y = 0 and adds exactly 0
-        float r = xi[o] > 0.0f ? xi[o] : 0.0f;
-        gi[o] += c[o] * (2.0f * r - y[o]);
+      for (int64_t i = 0; i < taps; ++i) {
+        const __m256 xv = _mm256_loadu_ps(x + at[i] + o);
+        const __m256 r = _mm256_andnot_ps(_mm256_cmp_ps(xv, zero, _CMP_LE_OQ), xv);  // stochastic_r: NaN kept
+        sa = _mm256_add_ps(sa, r);
+        sb = _mm256_add_ps(sb, _mm256_mul_ps(r, r));
       }
     }
+    const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)std::min<int64_t>(n - o, 8)), lane));
+    const __m256 any = _mm256_and_ps(_mm256_cmp_ps(sa, zero, _CMP_GT_OQ), live);
+    _mm256_storeu_ps(y + o, _mm256_and_ps(_mm256_div_ps(sb, sa), any));
+    _mm256_storeu_ps(c + o, _mm256_and_ps(_mm256_div_ps(_mm256_loadu_ps(gy + o), sa), any));
   }
+}
+
+PX_AVX2 static void gather_terms_avx2(const float* x, const float* cbuf, const float* ybuf, const int64_t* src,
+                                      int64_t nsrc, const float* cov, int64_t n, float beta, bool soft, float* g) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 bv = _mm256_set1_ps(beta);
+  for (int64_t t = 0; t < n; t += 8) {
+    __m256 a = _mm256_loadu_ps(x + t), acc = zero;
+    if (soft) {
+      for (int64_t j = 0; j < nsrc; ++j) {
+        const __m256 d = _mm256_sub_ps(a, _mm256_loadu_ps(ybuf + src[j] + t));
+        const __m256 f = _mm256_add_ps(one, _mm256_mul_ps(bv, d));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(cbuf + src[j] + t), f));
+      }
+    } else {
+      a = _mm256_and_ps(a, _mm256_cmp_ps(a, zero, _CMP_GT_OQ));  // NaN read as 0
+      const __m256 a2 = _mm256_mul_ps(two, a);
+      for (int64_t j = 0; j < nsrc; ++j) {
+        const __m256 f = _mm256_sub_ps(a2, _mm256_loadu_ps(ybuf + src[j] + t));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(cbuf + src[j] + t), f));
+      }
+    }
+    _mm256_storeu_ps(g + t, _mm256_and_ps(acc, _mm256_cmp_ps(_mm256_loadu_ps(cov + t), zero, _CMP_NEQ_UQ)));
+  }
+}
+#endif
+
+// vec: the AVX2 passes (BackwardPlan::vec: the CPU has AVX2 + FMA and POOLEXPORT_CPU_ISA
+// does not cap it at portable)
+static void window_stats(bool vec, const float* e, const float* x, const int64_t* at, int64_t taps, int64_t n,
+                         const float* gy, float* c, float* y, bool soft) {
+#ifdef PX_HAVE_AVX2_PATH
+  if (vec) return window_stats_avx2(e, x, at, taps, n, gy, c, y, soft);
+#endif
+  window_stats_portable(e, x, at, taps, n, gy, c, y, soft);
+}
+
+static void gather_terms(bool vec, const float* x, const float* cbuf, const float* ybuf, const int64_t* src,
+                         int64_t nsrc, const float* cov, int64_t n, float beta, bool soft, float* g) {
+#ifdef PX_HAVE_AVX2_PATH
+  if (vec) return gather_terms_avx2(x, cbuf, ybuf, src, nsrc, cov, n, beta, soft, g);
+#endif
+  gather_terms_portable(x, cbuf, ybuf, src, nsrc, cov, n, beta, soft, g);
 }
 
 // dX of the shift path, e * G: 0 where G is 0. An input in no window (stride above the
@@ -107,13 +209,33 @@ PX_DISPATCH static void scatter_phase(const float* __restrict a, const float* __
   }
 }
 
-// e = exp(beta * (x - c)) and x -> x - c in place (the shift path's centred values).
-PX_DISPATCH static void center_exp(float* __restrict x, float* __restrict e, int64_t n, float beta, float c) {
+// e = exp(beta * (x - c)) and x -> x - c in place (the shift path's centred values), in
+// whole blocks of kBackwardLanes: up to n rounded up (the buffers' slack).
+PX_DISPATCH static void center_exp_portable(float* __restrict x, float* __restrict e, int64_t n, float beta, float c) {
   for (int64_t j = 0; j < n; ++j) {
     const float d = x[j] - c;
     x[j] = d;
     e[j] = fast_exp(beta * d);
   }
+}
+
+#ifdef PX_HAVE_AVX2_PATH
+// beta * (x - c) <= 0 (c is the plane's extreme on beta's side), as exp8_nonpos needs
+PX_AVX2 static void center_exp_avx2(float* x, float* e, int64_t n, float beta, float c) {
+  const __m256 cv = _mm256_set1_ps(c), bv = _mm256_set1_ps(beta);
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + j), cv);
+    _mm256_storeu_ps(x + j, d);
+    _mm256_storeu_ps(e + j, exp8_nonpos(_mm256_mul_ps(bv, d)));
+  }
+}
+#endif
+
+static void center_exp(bool vec, float* x, float* e, int64_t n, float beta, float c) {
+#ifdef PX_HAVE_AVX2_PATH
+  if (vec) return center_exp_avx2(x, e, n, beta, c);
+#endif
+  center_exp_portable(x, e, (n + kBackwardLanes - 1) / kBackwardLanes * kBackwardLanes, beta, c);
 }
 
 #ifdef PX_HAVE_AVX2_PATH
@@ -193,42 +315,92 @@ void plane_backward_windows(Op kind, const T* x, const T* gy, float* G, const Ro
       }
 }
 
+// The shift path's layout (see plane_backward) and window lists, the same for every plane:
+// built once per call. Rows of c and y (one per output row) hold `lead` zeros, the row's
+// columns, then zeros to `crs`, so a gather may index them past either end of the row.
+struct BackwardPlan {
+  int64_t len = 0, rs = 0;                 // phase run length; phase-split row length, s * len
+  int64_t lead = 0, crs = 0;               // c / y rows: zeros before column 0, row stride
+  std::vector<int64_t> tap_at, tap_begin;  // output row o's taps: tap_at[tap_begin[o] .. tap_begin[o + 1])
+  std::vector<int64_t> src, src_begin;     // run (r, p), index r * s + p: its windows' c / y offsets
+  std::vector<float> cov;                  // run column t of phase p lies in a window: cov[p * (len + L) + t]
+  std::vector<int64_t> t0, t1;             // phase p's input columns: run columns [t0[p], t1[p])
+  bool vec = false;                        // the AVX2 passes (read once per call: cpu_isa() is a getenv)
+
+  explicit BackwardPlan(const Window3& w) {
+    constexpr int64_t L = kBackwardLanes;
+    const int64_t in_w = w.in[2], pw = w.pad[2], nrows = w.in[0] * w.in[1], ow_n = w.out[2], s = w.s[2];
+    const int64_t kw_n = w.k[2], dil = w.dil[2];
+    const int64_t wp = std::max(pw + in_w, (ow_n - 1) * s + (kw_n - 1) * dil + 1);
+    len = (wp + s - 1) / s;
+    rs = s * len;
+    for (int64_t p = 0; p < s; ++p) {  // t whose input column s*t + p - pw lies in [0, in_w)
+      t0.push_back(std::min(len, pw > p ? (pw - p + s - 1) / s : 0));
+      t1.push_back(std::max(t0[p], std::min(len, (pw + in_w - p + s - 1) / s)));
+    }
+    lead = (kw_n - 1) * dil / s;
+    crs = lead + len + L;
+    std::vector<std::vector<int64_t>> cover(nrows);  // input row -> output rows holding it, ascending
+    tap_begin.push_back(0);
+    int64_t orow = 0;
+    for (int64_t od = 0; od < w.out[0]; ++od)
+      for (int64_t oh = 0; oh < w.out[1]; ++oh, ++orow) {
+        for_each_window_row_index(w, od, oh, [&](int64_t r) {
+          cover[r].push_back(orow);
+          for (int64_t kw = 0; kw < kw_n; ++kw) {
+            const int64_t q = kw * dil;
+            tap_at.push_back(r * rs + (q % s) * len + q / s);
+          }
+        });
+        tap_begin.push_back((int64_t)tap_at.size());
+      }
+    src_begin.push_back(0);
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t p = 0; p < s; ++p) {
+        for (int64_t o : cover[r])  // the scatter's order: output rows, then taps
+          for (int64_t kw = 0; kw < kw_n; ++kw)
+            if (kw * dil % s == p) src.push_back(o * crs + lead - kw * dil / s);
+        src_begin.push_back((int64_t)src.size());
+      }
+#ifdef PX_HAVE_AVX2_PATH
+    vec = cpu_has_avx2_fma() && cpu_isa() != Isa::kPortable;
+#endif
+    cov.assign(s * (len + L), 0.0f);
+    for (int64_t kw = 0; kw < kw_n; ++kw)
+      for (int64_t o = 0; o < ow_n; ++o) cov[(kw * dil % s) * (len + L) + o + kw * dil / s] = 1.0f;
+  }
+};
+
 // dX of one (n, c) plane; x, gy, gx point at the plane. The shift path keeps each input
 // row padded (column c = input column c - pw) and split into stride phases: phase p holds
 // columns p, p + s, p + 2s, ..., so window tap kw of consecutive outputs is the contiguous
 // run starting at index kw*dil / s of phase kw*dil % s (the ORT AVX2 kernels' layout).
+// It takes two passes: c_w and y_w of every window (window_stats, by output rows), then
+// each input run's gradient from the windows holding it (gather_terms): every element's
+// G is written once, no read-modify-write of a shared accumulator.
 template <class T>
-void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args, int64_t plane, BackwardScratch& sc) {
+void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args, const BackwardPlan& plan,
+                    int64_t plane, BackwardScratch& sc) {
+  constexpr int64_t L = kBackwardLanes;
   const Window3& w = args.w;
   const float beta = args.beta;
   const int64_t in_w = w.in[2], pw = w.pad[2], nrows = w.in[0] * w.in[1], plane_in = nrows * in_w;
   const int64_t ow_n = w.out[2], s = w.s[2];
-  const int64_t wp = std::max(pw + in_w, (ow_n - 1) * s + (w.k[2] - 1) * w.dil[2] + 1);
-  const int64_t len = (wp + s - 1) / s, rs = s * len;  // per phase, per row
+  const int64_t len = plan.len, rs = plan.rs;
   const bool soft = kind == Op::kSoft;
-  sc.x.resize(nrows * rs);
+  const float* xf = reinterpret_cast<const float*>(x);  // the plane in float32
+  if (!std::is_same<T, float>::value) {
+    sc.h.resize(plane_in);
+    for (int64_t i = 0; i < plane_in; ++i) sc.h[i] = load(x, i);
+    xf = sc.h.data();
+  }
   float zmax = -__builtin_huge_valf(), zmin = __builtin_huge_valf();
   float hi[8], lo[8];
   for (int l = 0; l < 8; ++l) {
     hi[l] = zmax;
     lo[l] = zmin;
   }
-  for (int64_t r = 0; r < nrows; ++r) {
-    for (int64_t p = 0; p < s; ++p) {
-      float* X = sc.x.data() + r * rs + p * len;
-      // t range whose input column s*t + p - pw lies in [0, in_w)
-      const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
-      const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
-      const T* src = x + r * in_w + p - pw;
-      for (int64_t t = 0; t < t0; ++t) X[t] = 0.0f;
-      if (std::is_same<T, float>::value)
-        gather_phase(reinterpret_cast<const float*>(src) + s * t0, s, t1 - t0, X + t0);
-      else
-        for (int64_t t = t0; t < t1; ++t) X[t] = load(src, s * t);
-      for (int64_t t = t1; t < len; ++t) X[t] = 0.0f;
-      range_lanes(X + t0, t1 - t0, hi, lo);
-    }
-  }
+  range_lanes(xf, plane_in, hi, lo);
   float xmax = zmax, xmin = zmin;  // of x, then of beta * x
   for (int l = 0; l < 8; ++l) {
     xmax = hi[l] > xmax ? hi[l] : xmax;
@@ -238,63 +410,65 @@ void plane_backward(Op kind, const T* x, const T* gy, T* gx, const RowArgs& args
   const float cref = beta < 0.0f ? xmin : xmax;  // beta * cref = M, the plane's maximum of beta * x
   zmax = beta * cref;
   zmin = beta * (beta < 0.0f ? xmax : xmin);
-  sc.g.assign(std::max(nrows * rs, plane_in), 0.0f);
-  float* G = sc.g.data();
   // max |x| above the scaled paths' limit (or inf): every window through the shared math
   const bool huge = plane_in > 0 && !(amax <= (soft ? limits::kSoftScaleAbove : limits::kMomentScaleAbove));
   if (kind == Op::kSample || huge || (soft && !(zmax - zmin <= kSoftShiftRange))) {
-    plane_backward_windows(kind, x, gy, G, args, plane);
-    for (int64_t i = 0; i < plane_in; ++i) store(gx, i, G[i]);
+    sc.g.assign(plane_in, 0.0f);
+    plane_backward_windows(kind, x, gy, sc.g.data(), args, plane);
+    for (int64_t i = 0; i < plane_in; ++i) store(gx, i, sc.g[i]);
     return;
   }
-  const float* X = sc.x.data();
-  const float* E = X;  // expectation: unused
-  if (soft) {
-    sc.e.resize(nrows * rs);
-    center_exp(sc.x.data(), sc.e.data(), nrows * rs, beta, cref);
-    for (int64_t r = 0; r < nrows; ++r)  // padding columns weigh nothing
-      for (int64_t p = 0; p < s; ++p) {
-        float* Er = sc.e.data() + r * rs + p * len;
-        const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
-        const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
-        for (int64_t t = 0; t < t0; ++t) Er[t] = 0.0f;
-        for (int64_t t = t1; t < len; ++t) Er[t] = 0.0f;
-      }
-    E = sc.e.data();
-  }
-  sc.s.resize(2 * ow_n);
-  sc.t.resize(2 * ow_n);
-  float *sa = sc.s.data(), *sb = sa + ow_n, *c = sc.t.data(), *y = c + ow_n;
-  int64_t orow = 0;
-  for (int64_t od = 0; od < w.out[0]; ++od)
-    for (int64_t oh = 0; oh < w.out[1]; ++oh, ++orow) {
-      sc.rows.clear();  // the window's taps: offsets of their runs
-      for_each_window_row(w, od, oh, [&](int64_t off) {
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-          const int64_t q = kw * w.dil[2];
-          sc.rows.push_back(off / in_w * rs + (q % s) * len + q / s);
-        }
-      });
-      const int64_t taps = (int64_t)sc.rows.size();
-      std::fill(sa, sa + 2 * ow_n, 0.0f);
-      window_sums(E, X, sc.rows.data(), taps, ow_n, sa, sb, soft);
-      for (int64_t o = 0; o < ow_n; ++o) {
-        const float g = load(gy, orow * ow_n + o);
-        // soft: sa = sum e, sb = sum e*(a - c), y = d; expectation: sa = sum r, sb = sum r^2
-        const bool any = sa[o] > 0.0f;
-        y[o] = any ? sb[o] / sa[o] : 0.0f;
-        c[o] = any ? g / sa[o] : 0.0f;
-      }
-      scatter_terms(X, G, sc.rows.data(), taps, ow_n, c, y, beta, soft);
-    }
+  // phase-split rows, 0 in padding; soft: centred on cref, with e = exp(beta * (x - cref))
+  // (one pass over the plane: short per-run calls leave exp's latency exposed), 0 in padding
+  sc.x.resize(nrows * rs + L);
+  float* X = sc.x.data();
+  float* E = X;  // expectation: unused
   for (int64_t r = 0; r < nrows; ++r)
     for (int64_t p = 0; p < s; ++p) {
-      const int64_t at = r * rs + p * len;
-      const int64_t t0 = std::min(len, pw > p ? (pw - p + s - 1) / s : 0);
-      const int64_t t1 = std::max(t0, std::min(len, (pw + in_w - p + s - 1) / s));
+      const int64_t at = r * rs + p * len, t0 = plan.t0[p], t1 = plan.t1[p];
+      std::fill(X + at, X + at + t0, 0.0f);
+      gather_phase(xf + r * in_w + p - pw + s * t0, s, t1 - t0, X + at + t0);
+      std::fill(X + at + t1, X + at + len, 0.0f);
+    }
+  std::fill(sc.x.end() - L, sc.x.end(), 0.0f);  // slack read by the last blocks
+  if (soft) {
+    sc.e.resize(nrows * rs + L);
+    E = sc.e.data();
+    center_exp(plan.vec, X, E, nrows * rs, beta, cref);  // its last block ends in the slack
+    for (int64_t r = 0; r < nrows; ++r)
+      for (int64_t p = 0; p < s; ++p) {
+        const int64_t at = r * rs + p * len;
+        std::fill(E + at, E + at + plan.t0[p], 0.0f);  // padding columns weigh nothing
+        std::fill(E + at + plan.t1[p], E + at + len, 0.0f);
+      }
+    std::fill(sc.x.end() - L, sc.x.end(), 0.0f);
+    std::fill(sc.e.end() - L, sc.e.end(), 0.0f);
+  }
+  // c and y of every window; the rows' padding stays 0 from the first plane on
+  const int64_t out_rows = w.out[0] * w.out[1], ow_blocks = (ow_n + L - 1) / L * L;
+  if ((int64_t)sc.c.size() != out_rows * plan.crs) {
+    sc.c.assign(out_rows * plan.crs, 0.0f);
+    sc.y.assign(out_rows * plan.crs, 0.0f);
+  }
+  sc.gy.assign(ow_blocks, 0.0f);
+  for (int64_t orow = 0; orow < out_rows; ++orow) {
+    for (int64_t o = 0; o < ow_n; ++o) sc.gy[o] = load(gy, orow * ow_n + o);
+    const int64_t at = orow * plan.crs + plan.lead;
+    window_stats(plan.vec, E, X, plan.tap_at.data() + plan.tap_begin[orow], plan.tap_begin[orow + 1] - plan.tap_begin[orow],
+                 ow_n, sc.gy.data(), sc.c.data() + at, sc.y.data() + at, soft);
+  }
+  // each input run's G from the windows holding it, then dX (soft: e * G; expectation: [x > 0] * G)
+  sc.g.resize(nrows * rs + L);
+  float* G = sc.g.data();
+  for (int64_t r = 0; r < nrows; ++r)
+    for (int64_t p = 0; p < s; ++p) {
+      const int64_t at = r * rs + p * len, t0 = plan.t0[p], t1 = plan.t1[p], run = r * s + p;
+      gather_terms(plan.vec, X + at + t0, sc.c.data() + t0, sc.y.data() + t0, plan.src.data() + plan.src_begin[run],
+                   plan.src_begin[run + 1] - plan.src_begin[run], plan.cov.data() + p * (len + L) + t0, t1 - t0, beta,
+                   soft, G + at + t0);
       T* dst = gx + r * in_w + p - pw;
       if (std::is_same<T, float>::value)
-        scatter_phase((soft ? E : X) + at + t0, G + at + t0, s, t1 - t0, soft, reinterpret_cast<float*>(dst) + s * t0);
+        scatter_phase(E + at + t0, G + at + t0, s, t1 - t0, soft, reinterpret_cast<float*>(dst) + s * t0);
       else if (soft)
         for (int64_t t = t0; t < t1; ++t) store(dst, s * t, soft_dx(E[at + t], G[at + t]));
       else
@@ -310,11 +484,12 @@ void window_backward(Op kind, const T* x, const T* gy, T* gx, int64_t N, int64_t
     for (int64_t i = 0; i < N * C * plane_in; ++i) store(gx, i, 0.0f);
     return;
   }
+  const BackwardPlan plan(w);
   const int64_t cost = plane_out * w.k[0] * w.k[1] * w.k[2] * 2 + plane_in;
   pfor(N * C, cost, [&](int64_t b, int64_t e) {
     BackwardScratch sc;
     for (int64_t p = b; p < e; ++p)
-      plane_backward(kind, x + p * plane_in, gy + p * plane_out, gx + p * plane_in, args, p, sc);
+      plane_backward(kind, x + p * plane_in, gy + p * plane_out, gx + p * plane_in, args, plan, p, sc);
   });
 }
 
