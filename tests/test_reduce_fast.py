@@ -354,3 +354,159 @@ def test_equal_values_give_that_value():
         for path in PATHS:
             with cpu_path(path):
                 np.testing.assert_array_equal(ort_reduce("soft", x), x[:, :, 0, 0], err_msg=f"{path} size {size}")
+
+
+# ------------------------------------------------------------------ base-2 weights
+# The reduce forms weigh e = 2^u, u = b2 (x - c), b2 = beta * log2(e) rounded to float32
+# (cpu_reduce_plane.h). A plane whose smallest u is at least NARROW_MIN takes the exp without
+# clamp; u is clamped at ARG_MIN_2 (exp's kExpArgMin in base 2); a beta whose b2 overflows
+# takes the shared math. All three as float32 computes them.
+LOG2E = np.float32(1.44269504088896341)
+NARROW_MIN = np.float32(-np.float32(L.SHARED_RANGE) * LOG2E)
+ARG_MIN_2 = np.float32(np.float32(L.EXP_ARG_MIN) * LOG2E)
+LANE_ITEMS = L.LIMITS["kReduceLaneItems"]
+
+
+def _u(beta, d):
+    """u as the kernels compute it for x - c = d (float32 throughout)."""
+    return np.float32(np.float32(np.float32(beta) * LOG2E) * np.float32(d))
+
+
+def _steps_around(beta, limit):
+    """x - c values whose u lies just above, on (where float32 has one) and just below
+    limit: the float32 neighbours of limit / b2 that straddle it."""
+    d = np.float32(limit / (np.float32(beta) * LOG2E))
+    ds, up, down = [d], d, d
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        ds += [up, down]
+    above = max((v for v in ds if _u(beta, v) < limit), key=lambda v: _u(beta, v))
+    on = [v for v in ds if _u(beta, v) == limit]
+    below = min((v for v in ds if _u(beta, v) > limit), key=lambda v: _u(beta, v))
+    return [above] + on[:1] + [below]
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("beta", [1.0, 2.0, -1.0, 0.3])
+def test_soft_exponent_around_the_narrow_limit(beta, dtype):
+    """Planes whose smallest exponent u lies one float32 step past, on, and one step inside
+    the unclamped exp's limit (the low element first, middle or last; the maximum 0 next to
+    it), in groups with ordinary planes: the oracle, torch == ORT, 1 == 2 threads."""
+    if dtype == "fp16":  # float16 cannot hold the float32 steps: the limit +- a float16 step
+        span = float(-NARROW_MIN / (np.float32(beta) * LOG2E))
+        values = [np.float16(s * np.sign(-beta)) for s in (span * (1 - 2 ** -10), span, span * (1 + 2 ** -10))]
+    else:
+        values = [np.float32(v) for v in _steps_around(beta, NARROW_MIN)]
+    for size in (49, CHUNK + 1):
+        x = (-np.abs(planes(6, size, np.float32, seed=size, scale=0.3)) / beta).astype(DTYPES[dtype][0])
+        for q, at in enumerate((0, size // 2, size - 1)):
+            for k, v in enumerate(values[:2]):
+                x[0, 2 * q + k, 0, at] = v
+                x[0, 2 * q + k, 0, (at + 1) % size] = 0.0
+        x2 = x.copy()
+        x2[0, :3, 0, 0] = values[-1]
+        check_every_runtime("soft", np.concatenate([x, x2], 1), f"narrow limit beta {beta} size {size}", beta=beta)
+
+
+@pytest.mark.parametrize("beta", [1.0, -1.0, 0.3])
+def test_soft_exponent_around_the_clamp(beta):
+    """One element whose u is one float32 step above, on, or one step below the clamp
+    ARG_MIN_2 (the rest 0, so that its weight alone moves the output), first, middle or
+    last, in the lane form and the vector loops."""
+    for size in (49, CHUNK + 1):
+        x = np.zeros((1, 9, 1, size), np.float32)
+        for k, v in enumerate(_steps_around(beta, ARG_MIN_2)):
+            for q, at in enumerate((0, size // 2, size - 1)):
+                x[0, 3 * k + q, 0, at] = np.float32(v)
+        check_every_runtime("soft", x, f"clamp beta {beta} size {size}", beta=beta)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_soft_beta_around_the_exponent_factor_overflow(sign):
+    """beta one float32 step below, at and above the largest whose b2 = beta * log2(e) is
+    finite (above: the shared math), on planes whose shift c is 0 (so beta * c stays finite):
+    the oracle (weights of x != c are 0 there), torch == ORT."""
+    big = np.float32(np.finfo(np.float32).max / LOG2E)
+    with np.errstate(over="ignore"):
+        while np.isfinite(np.float32(np.nextafter(big, np.float32(np.inf)) * LOG2E)):
+            big = np.nextafter(big, np.float32(np.inf))
+        while not np.isfinite(np.float32(big * LOG2E)):
+            big = np.nextafter(big, np.float32(0))
+    for b in (np.nextafter(big, np.float32(0)), big, np.nextafter(big, np.float32(np.inf))):
+        for size in (49, CHUNK + 1):
+            x = (-np.abs(planes(4, size, np.float32, seed=size)) * sign).astype(np.float32)
+            for q, at in enumerate((0, size // 2, size - 1)):
+                x[0, q, 0, at] = 0.0
+            x[0, 3] = 0.0
+            check_every_runtime("soft", x, f"beta {sign * b} size {size}", beta=float(sign * b))
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_group_counts_around_the_item_minimum(op, dtype):
+    """Groups of a lane width of planes handed out in at least kReduceLaneItems items: one
+    group fewer, as many, one more (and twice as many, +-1) for every lane width: the oracle,
+    and the same bits on 1 and 2 threads and in torch."""
+    for lanes in sorted(set(L.LANES.values())):
+        for groups in (LANE_ITEMS - 1, LANE_ITEMS, LANE_ITEMS + 1, 2 * LANE_ITEMS - 1, 2 * LANE_ITEMS + 1):
+            x = planes(groups * lanes, 49, DTYPES[dtype][0], seed=groups, hw=(7, 7))
+            check_every_runtime(op, x, f"{groups} groups of {lanes} planes")
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_group_counts_around_one_item(op, dtype):
+    """Calls of at most kReduceLaneOneItem units of cost run as one item (the calling thread),
+    larger ones are split: the largest group count that fits, -1 and +1, +2, for every lane
+    width (a group's cost: lanes * (4 P + 1) for SoftPool, lanes * (P + 1) for the
+    expectation): the oracle, and the same bits on 1 and 2 threads and in torch."""
+    per_plane = (4 if op == "soft" else 1) * 49 + 1
+    for lanes in sorted(set(L.LANES.values())):
+        fit = L.LIMITS["kReduceLaneOneItem"] // (lanes * per_plane)
+        for groups in (fit - 1, fit, fit + 1, fit + 2):
+            x = planes(groups * lanes, 49, DTYPES[dtype][0], seed=groups, hw=(7, 7))
+            check_every_runtime(op, x, f"{groups} groups of {lanes} planes")
+
+
+@pytest.mark.parametrize("size", [2 * CHUNK, 2 * CHUNK + 1, 2 * CHUNK + 15, 2 * CHUNK + 16, 2 * CHUNK + 17])
+def test_fp16_whole_planes_converted_with_their_extremes(size):
+    """float16 planes of several chunks, one thread per plane (SPLIT of them), converted and
+    ranged in one pass: vector steps +- 1 at the tail, NaN at the last element of one plane,
+    +inf first in another, the maximum in the tail of a third: the oracle / the shared math,
+    torch == ORT."""
+    x = planes(SPLIT, size, np.float16, seed=size)
+    x[0, 1, 0, size - 1] = np.nan
+    x[0, 3, 0, size - 1] = np.float16(40.0)
+    check_every_runtime("soft", x, f"fp16 {SPLIT} planes of {size}")
+    x[0, 2, 0, 0] = np.inf
+    for path in PATHS:
+        with cpu_path(path):
+            got = ort_reduce("soft", x)
+            np.testing.assert_array_equal(got[:, 2], generic_reduce("soft", x)[:, 2], err_msg=f"ort-{path} +inf")
+            np.testing.assert_array_equal(torch_reduce("soft", x), got, err_msg=f"torch-{path} +inf")
+
+
+@pytest.mark.parametrize("size", [49, CHUNK + 1])
+@pytest.mark.parametrize("beta", [1.0, -1.0])
+def test_soft_weight_accuracy_against_float64(beta, size):
+    """A plane of zeros but one element -d (the rest's weight 1, its own 2^u): its output
+    d w / (size - 1 + w) moves with the weight's relative error alone, which must stay
+    within 4e-7 (1 + |u|) of float64's exp (the polynomial's 1.6e-7 plus u's float32
+    roundings, which grow with |u|), over d whose 2^f sweeps its interval (unclamped), a
+    few up to the clamp and two past it (weight exp(kExpArgMin); wide planes: the clamped
+    exp)."""
+    d = np.concatenate([np.linspace(0.01, 3.0, 97), [20.0, 50.0, 70.0, 86.0, 100.0, 140.0]]).astype(np.float32)
+    x = np.zeros((1, len(d), 1, size), np.float32)
+    x[0, :, 0, size // 2] = -d * np.float32(np.sign(beta))
+    v = x[0, :, 0, size // 2].astype(np.float64)
+    w = np.exp(np.maximum(beta * v, L.EXP_ARG_MIN))  # past the clamp: exp(kExpArgMin)
+    want = v * w / (size - 1 + w)
+    u = np.abs(_u(beta, d).astype(np.float64))
+    for path in PATHS:
+        with cpu_path(path):
+            got = ort_reduce("soft", x, beta=beta)[0].astype(np.float64)
+            rel = np.abs(got - want) / np.abs(want)
+            bad = ~(rel <= 4e-7 * (1 + u))
+            assert not bad.any(), f"{path} beta {beta} size {size}: d {d[bad][:3]} relative error {rel[bad][:3]}"
+            np.testing.assert_array_equal(torch_reduce("soft", x, beta=beta)[0], got.astype(np.float32),
+                                          err_msg=f"torch-{path}: not the ORT kernel's bits")

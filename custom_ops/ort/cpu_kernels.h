@@ -679,6 +679,22 @@ float plane_exact(Op op, const T* p, int64_t P, float beta) {
   return op == Op::kSoft ? soft_pool_value(visit, beta) : stochastic_expectation_value(visit);
 }
 
+// SoftPool of a plane whose extremes are known: its shift, then its sums chunk by chunk.
+template <class T>
+float plane_soft_given_range(Isa isa, const T* p, int64_t P, float beta, float lo, float hi, std::vector<float>& buf) {
+  const PlaneShift sh = plane_shift(lo, hi, beta);
+  if (sh.exact) return plane_exact(Op::kSoft, p, P, beta);
+  float se = 0.0f, sd = 0.0f;
+  for (int64_t j = 0; j * kReduceChunk < P; ++j) {
+    const int64_t n = std::min(kReduceChunk, P - j * kReduceChunk);
+    float a, b;
+    plane_chunk_soft_sums(isa, chunk_floats(isa, p + j * kReduceChunk, n, buf), n, sh, beta, &a, &b);
+    se += a;
+    sd += b;
+  }
+  return sh.c + sd / se;  // se >= 1: the maximum's weight is 2^0
+}
+
 // One whole plane on the calling thread.
 template <class T>
 float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector<float>& buf) {
@@ -713,17 +729,30 @@ float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector
     lo = l < lo ? l : lo;
     hi = h > hi ? h : hi;
   }
-  const PlaneShift sh = plane_shift(lo, hi, beta);
-  if (sh.exact) return plane_exact(op, p, P, beta);
-  float se = 0.0f, sd = 0.0f;
-  for (int64_t j = 0; j < chunks; ++j) {
-    const float* f = chunk(j, &n);
-    float a, b;
-    plane_chunk_soft_sums(isa, f, n, sh, beta, &a, &b);
-    se += a;
-    sd += b;
-  }
-  return sh.c + sd / se;  // se >= 1: the maximum's weight is exp(0)
+  return plane_soft_given_range(isa, p, P, beta, lo, hi, buf);
+}
+
+// A float16 plane of several chunks (SoftPool): converted into plane with its extremes in one
+// pass where the path has that (the same lo, hi and floats as plane_value's chunked passes),
+// then its sums; else converted, then plane_value.
+inline float plane_soft_halves(Isa isa, const half_t* h, int64_t P, float beta, std::vector<float>& plane,
+                               std::vector<float>& buf) {
+  plane.resize(P);
+  float lo, hi;
+  if (plane_halves_range(isa, h, P, plane.data(), &lo, &hi))
+    return plane_soft_given_range(isa, plane.data(), P, beta, lo, hi, buf);
+  halves_to_floats(isa, h, plane.data(), P);
+  return plane_value(Op::kSoft, isa, plane.data(), P, beta, buf);
+}
+
+// SoftPool of a group whose extremes and transposed planes t are known (plane_lanes_range):
+// the sums, then the planes the fast math cannot take (bit l of exact) by the shared math.
+template <class T>
+inline void lanes_soft_finish(Isa isa, const T* p, int64_t P, int64_t n, float beta, bool narrow, const float* c,
+                              uint32_t exact, const float* t, const void* next, int64_t next_bytes, float* out) {
+  plane_lanes_soft_sums(isa, t, P, beta, narrow, c, next, next_bytes, out);
+  for (int64_t l = 0; l < n; ++l)
+    if (exact >> l & 1u) out[l] = plane_exact(Op::kSoft, p + l * P, P, beta);
 }
 
 // Small planes (at most kReduceLanePlaneSoft / kReduceLanePlaneMoments elements): one plane
@@ -734,45 +763,55 @@ float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector
 // take (soft: plane_shift's exact; expectation: a non-finite ratio) take plane_exact.
 inline void planes_by_lane(Op op, Isa isa, const float* f, int64_t P, int64_t n, float beta, float* t,
                            const void* next, int64_t next_bytes, float* out) {
-  alignas(64) float lo[16], hi[16], neg_m[16], c[16];
+  alignas(64) float c[16];
   if (op == Op::kExpectation) {
     plane_lanes_expectation(isa, f, P, n, out);
     for (int64_t l = 0; l < n; ++l)  // sum(r^2) overflowed (or NaN): the shared math's scaled path
       if (!(out[l] - out[l] == 0.0f)) out[l] = plane_exact(op, f + l * P, P, beta);
     return;
   }
-  plane_lanes_range(isa, f, P, n, t, lo, hi);
-  bool narrow = true, exact[16];
-  for (int64_t l = 0, lanes = plane_lanes(isa); l < lanes; ++l) {  // (lanes >= n hold a plane of 0)
-    const PlaneShift sh = plane_shift(lo[l], hi[l], beta);
-    exact[l] = sh.exact;
-    neg_m[l] = sh.exact ? 0.0f : -sh.m;
-    c[l] = sh.exact ? 0.0f : sh.c;
-    narrow = narrow && (sh.exact || sh.narrow);
-  }
-  plane_lanes_soft_sums(isa, t, P, beta, narrow, neg_m, c, next, next_bytes, out);
-  for (int64_t l = 0; l < n; ++l)
-    if (exact[l]) out[l] = plane_exact(op, f + l * P, P, beta);
+  uint32_t exact;  // (lanes >= n hold a plane of 0)
+  const bool narrow = plane_lanes_range(isa, f, P, n, beta, t, c, &exact);
+  lanes_soft_finish(isa, f, P, n, beta, narrow, c, exact, t, next, next_bytes, out);
 }
 
 template <class T, class PFor>
 void reduce_planes_by_lane(Op op, const T* x, T* y, int64_t planes, int64_t P, float beta, PFor&& pfor) {
   const Isa isa = cpu_isa();
   const int64_t lanes = plane_lanes(isa), groups = (planes + lanes - 1) / lanes;
-  pfor(groups, lanes * ((op == Op::kSoft ? 4 : 1) * P + 1), [&](int64_t b, int64_t e) {
+  // groups per item: all of them up to kReduceLaneOneItem units of cost, else what the cost
+  // asks for (the pools cut work into items of about 2^15 units), fewer where that leaves under
+  // kReduceLaneItems items
+  const int64_t grain = int64_t(1) << 15, cost = lanes * ((op == Op::kSoft ? 4 : 1) * P + 1);
+  const int64_t per = groups * cost <= limits::kReduceLaneOneItem
+                          ? groups
+                          : std::max<int64_t>(1, std::min(grain / cost, groups / limits::kReduceLaneItems));
+  pfor(groups, grain / per, [&](int64_t b, int64_t e) {
     std::vector<float> t(op == Op::kSoft ? lanes * P : 0), buf(std::is_same<T, float>::value ? 0 : lanes * P);
     alignas(64) float out[16];
     for (int64_t g = b; g < e; ++g) {
       const int64_t first = g * lanes, n = std::min(lanes, planes - first);
+      const int64_t next_n = std::max<int64_t>(0, std::min(lanes, planes - first - lanes));
+      const void* next = x + (first + n) * P;
+      const int64_t next_bytes = next_n * P * (int64_t)sizeof(T);
       const float* f;
       if constexpr (std::is_same<T, float>::value) {
         f = x + first * P;
-      } else {  // converted once; the shared math, plane_exact, then reads this copy (the same values)
+      } else {
+        alignas(64) float c[16];
+        uint32_t exact;
+        bool narrow;
+        if (op == Op::kSoft && plane_lanes_range_halves(isa, x + first * P, P, n, beta, t.data(), c, &exact, &narrow)) {
+          // the float16 rows converted as they are transposed (the same t as from a float copy)
+          lanes_soft_finish(isa, x + first * P, P, n, beta, narrow, c, exact, t.data(), next, next_bytes, out);
+          from_floats(isa, out, y + first, n);
+          continue;
+        }
+        // converted once; the shared math, plane_exact, then reads this copy (the same values)
         halves_to_floats(isa, x + first * P, buf.data(), n * P);
         f = buf.data();
       }
-      const int64_t next_n = std::max<int64_t>(0, std::min(lanes, planes - first - lanes));
-      planes_by_lane(op, isa, f, P, n, beta, t.data(), x + (first + n) * P, next_n * P * (int64_t)sizeof(T), out);
+      planes_by_lane(op, isa, f, P, n, beta, t.data(), next, next_bytes, out);
       from_floats(isa, out, y + first, n);
     }
   });
@@ -810,6 +849,8 @@ void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, f
       for (int64_t i = b; i < e; ++i) {
         if constexpr (std::is_same<T, float>::value) {
           store(y, i, plane_value(op, isa, x + i * P, P, beta, buf));
+        } else if (op == Op::kSoft) {
+          store(y, i, plane_soft_halves(isa, x + i * P, P, beta, plane, buf));
         } else {  // float16: the plane converted once, not once per pass over its chunks (same values)
           plane.resize(P);
           halves_to_floats(isa, x + i * P, plane.data(), P);

@@ -47,6 +47,8 @@ struct LanesPortable {
     for (int i = 0; i < 16; ++i) PX_EACH out[i].v[l] = l < n ? p[l * stride + i] : 0.0f;
   }
   static inline R set1(float f) { R r; PX_EACH r.v[l] = f; return r; }
+  // bit l set where a[l] <= b[l] (clear where either is NaN)
+  static inline uint32_t le_bits(R a, R b) { uint32_t m = 0; PX_EACH m |= (a.v[l] <= b.v[l] ? 1u : 0u) << l; return m; }
   static inline R add(R a, R b) { PX_EACH a.v[l] += b.v[l]; return a; }
   static inline R sub(R a, R b) { PX_EACH a.v[l] -= b.v[l]; return a; }
   static inline R mul(R a, R b) { PX_EACH a.v[l] *= b.v[l]; return a; }
@@ -150,6 +152,7 @@ struct LanesAvx2 {
     }
   }
   PX_TARGET_AVX2 static inline R set1(float f) { return _mm256_set1_ps(f); }
+  PX_TARGET_AVX2 static inline uint32_t le_bits(R a, R b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ)); }
   PX_TARGET_AVX2 static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
   PX_TARGET_AVX2 static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   PX_TARGET_AVX2 static inline R mul(R a, R b) { return _mm256_mul_ps(a, b); }
@@ -246,11 +249,28 @@ struct LanesAvx512 {
     return _mm512_mask_i32gather_ps(_mm512_set1_ps(fill), first_n(n), off, p, 4);
   }
   PX_TARGET_AVX512 static inline void transpose_n(const float* p, int64_t stride, int64_t n, R* out) {
-    R r[16], t[16];
+    R r[16];
     if (n >= 16)  // (a full group: no test per row)
       for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_ps(p + l * stride);
     else
       for (int l = 0; l < 16; ++l) r[l] = l < n ? _mm512_loadu_ps(p + l * stride) : _mm512_setzero_ps();
+    transpose_rows(r, out);
+  }
+  // transpose_n of float16 rows (IEEE bits), each converted as it is loaded (vcvtph2ps: exact,
+  // the same floats as halves_to_floats)
+  PX_TARGET_AVX512 static inline void transpose_halves_n(const uint16_t* p, int64_t stride, int64_t n, R* out) {
+    R r[16];
+    for (int l = 0; l < 16; ++l)
+      r[l] = n >= 16 || l < n ? load_halves(p + l * stride) : _mm512_setzero_ps();
+    transpose_rows(r, out);
+  }
+  // 16 float16 values (IEEE bits) as floats (vcvtph2ps: exact)
+  PX_TARGET_AVX512 static inline R load_halves(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+  }
+  // out[i] lane l = r[l] lane i
+  PX_TARGET_AVX512 static inline void transpose_rows(R* r, R* out) {
+    R t[16];
     for (int l = 0; l < 16; l += 2) {  // a0 b0 a1 b1 | a4 b4 a5 b5 | ...
       t[l] = _mm512_unpacklo_ps(r[l], r[l + 1]);
       t[l + 1] = _mm512_unpackhi_ps(r[l], r[l + 1]);
@@ -272,6 +292,7 @@ struct LanesAvx512 {
     }
   }
   PX_TARGET_AVX512 static inline R set1(float f) { return _mm512_set1_ps(f); }
+  PX_TARGET_AVX512 static inline uint32_t le_bits(R a, R b) { return (uint32_t)_mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   PX_TARGET_AVX512 static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
   PX_TARGET_AVX512 static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   PX_TARGET_AVX512 static inline R mul(R a, R b) { return _mm512_mul_ps(a, b); }

@@ -59,6 +59,16 @@ constexpr int kReduceUnroll = 2;
 // (its sums are cheap, so the transpose pays off only on smaller planes).
 constexpr int64_t kReduceLanePlaneSoft = 256;
 constexpr int64_t kReduceLanePlaneMoments = 64;
+// Their groups of a lane width of planes are handed to the threads in at least
+// kReduceLaneItems items where there are that many groups and more work than one item holds
+// (fewer, bigger items otherwise), so that two or more threads taking whole items finish
+// together (SoftPool over 1 x 576 x 7 x 7: 36 groups, 4 items before).
+constexpr int64_t kReduceLaneItems = 32;
+// A call of at most kReduceLaneOneItem units of cost (the pools' items hold 2^15) runs as one
+// item on the calling thread: waking a second thread (ONNX Runtime without spinning) costs
+// more than half its work saves (SoftPool over 1 x 576 x 7 x 7, ~8 us: 1.4x GlobalAveragePool
+// on one thread, 1.7x split in two).
+constexpr int64_t kReduceLaneOneItem = 262144;  // 8 x 2^15
 
 // Finite limits. A SoftPool window (or shared-shift block, or backward plane)
 // whose max |x| exceeds kSoftScaleAbove (2^64) computes its weighted sums on x * kSoftScale
