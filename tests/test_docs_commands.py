@@ -58,6 +58,8 @@ RUN: dict[str, int] = {
     # create_pool / create_attention
     'python: pnn.create_attention("cbam", 64, channel_pools=("stochastic", "l2"), spatial_pools=("stochastic", "l2"))': 120,
     "python -m poolexport.selfcheck --gpu": 120,  # without a GPU: says so and exits 0
+    # stochastic ops: a tensor seed gives the int seed's picks
+    'python: assert torch.equal(by_tensor, by_int) and torch.equal(F.stochastic_pool2d(x, 2, mode="sample", seed=torch.tensor(7)), by_int)': 120,
     "poolexport triton-repo resnet_softpool.onnx -o model_repository/ --model-name resnet": 120,
     "python tests/mutation/run.py --list": 120,
     "python tests/mutation/generate.py --write gen.toml --sample 2 --fraction 0.03 --seed 21": 300,
