@@ -72,6 +72,9 @@ GENERIC_500 = "inference failed on the server (details are in the server's log)"
 MAX_SMALL_BODY = 64 << 10  # any request that is not an infer request
 INLINE_AFTER = 2   # lone gRPC requests in a row before one runs on the event-loop thread
 PROBE_EVERY = 16   # of a lone run, this often one goes through the pool to look for others
+# only a model whose last run took at most this long runs on the event loop: a run there
+# holds every other gRPC call (health, metadata) until it ends
+INLINE_MAX_RUN_NS = 20_000_000
 
 
 class _Reply(Exception):
@@ -812,6 +815,9 @@ class _GrpcGate(grpc.GenericRpcHandler):
         goes on receiving, so concurrent requests (and a stream's) meet in a batch, and each
         answer comes back to the loop with one call_soon_threadsafe.
 
+        A model whose last run took over INLINE_MAX_RUN_NS never runs on the loop: health
+        and metadata calls would wait for it.
+
         Lone client: the last INLINE_AFTER requests each found no other request in this
         front end. A run on the loop keeps later requests from reaching it, so that count
         would stay lone under load too: every PROBE_EVERY-th request goes through the queue
@@ -821,7 +827,7 @@ class _GrpcGate(grpc.GenericRpcHandler):
         batcher = self.gate.model.batcher
         lone = self._alone_streak
         if (inline and self._in_flight == 1 and lone >= INLINE_AFTER and lone % PROBE_EVERY
-                and batcher.idle()):
+                and batcher.last_run_ns <= INLINE_MAX_RUN_NS and batcher.idle()):
             return batcher.infer(feeds, self.gate.upstream_timeout, ticket)
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
