@@ -35,22 +35,28 @@ PX_HD S ada_store(float v) {
   else return float_to_half_bits(v);
 }
 
+// The element strides of `in` broadcast (numpy rules, right-aligned) to `target`: 0 on a
+// broadcast axis; false when it does not broadcast.
+inline bool broadcast_strides(const std::vector<int64_t>& in, const std::vector<int64_t>& target,
+                              std::vector<int64_t>* strides) {
+  strides->assign(target.size(), 0);
+  if (in.size() > target.size()) return false;
+  int64_t st = 1;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const size_t a = in.size() - 1 - i, t = target.size() - 1 - i;
+    if (in[a] != 1 && in[a] != target[t]) return false;
+    (*strides)[t] = in[a] == 1 ? 0 : st;
+    st *= in[a];
+  }
+  return true;
+}
+
 // Beta's element offset for every output index, by numpy broadcasting (Beta's dims
 // right-aligned with Y's, each 1 or equal); "" or the reason it does not broadcast.
 inline std::string beta_strides(const std::string& op, const std::vector<int64_t>& beta,
                                 const std::vector<int64_t>& out, std::vector<int64_t>* strides) {
-  strides->assign(out.size(), 0);
-  if (beta.size() > out.size())
-    return op + ": Beta of shape " + list_str(beta) + " does not broadcast to the output " + list_str(out);
-  int64_t st = 1;
-  for (size_t i = 0; i < beta.size(); ++i) {
-    const size_t bi = beta.size() - 1 - i, oi = out.size() - 1 - i;
-    if (beta[bi] != 1 && beta[bi] != out[oi])
-      return op + ": Beta of shape " + list_str(beta) + " does not broadcast to the output " + list_str(out);
-    (*strides)[oi] = beta[bi] == 1 ? 0 : st;
-    st *= beta[bi];
-  }
-  return "";
+  if (broadcast_strides(beta, out, strides)) return "";
+  return op + ": Beta of shape " + list_str(beta) + " does not broadcast to the output " + list_str(out);
 }
 
 // Output rows ahead whose input rows are prefetched (SoftPool's kernel does the same per

@@ -12,39 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "ada_kernels.h"  // ada_load, ada_store, broadcast_strides
 #include "onnxruntime_lite_custom_op.h"
 #include "ops.h"
 #include "poolexport/attributes.h"
 #include "poolexport/common.h"
 
 namespace poolexport {
-
-template <class S>
-inline float unpool_load(S v) {
-  if constexpr (std::is_same<S, float>::value) return v;
-  else return half_bits_to_float(v);
-}
-template <class S>
-inline S unpool_store(float v) {
-  if constexpr (std::is_same<S, float>::value) return v;
-  else return float_to_half_bits(v);
-}
-
-// The element strides of `in` broadcast (numpy rules, right-aligned) to `target`: 0 on a
-// broadcast axis; false when it does not broadcast.
-inline bool broadcast_strides(const std::vector<int64_t>& in, const std::vector<int64_t>& target,
-                              std::vector<int64_t>* strides) {
-  strides->assign(target.size(), 0);
-  if (in.size() > target.size()) return false;
-  int64_t st = 1;
-  for (size_t i = 0; i < in.size(); ++i) {
-    const size_t a = in.size() - 1 - i, t = target.size() - 1 - i;
-    if (in[a] != 1 && in[a] != target[t]) return false;
-    (*strides)[t] = in[a] == 1 ? 0 : st;
-    st *= in[a];
-  }
-  return true;
-}
 
 // Checks the shapes (the torch op's messages) and fills the output shape; "" when fine.
 inline std::string ada_unpool_shapes(const std::vector<int64_t>& x, const std::vector<int64_t>& me,
@@ -124,7 +98,7 @@ void ada_unpool_cpu(OrtKernelContext* ctx, const S* x, const S* me, const S* mm,
       const int nd = two[0][od] ? 2 : 1, nh = two[1][oh] ? 2 : 1;
       const float wdh = (nd == 2 ? 0.5f : 1.0f) * (nh == 2 ? 0.5f : 1.0f);
       for (int64_t ow = 0; ow < out[2]; ++ow) {
-        const float e = unpool_clip01(unpool_load(mep[ow])), m = unpool_clip01(unpool_load(mmp[ow]));
+        const float e = unpool_clip01(ada_load(mep[ow])), m = unpool_clip01(ada_load(mmp[ow]));
         const float tlo = e < m ? e : m, thi = e < m ? m : e;
         const int nw = two[2][ow] ? 2 : 1;
         const float w = wdh * (nw == 2 ? 0.5f : 1.0f);
@@ -133,13 +107,13 @@ void ada_unpool_cpu(OrtKernelContext* ctx, const S* x, const S* me, const S* mm,
           for (int b = 0; b < nh; ++b)
             for (int cc = 0; cc < nw; ++cc) {
               const int64_t id = lo[0][od] + a, ih = lo[1][oh] + b, iw = lo[2][ow] + cc;
-              const float xv = unpool_load(xp[(id * in[1] + ih) * in[2] + iw]);
-              const float bv = unpool_load(beta[boff + id * bs[0] + ih * bs[1] + iw * bs[2]]);
+              const float xv = ada_load(xp[(id * in[1] + ih) * in[2] + iw]);
+              const float bv = ada_load(beta[boff + id * bs[0] + ih * bs[1] + iw * bs[2]]);
               float t = bv * e + (1.0f - bv) * m;
               if (bv >= 0.0f && bv <= 1.0f && t == t) t = t < tlo ? tlo : (t > thi ? thi : t);
               acc += xv * t * w;
             }
-        yp[ow] = unpool_store<S>(acc);
+        yp[ow] = ada_store<S>(acc);
       }
     }
   });
