@@ -30,25 +30,15 @@ DOC = ("adaUnpool (adaPool, Stergiou and Poppe, IEEE TIP 2022): Y = A(X * Beta) 
        "averages the input cells floor(o I / O) .. ceil((o + 1) I / O) - 1. clip keeps NaN.")
 
 
-def _dims(ctx, i):
-    t = ctx.get_input_type(i)
-    if t is None or not t.HasField("tensor_type"):
-        return None, None
-    tt = t.tensor_type
-    if not tt.HasField("shape"):
-        return tt.elem_type, None
-    return tt.elem_type, [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-
-
 def _infer(ctx) -> None:
     """Y = N x C (from X) x O (from the masks' spatial axes, the first one that knows each)."""
-    elem, x = _dims(ctx, 0)
+    elem, x = D._input_dims(ctx, 0)
     if elem is None:
         return
-    _, me = _dims(ctx, 1)
-    _, mm = _dims(ctx, 2)
+    _, me = D._input_dims(ctx, 1)
+    _, mm = D._input_dims(ctx, 2)
     if x is None and me is None and mm is None:
-        return ctx.set_output_type(0, helper.make_tensor_type_proto(elem, None))
+        return D._set_output(ctx, elem, None)
     rank = len(next(s for s in (x, me, mm) if s is not None))
     for s in (x, me, mm):
         if s is not None and len(s) != rank:
@@ -64,7 +54,7 @@ def _infer(ctx) -> None:
         if ints and x is not None and isinstance(x[d], int) and ints[0] < x[d]:
             raise ValueError(f"poolexport: AdaUnpool's masks ({ints[0]}) are smaller than X ({x[d]}) on axis {d}")
         out.append(ints[0] if ints else (known[0] if known else None))
-    ctx.set_output_type(0, helper.make_tensor_type_proto(elem, out))
+    D._set_output(ctx, elem, out)
 
 
 def schema() -> defs.OpSchema:

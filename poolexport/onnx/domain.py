@@ -119,9 +119,9 @@ def _attr(ctx, name, default):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _input_dims(ctx):
-    """(elem_type, dims or None); dims hold ints, dim_param strings, or None (unknown)."""
-    t = ctx.get_input_type(0)
+def _input_dims(ctx, i: int = 0):
+    """Input i's (elem_type, dims or None); dims hold ints, dim_param strings, or None (unknown)."""
+    t = ctx.get_input_type(i)
     if t is None or not t.HasField("tensor_type"):
         return None, None
     tt = t.tensor_type
