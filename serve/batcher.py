@@ -170,14 +170,7 @@ class DynamicBatcher:
         request = Request(feeds, self.batching)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            if ticket is not None:
-                ticket.settle_locked()
-            if self._closed:
-                raise RuntimeError("the server is stopping")
-            self._queue.append(request)
-            self.received += 1
-            self._arrived.notify_all()
-            self._changed.notify()
+            self._enqueue_locked(request, ticket)
         while True:
             with self._changed:
                 while request.result is None and not (self._free and self._queue):
@@ -192,12 +185,7 @@ class DynamicBatcher:
                     break
                 runner = self._free.pop()
                 batch = self._take_batch()
-            try:
-                self._run(runner, batch)
-            finally:
-                with self._changed:
-                    self._free.append(runner)
-                    self._changed.notify_all()  # the batch's members, and the next leader
+            self._run_and_release(runner, batch)
         outputs, error = request.result
         if error is not None:
             raise error
@@ -210,14 +198,7 @@ class DynamicBatcher:
         this request). Raises RuntimeError once close() was called."""
         request = Request(feeds, self.batching, callback)
         with self._changed:
-            if ticket is not None:
-                ticket.settle_locked()
-            if self._closed:
-                raise RuntimeError("the server is stopping")
-            self._queue.append(request)
-            self.received += 1
-            self._arrived.notify_all()
-            self._changed.notify()
+            self._enqueue_locked(request, ticket)
             start = self._drainers < self._count  # one per instance at most
             if start:
                 self._drainers += 1
@@ -244,12 +225,29 @@ class DynamicBatcher:
                     return
                 runner = self._free.pop()
                 batch = self._take_batch()
-            try:
-                self._run(runner, batch)
-            finally:
-                with self._changed:
-                    self._free.append(runner)
-                    self._changed.notify_all()
+            self._run_and_release(runner, batch)
+
+    def _enqueue_locked(self, request: Request, ticket: "Incoming | None") -> None:
+        """Queue a request (the lock is held): its receipt is settled, the batch being formed
+        and an idle leader are told. RuntimeError once close() was called."""
+        if ticket is not None:
+            ticket.settle_locked()
+        if self._closed:
+            raise RuntimeError("the server is stopping")
+        self._queue.append(request)
+        self.received += 1
+        self._arrived.notify_all()
+        self._changed.notify()
+
+    def _run_and_release(self, runner, batch: list[Request]) -> None:
+        """Run a batch on a taken instance, then give the instance back and wake the
+        batch's members and the next leader."""
+        try:
+            self._run(runner, batch)
+        finally:
+            with self._changed:
+                self._free.append(runner)
+                self._changed.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new requests; returns once the queued ones have run (or after `timeout`)."""
