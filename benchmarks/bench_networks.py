@@ -18,10 +18,16 @@ training step (forward, cross-entropy, backward, SGD step; batch 8; stochastic p
 sample), and ONNX Runtime latency of the file ``poolexport.onnx.export.export_model``
 writes (target ``ort``, the custom-op library registered; batch 1 and 8). All forms of a
 measurement run in one interleaved loop and the median is kept, so the ratios compare
-times taken under the same load. The process is the user's: no environment variable is
+times taken under the same load. On these 2-core virtual machines a single ONNX Runtime
+call moves by up to 2x from one round to the next even when the machine is idle, so the
+ONNX Runtime measures take 200 rounds, and every ratio is printed with a 90% bootstrap
+interval (rounds resampled in pairs). ``--profile-pools`` adds what ONNX Runtime's own
+profiler says the pool nodes alone cost per batch-1 run, summed over the network: the
+swapped pools' price without the rest of the network's noise. The process is the user's: no environment variable is
 set here, torch and ONNX Runtime keep their default thread counts.
 
-    python benchmarks/bench_networks.py [--quick] [--networks mobilenet_se,resnet_softpool] [--json FILE]
+    python benchmarks/bench_networks.py [--quick] [--networks mobilenet_se,resnet_softpool] [--profile-pools]
+                                        [--json FILE]
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -132,7 +139,7 @@ def network_forms(arch: str) -> tuple[dict[str, nn.Module], dict[str, int]]:
 
 # ------------------------------------------------------------------ timing
 def interleaved(fns: dict, repeat: int, warmup: int = 2, settle: int = 0) -> dict:
-    """Median seconds per callable; every round runs each callable in turn, first
+    """Seconds of every round per callable; every round runs each callable in turn, first
     ``settle`` untimed calls, then one timed call."""
     for f in fns.values():
         for _ in range(warmup):
@@ -145,7 +152,22 @@ def interleaved(fns: dict, repeat: int, warmup: int = 2, settle: int = 0) -> dic
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def ratio_interval(times: dict, form: str, level: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
+    """Bootstrap interval of median(form) / median(stock): rounds are resampled with
+    replacement, the same rounds for both forms (a round's load hit both alike)."""
+    rng = random.Random(0)
+    a, b = times[form], times["stock"]
+    n = len(a)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(a[i] for i in idx) / statistics.median(b[i] for i in idx))
+    ratios.sort()
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    return ratios[int(lo * (resamples - 1))], ratios[int(hi * (resamples - 1))]
 
 
 def eval_call(model, x):
@@ -170,7 +192,7 @@ def ort_call(sess, x):
     return lambda: sess.run(None, feed)
 
 
-def bench_network(arch: str, repeat: int) -> dict:
+def bench_network(arch: str, repeat: int, ort_repeat: int) -> dict:
     forms, counts = network_forms(arch)
     shape = BENCH_INPUTS.get(arch, models.default_input_shape(arch)[1:])
     gen = torch.Generator().manual_seed(1)
@@ -178,7 +200,8 @@ def bench_network(arch: str, repeat: int) -> dict:
     x8 = torch.rand(BATCH, *shape, generator=gen)
     y8 = torch.randint(0, 10, (BATCH,), generator=gen)
     t0 = time.perf_counter()
-    sessions = {f: session(export_model(m, x1, target="ort").SerializeToString()) for f, m in forms.items()}
+    onnx_bytes = {f: export_model(m, x1, target="ort").SerializeToString() for f, m in forms.items()}
+    sessions = {f: session(b) for f, b in onnx_bytes.items()}
     export_s = time.perf_counter() - t0
     training = {f: copy.deepcopy(m).train() for f, m in forms.items()}  # its steps never touch the eval models
     calls = {
@@ -192,9 +215,54 @@ def bench_network(arch: str, repeat: int) -> dict:
     # a run: one untimed call first lets the previous session's workers go idle, so every
     # timed call sees what a user's single session sees
     settle = {m: 1 if m.startswith("ORT") else 0 for m in calls}
+    # the machine's own noise moves one ONNX Runtime call by up to 2x from round to round
+    # (seen in a single session on an idle machine); the short ORT calls get more rounds
+    rounds = {m: ort_repeat if m.startswith("ORT") else repeat for m in calls}
+    times = {m: interleaved(fns, rounds[m], settle=settle[m]) for m, fns in calls.items()}
+    pools = profile_pools(onnx_bytes, x1, PROFILE_RUNS) if PROFILE_RUNS else None
     return {"network": arch, "input": list(shape), "pools swapped": counts, "export s": export_s,
-            "ms": {m: {f: t * 1e3 for f, t in interleaved(fns, repeat, settle=settle[m]).items()}
-                   for m, fns in calls.items()}}
+            "rounds": rounds, "pool profile us": pools,
+            "ms": {m: {f: statistics.median(v) * 1e3 for f, v in t.items()} for m, t in times.items()},
+            "interval": {m: {f: ratio_interval(t, f) for f in t if f != "stock"} for m, t in times.items()}}
+
+
+def profile_pools(models_by_form: dict, x, runs: int) -> dict:
+    """Microseconds per run that ONNX Runtime's profiler gives each op type, per form;
+    the sessions run interleaved, ``runs`` profiled calls each after a warm-up."""
+    import onnxruntime as ort
+
+    from poolexport.ort import session_options
+
+    sessions = {}
+    for f, m in models_by_form.items():
+        so = session_options()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(PROFILE_DIR, f"pools_{f.replace(' ', '_')}")
+        sessions[f] = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
+    feed = {f: {s.get_inputs()[0].name: x.numpy()} for f, s in sessions.items()}
+    for _ in range(runs + 5):  # the first 5 are warm-up, left out below
+        for f, s in sessions.items():
+            s.run(None, feed[f])
+    per_op = {}
+    for f, s in sessions.items():
+        path = s.end_profiling()
+        with open(path) as fh:
+            events = json.load(fh)
+        os.remove(path)
+        node_events = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        nodes = len({e["name"] for e in node_events})
+        totals: dict = {}
+        for e in node_events[5 * nodes:]:
+            op = e["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + e["dur"] / runs
+        per_op[f] = totals
+    return per_op
+
+
+POOL_OPS = ("ReduceMean", "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "AveragePool", "MaxPool",
+            "ReduceSoftPool", "ReduceStochasticPool", "SoftPool", "StochasticPool")
+PROFILE_DIR = os.environ.get("TMPDIR", "/tmp")
+PROFILE_RUNS = 0  # --profile-pools
 
 
 # ------------------------------------------------------------------ report
@@ -222,6 +290,22 @@ def print_table(results: list[dict]) -> None:
                 cells += [f"{ms[f]:.3f}", f"{ms[f] / ms['stock']:.2f}x"] if f in ms else ["", ""]
             print("| " + " | ".join(cells) + " |")
     print()
+    print("90% bootstrap intervals of each ratio (rounds resampled, paired):")
+    for r in results:
+        for measure in MEASURES:
+            cells = [f"{f} {lo:.2f}-{hi:.2f}x" for f, (lo, hi) in r["interval"][measure].items()]
+            print(f"  {r['network']} {measure} ({r['rounds'][measure]} rounds): " + ", ".join(cells))
+    print()
+    for r in results:
+        prof = r["pool profile us"]
+        if not prof:
+            continue
+        print(f"{r['network']}, ONNX Runtime's profiler, batch 1, us per run summed over the network's nodes:")
+        for f, ops in prof.items():
+            pool = {op: us for op, us in ops.items() if op in POOL_OPS}
+            print(f"  {f}: pools {sum(pool.values()):.0f} us ("
+                  + ", ".join(f"{op} {us:.0f}" for op, us in sorted(pool.items())) + f"); all nodes {sum(ops.values()):.0f} us")
+    print()
     for r in results:
         c = r["pools swapped"]
         print(f"{r['network']}: {c['stock']} pools made stock, replace_pools swapped {c['soft']} (soft) / "
@@ -230,10 +314,14 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="5 rounds instead of --repeat")
-    ap.add_argument("--repeat", type=int, default=20, help="interleaved rounds per measurement (median)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds instead of --repeat, 20 instead of --ort-repeat")
+    ap.add_argument("--repeat", type=int, default=20, help="interleaved rounds per torch measurement (median)")
+    ap.add_argument("--ort-repeat", type=int, default=200,
+                    help="interleaved rounds per ONNX Runtime measurement (median; its calls are short and noisy)")
     ap.add_argument("--networks", default=None,
                     help=f"comma-separated subset of {','.join(models.list_models())} (default: all)")
+    ap.add_argument("--profile-pools", type=int, nargs="?", const=300, default=0, metavar="RUNS",
+                    help="also profile RUNS (300) batch-1 ONNX Runtime runs per form and report the pool nodes' time")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     a = ap.parse_args()
     names = models.list_models() if a.networks is None else [n.strip() for n in a.networks.split(",") if n.strip()]
@@ -241,19 +329,22 @@ def main() -> None:
     if unknown:
         sys.exit(f"--networks: unknown {unknown}; choose from {models.list_models()}")
     repeat = 5 if a.quick else a.repeat
+    ort_repeat = 20 if a.quick else a.ort_repeat
+    global PROFILE_RUNS
+    PROFILE_RUNS = a.profile_pools
 
     import onnxruntime
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ}
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M} {platform.machine()} {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
-          f"{repeat} interleaved rounds, median" + (f"; from the environment: {env}" if env else ""))
+          f"{repeat} interleaved rounds (ONNX Runtime: {ort_repeat}), median" + (f"; from the environment: {env}" if env else ""))
     before = load_line("before")
     warnings.filterwarnings("ignore")  # the exporter's notes would bury the table
     results = []
     for name in names:
         print(f"... {name}", file=sys.stderr, flush=True)
-        results.append(bench_network(name, repeat))
+        results.append(bench_network(name, repeat, ort_repeat))
     after = load_line("after")
     print()
     print_table(results)
@@ -261,7 +352,7 @@ def main() -> None:
         with open(a.json, "w") as f:
             json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
                        "cores": os.cpu_count(), "torch": torch.__version__, "torch threads": torch.get_num_threads(),
-                       "onnxruntime": onnxruntime.__version__, "rounds": repeat, "environment": env,
+                       "onnxruntime": onnxruntime.__version__, "rounds": repeat, "ort rounds": ort_repeat, "environment": env,
                        "load before": before, "load after": after, "results": results}, f, indent=1)
 
 
