@@ -29,7 +29,8 @@ VERSION = re.compile(r"\A[0-9A-Za-z.+_-]{1,64}\Z")
 # nn_module_stack / torch_fn entries: module paths and class names, as torch writes them
 # (``L__self__stem.2``, ``stem.2``, ``pkg.mod.<locals>.Block``, ``relu_1;function.relu``)
 META_WORD = re.compile(r"\A[A-Za-z0-9_.<>\[\]' -]*\Z")
-NUMBER_TEXT = re.compile(r"\A[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z")
+# ASCII digits only: torch writes no others, and a Unicode-aware \d let Float('١') through
+NUMBER_TEXT = re.compile(r"\A[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
 MAX_TEXT = 1 << 16
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
