@@ -129,7 +129,11 @@ class DynamicBatcher:
     No thread of its own: a caller that finds a runner free and requests queued takes
     the runner and runs the oldest batch itself (which need not hold its own request),
     then hands every member its rows; the others wait. A lone request thus runs on the
-    thread that received it, with no hand-over between threads."""
+    thread that received it, with no hand-over between threads.
+
+    A runner may also have `run_busy(feeds)`: used for a batch run while other requests
+    are in it, queued, being received, or running on another instance (see
+    runtime.OrtBackend.run_busy); a lone request uses `run`."""
 
     def __init__(self, runners, max_batch_size: int, max_queue_delay_us: int, stats: Stats | None = None):
         if max_batch_size < 0 or max_queue_delay_us < 0:
@@ -185,7 +189,8 @@ class DynamicBatcher:
                     break
                 runner = self._free.pop()
                 batch = self._take_batch()
-            self._run_and_release(runner, batch)
+                busy = self._busy_locked(batch)
+            self._run_and_release(runner, batch, busy)
         outputs, error = request.result
         if error is not None:
             raise error
@@ -225,7 +230,15 @@ class DynamicBatcher:
                     return
                 runner = self._free.pop()
                 batch = self._take_batch()
-            self._run_and_release(runner, batch)
+                busy = self._busy_locked(batch)
+            self._run_and_release(runner, batch, busy)
+
+    def _busy_locked(self, batch: list[Request]) -> bool:
+        """Under the lock, once the batch is taken: other requests are in the batch, queued,
+        being received, or running on another instance. Such a run goes to the runner's
+        `run_busy` (fewer threads), a lone one to `run` (every core)."""
+        return (len(batch) > 1 or bool(self._queue) or self._incoming > 0
+                or len(self._free) < self._count - 1)
 
     def _enqueue_locked(self, request: Request, ticket: "Incoming | None") -> None:
         """Queue a request (the lock is held): its receipt is settled, the batch being formed
@@ -239,11 +252,11 @@ class DynamicBatcher:
         self._arrived.notify_all()
         self._changed.notify()
 
-    def _run_and_release(self, runner, batch: list[Request]) -> None:
+    def _run_and_release(self, runner, batch: list[Request], busy: bool = False) -> None:
         """Run a batch on a taken instance, then give the instance back and wake the
         batch's members and the next leader."""
         try:
-            self._run(runner, batch)
+            self._run(runner, batch, busy)
         finally:
             with self._changed:
                 self._free.append(runner)
@@ -280,14 +293,15 @@ class DynamicBatcher:
             self._arrived.wait(left / 1e9)
         return batch
 
-    def _run(self, runner, batch: list[Request]) -> None:
+    def _run(self, runner, batch: list[Request], busy: bool = False) -> None:
+        run = getattr(runner, "run_busy", runner.run) if busy else runner.run
         start = time.monotonic_ns()
         try:
             if len(batch) == 1:
-                outs = [runner.run(batch[0].feeds)]
+                outs = [run(batch[0].feeds)]
             else:
                 merged = {n: np.concatenate([r.feeds[n] for r in batch]) for n in batch[0].feeds}
-                out = runner.run(merged)
+                out = run(merged)
                 bounds = np.cumsum([r.rows for r in batch])[:-1]
                 split = {n: np.split(a, bounds) for n, a in out.items()}
                 outs = [{n: split[n][i] for n in out} for i in range(len(batch))]

@@ -29,7 +29,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long the dynamic batcher waits to fill a batch")
     p.add_argument("--instances", type=int, default=1, help="model instances (parallel batches)")
     p.add_argument("--intra-op-threads", type=int, default=0,
-                   help="ONNX Runtime threads per run, per instance (0: one per core)")
+                   help="ONNX Runtime threads per run, per instance (0: one per core; with the "
+                        "default server, 0 runs a lone request on one thread per core and runs "
+                        "made while other requests wait on one thread, a second session of the "
+                        "model)")
     p.add_argument("--allow-spinning", action="store_true",
                    help="let idle ONNX Runtime threads spin (lower latency on an otherwise idle "
                         "machine; off by default: spinning takes the cores tritonserver and "

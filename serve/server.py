@@ -39,6 +39,7 @@ LOG = logging.getLogger("poolexport.serve")
 START_TIMEOUT_S = 180
 # tritonserver APIs nobody reaches through the gate; closed on the loopback ports as well
 RESTRICTED_APIS = "shared-memory,model-repository,trace,logging"
+BUSY_INTRA_OP_THREADS = 1  # ONNX Runtime threads of a run while other requests wait (busy_intra_op_threads)
 
 
 def ensure_libpython_visible(environ=os.environ) -> str | None:
@@ -146,6 +147,17 @@ def _die_with_parent():
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def busy_intra_op_threads(intra_op_threads: int, cores: int | None = None) -> int:
+    """ONNX Runtime threads of the runs made while other requests wait (0: no second
+    session). By default (intra_op_threads 0) a lone request runs on one thread per core,
+    the fastest answer, and runs under load on BUSY_INTRA_OP_THREADS: they cost less CPU
+    per row, and the front ends receiving the next batch get the other cores. An explicit
+    --intra-op-threads applies to every run."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return BUSY_INTRA_OP_THREADS if intra_op_threads == 0 and cores > BUSY_INTRA_OP_THREADS else 0
 
 
 class Server:
@@ -296,7 +308,8 @@ class Server:
         if self.backend_name == "tensorrt":
             return load_backend(self.model_path, "tensorrt")
         return load_backend(self.model_path, "onnxruntime", intra_op_threads=self.intra_op_threads,
-                            allow_spinning=self.allow_spinning)
+                            allow_spinning=self.allow_spinning,
+                            busy_intra_op_threads=busy_intra_op_threads(self.intra_op_threads))
 
     def _wait_ready(self, port: int) -> None:
         import http.client
