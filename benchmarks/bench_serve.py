@@ -23,7 +23,10 @@ CPU per request: for every phase the CPU time (user + system, from /proc) of eac
 is read before and after, and divided by the requests served: the client (this process),
 the server's front end (the `poolexport serve` process), tritonserver and the backend stub
 where they run. A bare-session phase gives the ONNX Runtime run's own CPU per request. CPU
-ms per request holds up on a shared machine, where throughput does not.
+ms per request holds up on a shared machine, where throughput does not. The summary gives
+the client's CPU per request beside the server's, the rows per model run of the
+8-client phases (from the server's /metrics), and the ratio that CPU budget allows at most
+when clients, server and model share the cores (ceilings()).
 
 The load average is checked before the run (this benchmark's own server and clients raise
 it during the run): above the core count the machine is busy with other work and no table
@@ -118,13 +121,32 @@ def process_tree(root: int) -> dict[int, str]:
     return roles
 
 
-class CpuMeter:
-    """CPU seconds per role between start() and stop(): this process is 'client'."""
+def batch_counters(metrics_port: int) -> tuple[int, int]:
+    """(rows run, model runs) from the server's Prometheus endpoint (Triton's
+    nv_inference_count and nv_inference_exec_count, summed over labels)."""
+    import urllib.request
 
-    def __init__(self, roots=()):
+    rows = runs = 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name == "nv_inference_count":
+                rows += int(float(line.rsplit(None, 1)[1]))
+            elif name == "nv_inference_exec_count":
+                runs += int(float(line.rsplit(None, 1)[1]))
+    return rows, runs
+
+
+class CpuMeter:
+    """CPU seconds per role between start() and stop(): this process is 'client'. With a
+    metrics port, `mean_batch` is the rows per model run between them."""
+
+    def __init__(self, roots=(), metrics_port: int | None = None):
         self.trees = {}
         for r in roots:
             self.trees.update(process_tree(r))
+        self.metrics_port = metrics_port
+        self.mean_batch = None
 
     def _read(self):
         out = {"client": cpu_seconds(os.getpid())}
@@ -133,10 +155,14 @@ class CpuMeter:
         return out
 
     def start(self):
+        self._b0 = batch_counters(self.metrics_port) if self.metrics_port else None
         self._t0 = self._read()
 
     def stop(self) -> dict:
         t1 = self._read()
+        if self._b0 is not None:
+            rows, runs = (a - b for a, b in zip(batch_counters(self.metrics_port), self._b0))
+            self.mean_batch = rows / runs if runs else None
         return {k: t1[k] - self._t0.get(k, 0.0) for k in t1}
 
 
@@ -152,7 +178,7 @@ def free_ports(n):
 
 def measure(fn, clients: int, seconds: float, warmup: int = 20, meter: CpuMeter | None = None):
     """Run fn(client_index) in `clients` threads for `seconds`; returns (calls/s, p50 ms,
-    p99 ms, CPU ms per call by role). Each thread first sends `warmup` requests of its own
+    p99 ms, CPU ms per call by role, rows per model run or None). Each thread first sends `warmup` requests of its own
     (its client, connection and channel are new), then all start the timed part together."""
     lat = [[] for _ in range(clients)]
     warmed, go = threading.Barrier(clients + 1), threading.Barrier(clients + 1)
@@ -187,7 +213,7 @@ def measure(fn, clients: int, seconds: float, warmup: int = 20, meter: CpuMeter 
     all_lat = np.concatenate([np.asarray(x) for x in lat]) * 1e3
     n = max(len(all_lat), 1)
     return (len(all_lat) / wall, float(np.percentile(all_lat, 50)), float(np.percentile(all_lat, 99)),
-            {k: 1e3 * v / n for k, v in cpu.items()})
+            {k: 1e3 * v / n for k, v in cpu.items()}, meter.mean_batch)
 
 
 class LeanHttpClient:
@@ -271,7 +297,8 @@ def load_text():
 
 
 def start_server(kind: str, path: str, args, tmp: str):
-    """`poolexport serve` with `--server kind`; returns (process, http port, grpc port, log)."""
+    """`poolexport serve` with `--server kind`; returns (process, http port, grpc port, log,
+    metrics port)."""
     http, grpc, metrics = free_ports(3)
     log = open(os.path.join(tmp, f"server-{os.path.basename(path)}-{kind}.log"), "w")
     proc = subprocess.Popen(
@@ -282,7 +309,7 @@ def start_server(kind: str, path: str, args, tmp: str):
          "--max-queue-delay-us", str(args.max_queue_delay_us), *args.serve_arg],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         cwd=tmp)  # not the source tree: `python -m` puts cwd first on sys.path
-    return proc, http, grpc, log
+    return proc, http, grpc, log, metrics
 
 
 def wait_ready(proc, http, log):
@@ -347,7 +374,7 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
     try:
         for kind in args.server:
             servers[kind] = start_server(kind, path, args, tmp)
-        for kind, (proc, http, _, log) in servers.items():
+        for kind, (proc, http, _, log, _) in servers.items():
             wait_ready(proc, http, log)
 
         # one client per thread: the HTTP client is gevent-based and bound to its thread
@@ -356,7 +383,7 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
         def client(kind, proto):
             key = f"{kind}-{proto}"
             if not hasattr(local, key):
-                _, http, grpc, _ = servers[kind]
+                _, http, grpc, _, _ = servers[kind]
                 setattr(local, key, httpclient.InferenceServerClient(f"127.0.0.1:{http}")
                         if proto == "http" else grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}"))
             return getattr(local, key)
@@ -380,7 +407,7 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
             def call(k):
                 key = f"{kind}-lean-{proto}"
                 if not hasattr(local, key):
-                    _, http, grpc, _ = servers[kind]
+                    _, http, grpc, _, _ = servers[kind]
                     setattr(local, key, LeanHttpClient(http, "m", inp.name, shape, inp.triton_dtype,
                                                        x.nbytes, out_names) if proto == "http" else
                             LeanGrpcClient(grpc, "m", inp.name, shape, inp.triton_dtype))
@@ -411,17 +438,18 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
             if kind is not None:
                 got = fn(0).as_numpy(out_names[0])
                 np.testing.assert_allclose(got, want[out_names[0]], rtol=1e-4, atol=1e-5)
-        meters = {kind: CpuMeter([proc.pid]) for kind, (proc, *_rest) in servers.items()}
+        meters = {kind: CpuMeter([proc.pid], metrics) for kind, (proc, _, _, _, metrics) in servers.items()}
         # rounds interleave bare and served runs, so load from elsewhere hits both alike
         for r in range(args.rounds):
             for name, kind, clients, batch, fn in plan:
                 res = measure(fn, clients, args.seconds, meter=meters.get(kind))
                 samples.setdefault((name, kind, clients, batch), []).append(res)
                 cpu = " ".join(f"{k} {v / batch:.2f}" for k, v in res[3].items())
+                rows_per_run = f"; {res[4]:.2f} rows per model run" if res[4] else ""
                 print(f"  round {r}: {name:<52} x{clients} {res[0] * batch:8.1f} items/s "
-                      f"p50 {res[1]:.2f} ms; CPU ms/item: {cpu}", flush=True)
+                      f"p50 {res[1]:.2f} ms; CPU ms/item: {cpu}{rows_per_run}", flush=True)
     finally:
-        for proc, _, _, log in servers.values():
+        for proc, _, _, log, _ in servers.values():
             stop_server(proc, log)
 
     rows = []
@@ -433,7 +461,9 @@ def bench_model(model: str, args, tmp: str) -> list[dict]:
                          items_per_s=float(np.median([r[0] for r in res])) * batch,
                          per_round=[float(r[0]) * batch for r in res],
                          p50_ms=float(np.median([r[1] for r in res])),
-                         p99_ms=float(np.median([r[2] for r in res])), cpu_ms_per_item=cpu))
+                         p99_ms=float(np.median([r[2] for r in res])), cpu_ms_per_item=cpu,
+                         rows_per_run=(float(np.median([r[4] for r in res])) if all(r[4] for r in res)
+                                       else None)))
     bare_rows = {r["clients"]: r for r in rows if r["path"] == "bare ORT session"}
     for r in rows:
         if r["server"] is not None:
@@ -450,6 +480,53 @@ def server_cpu(row) -> float:
     return sum(v for k, v in row["cpu_ms_per_item"].items() if k != "client")
 
 
+def client_cpu(row) -> float:
+    """CPU ms per item of the clients (this process; in a bare phase, the session's run)."""
+    return row["cpu_ms_per_item"].get("client", 0.0)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ceilings(b1, b8, one, many) -> tuple[float, float]:
+    """What the served/bare ratios can reach at most, from CPU per request (which holds on a
+    shared machine, where throughput does not):
+    - batch 1, one client: nothing overlaps (the client waits for the answer, the server
+      for the next request), so a request takes at least the bare latency plus the
+      client's CPU plus the server's CPU beyond the bare run's: bare latency / that.
+    - N clients: client, server and model share the cores, so served items/s <= cores /
+      (client + server CPU per item), while the bare session with N clients keeps the
+      cores busy at its own CPU per item: bare CPU per item / (client + server CPU per item).
+    Both take the served model run to cost what the bare one does and count only CPU
+    (no waits); above 100% the CPU is not what holds the served path back."""
+    lat = 1e3 / b1["items_per_s"]
+    handling = max(server_cpu(one) - client_cpu(b1), 0.0)
+    one_line = lat / (lat + client_cpu(one) + handling)
+    spent = client_cpu(many) + server_cpu(many)
+    many_line = client_cpu(b8) / spent if spent > 0 else float("inf")
+    return one_line, many_line
+
+
+def print_ceilings(budgets, args) -> None:
+    print(f"\nCPU budget per request (ms) and the ratio it allows when the clients, the server "
+          f"and the model share this machine's {usable_cores()} cores (see ceilings()):\n")
+    print("| model | server | client | protocol | bare run CPU b1 / "
+          f"{args.clients} clients | b1: client + server = all | b1 ceiling / measured "
+          f"| {args.clients} clients: client + server = all | rows per model run "
+          f"| {args.clients} clients ceiling / measured |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, kind, client, proto, b1, b8, one, many in budgets:
+        top1, top8 = ceilings(b1, b8, one, many)
+        rows = f"{many['rows_per_run']:.2f}" if many.get("rows_per_run") else ""
+        print(f"| {os.path.basename(model)} | {kind} | {client} | {proto} "
+              f"| {client_cpu(b1):.2f} / {client_cpu(b8):.2f} "
+              f"| {client_cpu(one):.2f} + {server_cpu(one):.2f} = {client_cpu(one) + server_cpu(one):.2f} "
+              f"| {100 * top1:.0f}% / {100 * one['vs_bare']:.0f}% "
+              f"| {client_cpu(many):.2f} + {server_cpu(many):.2f} = {client_cpu(many) + server_cpu(many):.2f} "
+              f"| {rows} | {100 * top8:.0f}% / {100 * many['vs_bare']:.0f}% |")
+
+
 def print_tables(all_rows, args, load_before, load_after):
     print(f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, load "
           f"average before {load_before}, after {load_after} (this run's own processes "
@@ -459,10 +536,12 @@ def print_tables(all_rows, args, load_before, load_after):
     for r in all_rows:
         by_model.setdefault(r["model"], []).append(r)
     print("| model (bare session latency, batch 1) | server | client | bare b1 | served b1 HTTP / gRPC "
-          "| fixed cost per request HTTP / gRPC | server CPU ms per request HTTP / gRPC "
-          f"| bare, {args.clients} clients | {args.clients} clients, dynamic batching HTTP / gRPC |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| fixed cost per request HTTP / gRPC | CPU ms per request HTTP / gRPC: client, server "
+          f"| bare, {args.clients} clients | {args.clients} clients, dynamic batching HTTP / gRPC "
+          f"| {args.clients} clients, CPU ms per request HTTP / gRPC: client, server |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     clients = [("tritonclient", "")] + ([("lean", ", lean client")] if args.lean_clients else [])
+    budgets = []
     for model, rows in by_model.items():
         get = {(r["path"], r["clients"]): r for r in rows}
         b1, b8 = get[("bare ORT session", 1)], get[("bare ORT session", args.clients)]
@@ -477,11 +556,16 @@ def print_tables(all_rows, args, load_before, load_after):
                       f"| {b1['items_per_s']:.0f}/s "
                       f"| {100 * h1['vs_bare']:.0f}% / {100 * g1['vs_bare']:.0f}% "
                       f"| {h1['cost_ms']:.2f} / {g1['cost_ms']:.2f} ms "
-                      f"| {server_cpu(h1):.2f} / {server_cpu(g1):.2f} "
+                      f"| {client_cpu(h1):.2f}, {server_cpu(h1):.2f} / {client_cpu(g1):.2f}, {server_cpu(g1):.2f} "
                       f"| {b8['items_per_s']:.0f}/s "
-                      f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% |")
-    print("\n(server CPU: user + system CPU of the server's processes per request, the model run "
-          "included; `lean`: http.client / a plain grpc channel instead of tritonclient)")
+                      f"| {100 * h8['vs_bare']:.0f}% / {100 * g8['vs_bare']:.0f}% "
+                      f"| {client_cpu(h8):.2f}, {server_cpu(h8):.2f} / {client_cpu(g8):.2f}, {server_cpu(g8):.2f} |")
+                for proto, one, many in (("HTTP", h1, h8), ("gRPC", g1, g8)):
+                    budgets.append((model, kind, client, proto, b1, b8, one, many))
+    print("\n(CPU: user + system CPU per request; client: this process, server: every process of the "
+          "server, the model run included; `lean`: http.client / a plain grpc channel instead of "
+          "tritonclient)")
+    print_ceilings(budgets, args)
     roles = ["client", "front end", "tritonserver", "stub"]
     for model, rows in by_model.items():
         print(f"\n{os.path.basename(model)}: throughput, and CPU ms per item by process "
