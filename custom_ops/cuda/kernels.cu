@@ -289,3 +289,6 @@ __attribute__((visibility("default"))) const char* poolexport_cuda_version_error
 #endif
 
 }  // extern "C"
+
+// the adaPool family: its own file, the same translation unit (and PTX)
+#include "ada_kernels.cu"

@@ -4,6 +4,7 @@
 #include <mutex>
 #include <vector>
 
+#include "ada_cuda_ops.h"
 #include "ada_kernels.h"
 #include "ada_unpool_kernels.h"
 #include "ops.h"
@@ -28,13 +29,15 @@ const std::vector<std::unique_ptr<OrtLiteCustomOp>>& all_ops() {
     std::vector<std::unique_ptr<OrtLiteCustomOp>> v;
     add_ops<float, false>(v, "CPUExecutionProvider");
     add_ops<Ort::Float16_t, false>(v, "CPUExecutionProvider");
-    poolexport::add_ada_ops<float>(v, "CPUExecutionProvider");  // adaPool family: CPU only
+    poolexport::add_ada_ops<float>(v, "CPUExecutionProvider");
     poolexport::add_ada_ops<Ort::Float16_t>(v, "CPUExecutionProvider");
-    poolexport::add_ada_unpool_op<float>(v, "CPUExecutionProvider");  // adaUnpool: CPU only
+    poolexport::add_ada_unpool_op<float>(v, "CPUExecutionProvider");
     poolexport::add_ada_unpool_op<Ort::Float16_t>(v, "CPUExecutionProvider");
 #ifdef POOLEXPORT_WITH_CUDA
     add_ops<float, true>(v, "CUDAExecutionProvider");
     add_ops<Ort::Float16_t, true>(v, "CUDAExecutionProvider");
+    poolexport::add_ada_cuda_ops<float>(v, "CUDAExecutionProvider");  // EdscwPool, IdwPool, AdaPool, AdaUnpool
+    poolexport::add_ada_cuda_ops<Ort::Float16_t>(v, "CUDAExecutionProvider");
 #endif
     return v;
   }();
