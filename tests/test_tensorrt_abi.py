@@ -48,7 +48,7 @@ def test_header_declarations_match_abi_order():
 
 def test_kernel_definitions_match_abi_order():
     header = (ROOT / "include" / "poolexport" / "kernel_abi.h").read_text()
-    text = (ROOT / "cuda" / "kernels.cu").read_text()
+    text = "\n".join((ROOT / "cuda" / f).read_text() for f in ("kernels.cu", "ada_kernels.cu"))
     sigs = _signatures(text, _macros(header))
     for op in abi.KERNELS:
         for dtype in abi.DTYPE_SUFFIX:

@@ -33,9 +33,9 @@ def test_entry_points_are_exactly_the_abi(ptx_file):
 @pytest.mark.parametrize("op", sorted(abi.KERNELS))
 def test_entry_signature_matches_aot_launch(ptx_file, op, dtype):
     params = ptx.ptx_entries(ptx_file.read_text())[abi.kernel_name(op, dtype)]
-    n_scalars = len(abi.kernel_params(op)) - 2
+    n_scalars = len(abi.kernel_scalars(op))
     # TensorRT passes: input pointers, then the SymInt32 extra args, then output pointers
-    assert params == ["u64"] + ["u32"] * n_scalars + ["u64"]
+    assert params == ["u64"] * len(abi.kernel_inputs(op)) + ["u32"] * n_scalars + ["u64"]
 
 
 @pytest.mark.parametrize("arch", ["sm_75", "sm_90"])

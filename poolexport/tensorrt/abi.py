@@ -20,6 +20,9 @@ WINDOW_PARAMS = (
 REDUCE_PARAMS = ("rank", "d0", "d1", "d2", "d3", "d4", "d5", "reduce_mask")
 SOFT_PARAMS = ("beta_bits",)
 STOCHASTIC_PARAMS = ("sample", "seed_lo", "seed_hi")
+# adaPool family: Beta's (or a mask's) shape in the 5-D view of its target (kernel_abi.h)
+BETA_PARAMS = ("b_n", "b_c", "b_d", "b_h", "b_w")
+UNPOOL_PARAMS = ("N", "C", "in_d", "in_h", "in_w", "out_d", "out_h", "out_w", "me_n", "me_c", "mm_n", "mm_c")
 
 # op type (ONNX node = TensorRT plugin name) -> (kernel stem, int32 scalar parameters)
 KERNELS = {
@@ -27,7 +30,13 @@ KERNELS = {
     "StochasticPool": ("poolexport_stochastic_pool", WINDOW_PARAMS + STOCHASTIC_PARAMS),
     "ReduceSoftPool": ("poolexport_reduce_soft_pool", REDUCE_PARAMS + SOFT_PARAMS),
     "ReduceStochasticPool": ("poolexport_reduce_stochastic_pool", REDUCE_PARAMS + STOCHASTIC_PARAMS),
+    "EdscwPool": ("poolexport_edscw_pool", WINDOW_PARAMS),
+    "IdwPool": ("poolexport_idw_pool", WINDOW_PARAMS),
+    "AdaPool": ("poolexport_ada_pool", WINDOW_PARAMS + BETA_PARAMS),
+    "AdaUnpool": ("poolexport_ada_unpool", UNPOOL_PARAMS + BETA_PARAMS),
 }
+# input pointers in launch order (the ONNX node's inputs); every other op takes X alone
+INPUTS = {"AdaPool": ("X", "Beta"), "AdaUnpool": ("X", "MaskEdscw", "MaskEm", "Beta")}
 DTYPE_SUFFIX = {"float32": "f32", "float16": "f16"}
 
 
@@ -40,9 +49,19 @@ def kernel_name(op: str, dtype: str) -> str:
     return f"{KERNELS[op][0]}_{DTYPE_SUFFIX[dtype]}"
 
 
+def kernel_inputs(op: str) -> tuple[str, ...]:
+    """The entry point's input pointers, in order."""
+    return INPUTS.get(op, ("X",))
+
+
+def kernel_scalars(op: str) -> tuple[str, ...]:
+    """The entry point's int32 scalar parameters (TensorRT's SymInt32 extra arguments)."""
+    return KERNELS[op][1]
+
+
 def kernel_params(op: str) -> tuple[str, ...]:
-    """Full parameter list of the entry point: input pointer, int32 scalars, output pointer."""
-    return ("X",) + KERNELS[op][1] + ("Y",)
+    """Full parameter list of the entry point: input pointers, int32 scalars, output pointer."""
+    return kernel_inputs(op) + KERNELS[op][1] + ("Y",)
 
 
 def all_kernel_names() -> list[str]:

@@ -39,11 +39,11 @@ def _defaults(op: str, attrs: dict, rank) -> dict:
     if "kernel_shape" in ATTRS[op]:
         k = len(attrs["kernel_shape"])
         d = dict(strides=[1] * k, pads=[0] * (2 * k), dilations=[1] * k, ceil_mode=0, auto_pad="NOTSET")
-    else:
+    elif "axes" in ATTRS[op]:
         d = dict(axes=list(range(rank)) if rank is not None else None, keepdims=1)
     if "beta" in ATTRS[op]:
         d["beta"] = 1.0
-    else:
+    elif "mode" in ATTRS[op]:
         d.update(mode="expectation", seed_lo=0, seed_hi=0)
     return d
 

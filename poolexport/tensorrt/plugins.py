@@ -52,6 +52,10 @@ ATTRS = {
                        "seed_hi"),
     "ReduceSoftPool": ("axes", "keepdims", "beta"),
     "ReduceStochasticPool": ("axes", "keepdims", "mode", "seed_lo", "seed_hi"),
+    "EdscwPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
+    "IdwPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
+    "AdaPool": ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
+    "AdaUnpool": (),
 }
 _KINDS = {"kernel_shape": "ints", "strides": "ints", "pads": "ints", "dilations": "ints", "axes": "ints",
           "ceil_mode": "int", "keepdims": "int", "seed_lo": "int", "seed_hi": "int", "auto_pad": "str", "mode": "str",
@@ -95,26 +99,36 @@ def _plain(op: str, values: dict) -> dict:
     return out
 
 
+def _static(dims) -> bool:
+    return not any(d.is_fake for d in dims) and all(d.is_constant for d in dims)
+
+
 def _output_desc(trtp, op: str, X, attrs: dict):
+    """X: the input TensorDesc, or the tuple of every input's (X first)."""
+    inputs = X if isinstance(X, tuple) else (X,)
     attrs = _plain(op, attrs)
-    dims = list(X.shape_expr)
-    if dims and not any(d.is_fake for d in dims) and all(d.is_constant for d in dims):
-        # a static input shape: check window spans now, with the integer rules
-        shapes.kernel_args(op, [d.constant_value() for d in dims], attrs)
-    _, out_shape = shapes.kernel_args(op, dims, attrs, shapes.trt_ops(trtp))
-    return trtp.from_shape_expr(tuple(out_shape), dtype=X.dtype)
+    dims = [list(t.shape_expr) for t in inputs]
+    if dims[0] and all(_static(d) for d in dims):  # (a rank-0 Beta is static too)
+        # static input shapes: check window spans and broadcasts now, with the integer rules
+        ints = [[d.constant_value() for d in ds] for ds in dims]
+        shapes.kernel_args(op, ints[0], attrs, others=ints[1:])
+    _, out_shape = shapes.kernel_args(op, dims[0], attrs, shapes.trt_ops(trtp), dims[1:])
+    return trtp.from_shape_expr(tuple(out_shape), dtype=inputs[0].dtype)
 
 
-def _autotune(trtp):
-    # "|" pairs the options: (FP32 in, FP32 out) or (FP16 in, FP16 out)
-    return [trtp.AutoTuneCombination("FP32|FP16, FP32|FP16", "LINEAR")]
+def _autotune(trtp, tensors: int = 2):
+    # "|" pairs the options: every input and the output FP32, or every one FP16
+    return [trtp.AutoTuneCombination(", ".join(["FP32|FP16"] * tensors), "LINEAR")]
 
 
 def _aot(trt, trtp, op: str, X, attrs: dict, outputs):
+    inputs = X if isinstance(X, tuple) else (X,)
+    X = inputs[0]
     ops = shapes.trt_ops(trtp)
     attrs = _plain(op, attrs)
-    args, _ = shapes.kernel_args(op, list(X.shape_expr), attrs, ops)
-    total = shapes.launch_total(op, list(X.shape_expr), attrs, ops)
+    others = [list(t.shape_expr) for t in inputs[1:]]
+    args, _ = shapes.kernel_args(op, list(X.shape_expr), attrs, ops, others)
+    total = shapes.launch_total(op, list(X.shape_expr), attrs, ops, others)
     dtype = "float16" if X.dtype == trt.DataType.HALF else "float32"
     launch = trtp.KernelLaunchParams()
     # the one grid rule of kernel_abi.h (abi.launch_grid), evaluated symbolically
@@ -126,7 +140,7 @@ def _aot(trt, trtp, op: str, X, attrs: dict, outputs):
 
 
 def register_plugins() -> None:
-    """Register the four plugins with TensorRT's plugin registry (idempotent)."""
+    """Register the plugins with TensorRT's plugin registry (idempotent)."""
     global _registered
     if _registered:
         return
@@ -214,3 +228,61 @@ def _define(trt, trtp):
                                    seed_hi: Ints, outputs: Descs, tactic: int) -> AOTResult:
         return _aot(trt, trtp, "ReduceStochasticPool", X, dict(axes=axes, keepdims=keepdims, mode=mode,
                                                                seed_lo=seed_lo, seed_hi=seed_hi), outputs)
+
+    # ---------------------------------------------------------------- adaPool family
+    # EdscwPool and IdwPool: X and the window attributes; AdaPool adds its Beta input
+    # (broadcast to the output); AdaUnpool has four inputs and no attribute.
+    for op in ("EdscwPool", "IdwPool"):
+        _define_ada_window(trt, trtp, op, AOTResult, Descs, Combos)
+
+    @trtp.register("poolexport::AdaPool")
+    def ada_pool(X: trtp.TensorDesc, Beta: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints,
+                 dilations: Ints, ceil_mode: Ints, auto_pad: str) -> trtp.TensorDesc:
+        return _output_desc(trtp, "AdaPool", (X, Beta), dict(
+            kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
+            auto_pad=auto_pad))
+
+    @trtp.autotune("poolexport::AdaPool")
+    def ada_pool_autotune(X: trtp.TensorDesc, Beta: trtp.TensorDesc, outputs: Descs) -> Combos:
+        return _autotune(trtp, 3)
+
+    @trtp.aot_impl("poolexport::AdaPool")
+    def ada_pool_aot(X: trtp.TensorDesc, Beta: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints,
+                     dilations: Ints, ceil_mode: Ints, auto_pad: str, outputs: Descs, tactic: int) -> AOTResult:
+        return _aot(trt, trtp, "AdaPool", (X, Beta), dict(
+            kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, ceil_mode=ceil_mode,
+            auto_pad=auto_pad), outputs)
+
+    @trtp.register("poolexport::AdaUnpool")
+    def ada_unpool(X: trtp.TensorDesc, MaskEdscw: trtp.TensorDesc, MaskEm: trtp.TensorDesc,
+                   Beta: trtp.TensorDesc) -> trtp.TensorDesc:
+        return _output_desc(trtp, "AdaUnpool", (X, MaskEdscw, MaskEm, Beta), {})
+
+    @trtp.autotune("poolexport::AdaUnpool")
+    def ada_unpool_autotune(X: trtp.TensorDesc, MaskEdscw: trtp.TensorDesc, MaskEm: trtp.TensorDesc,
+                            Beta: trtp.TensorDesc, outputs: Descs) -> Combos:
+        return _autotune(trtp, 5)
+
+    @trtp.aot_impl("poolexport::AdaUnpool")
+    def ada_unpool_aot(X: trtp.TensorDesc, MaskEdscw: trtp.TensorDesc, MaskEm: trtp.TensorDesc,
+                       Beta: trtp.TensorDesc, outputs: Descs, tactic: int) -> AOTResult:
+        return _aot(trt, trtp, "AdaUnpool", (X, MaskEdscw, MaskEm, Beta), {}, outputs)
+
+
+def _define_ada_window(trt, trtp, op, AOTResult, Descs, Combos):
+    """EdscwPool / IdwPool: one input, the window attributes."""
+    @trtp.register(f"poolexport::{op}")
+    def register(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints,
+                 ceil_mode: Ints, auto_pad: str) -> trtp.TensorDesc:
+        return _output_desc(trtp, op, X, dict(kernel_shape=kernel_shape, strides=strides, pads=pads,
+                                              dilations=dilations, ceil_mode=ceil_mode, auto_pad=auto_pad))
+
+    @trtp.autotune(f"poolexport::{op}")
+    def autotune(X: trtp.TensorDesc, outputs: Descs) -> Combos:
+        return _autotune(trtp)
+
+    @trtp.aot_impl(f"poolexport::{op}")
+    def aot(X: trtp.TensorDesc, kernel_shape: Ints, strides: Ints, pads: Ints, dilations: Ints, ceil_mode: Ints,
+            auto_pad: str, outputs: Descs, tactic: int) -> AOTResult:
+        return _aot(trt, trtp, op, X, dict(kernel_shape=kernel_shape, strides=strides, pads=pads,
+                                           dilations=dilations, ceil_mode=ceil_mode, auto_pad=auto_pad), outputs)

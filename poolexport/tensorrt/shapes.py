@@ -25,6 +25,8 @@ AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 STOCHASTIC_MODES = ("expectation", "sample")
 WINDOWED_OPS = ("SoftPool", "StochasticPool")
 REDUCE_OPS = ("ReduceSoftPool", "ReduceStochasticPool")
+ADA_WINDOW_OPS = ("EdscwPool", "IdwPool", "AdaPool")  # windowed, no attribute of their own
+UNPOOL_OPS = ("AdaUnpool",)
 
 
 def trt_ops(trtp) -> SimpleNamespace:
@@ -192,14 +194,70 @@ def reduce_kernel_args(shape: Sequence, axes: Sequence[int], op: str = "ReduceSo
     return [rank] + [1] * lead + dims + [mask]
 
 
+# ------------------------------------------------------------------ adaPool family
+def _is_int(v) -> bool:
+    return isinstance(v, int)
+
+
+def broadcast_dims5(op: str, name: str, operand: Sequence, target: Sequence, target_name: str = "the output"):
+    """``operand``'s shape in the 5-D view (N, C, d, h, w) of a rank 3-5 ``target``
+    (kernel_abi.h): numpy's right alignment, the missing leading spatial axes as 1. Where
+    both sizes are ints, checks that each is 1 or the target's (numpy broadcasting)."""
+    operand, target = list(operand), list(target)
+    if len(operand) > len(target):
+        raise ValueError(f"{op}: {name} of rank {len(operand)} does not broadcast to {target_name} of rank {len(target)}")
+    full = [1] * (len(target) - len(operand)) + operand
+    for b, t in zip(full, target):
+        if _is_int(b) and _is_int(t) and b != 1 and b != t:
+            raise ValueError(f"{op}: {name} of shape {operand} does not broadcast to {target_name} {target}")
+    return full[:2] + [1] * (5 - len(target)) + full[2:]
+
+
+def unpool_kernel_args(op: str, x: Sequence, me: Sequence, mm: Sequence, beta: Sequence):
+    """AdaUnpool's (int32 arguments, output shape): X (N, C, *I), the masks (N|1, C|1, *O)
+    with O >= I, Beta broadcast to X; checked where the sizes are ints."""
+    x, me, mm = list(x), list(me), list(mm)
+    k = len(x) - 2
+    if k not in (1, 2, 3):
+        raise ValueError(f"{op}: X must be N x C x D1..Dk with k = 1, 2 or 3, got rank {len(x)}")
+    for name, m in (("MaskEdscw", me), ("MaskEm", mm)):
+        if len(m) != len(x):
+            raise ValueError(f"{op}: {name} must have X's rank {len(x)}, got rank {len(m)}")
+        for i in (0, 1):
+            if _is_int(m[i]) and _is_int(x[i]) and m[i] not in (1, x[i]):
+                raise ValueError(f"{op}: {name} of shape {m} must have N = {x[0]} or 1 and C = {x[1]} or 1")
+    for d in range(2, len(x)):
+        if _is_int(me[d]) and _is_int(mm[d]) and me[d] != mm[d]:
+            raise ValueError(f"{op}: MaskEdscw and MaskEm must have the same spatial shape, got {me} and {mm}")
+        if _is_int(me[d]) and _is_int(x[d]) and me[d] < x[d]:
+            raise ValueError(f"{op}: the masks' spatial shape must be at least X's on every axis, got {me} for X {x}")
+    lead = 3 - k
+    args = [x[0], x[1], *([1] * lead + x[2:]), *([1] * lead + me[2:]), me[0], me[1], mm[0], mm[1]]
+    args += broadcast_dims5(op, "Beta", beta, x, "X")
+    return args, [x[0], x[1], *me[2:]]
+
+
 # ------------------------------------------------------------------ one entry point
-def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
+def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS, others: Sequence = ()):
     """(int32 scalar arguments in ABI order, output shape) of ``op`` on input ``shape``.
 
     ``attrs`` holds the ONNX node attributes by name (missing ones take the schema
-    defaults). Values in the result are ints or, with ``trt_ops``, ShapeExprs.
+    defaults); ``others`` the shapes of the inputs after X (AdaPool: Beta; AdaUnpool:
+    MaskEdscw, MaskEm, Beta). Values in the result are ints or, with ``trt_ops``, ShapeExprs.
     """
     rank = len(shape)
+    n_others = len(abi.kernel_inputs(op)) - 1 if op in abi.KERNELS else 0
+    if len(others) != n_others:
+        raise ValueError(f"{op}: {n_others + 1} input shape(s) needed, got {len(others) + 1}")
+    if op in UNPOOL_OPS:
+        return unpool_kernel_args(op, shape, *others)
+    if op in ADA_WINDOW_OPS:
+        wa = window_attrs(op, rank, attrs.get("kernel_shape"), attrs.get("strides", ()), attrs.get("pads", ()),
+                          attrs.get("dilations", ()), attrs.get("ceil_mode", 0), attrs.get("auto_pad", "NOTSET"))
+        args, out_shape = window_kernel_args(wa, shape, ops, op)
+        if op == "AdaPool":
+            args += broadcast_dims5(op, "Beta", others[0], out_shape)
+        return args, out_shape
     if op in WINDOWED_OPS:
         wa = window_attrs(op, rank, attrs.get("kernel_shape"), attrs.get("strides", ()), attrs.get("pads", ()),
                           attrs.get("dilations", ()), attrs.get("ceil_mode", 0), attrs.get("auto_pad", "NOTSET"))
@@ -211,7 +269,8 @@ def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
             raise ValueError(f"{op}: keepdims must be 0 or 1, got {keepdims!r}")
         args, out_shape = reduce_kernel_args(shape, axes, op), reduce_output_shape(shape, axes, bool(keepdims))
     else:
-        raise ValueError(f"{op}: not a poolexport op; expected one of {WINDOWED_OPS + REDUCE_OPS}")
+        raise ValueError(f"{op}: not a poolexport op; expected one of "
+                         f"{WINDOWED_OPS + REDUCE_OPS + ADA_WINDOW_OPS + UNPOOL_OPS}")
     if op in ("SoftPool", "ReduceSoftPool"):
         args += soft_args(op, attrs.get("beta", 1.0))
     else:
@@ -219,10 +278,10 @@ def kernel_args(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
     return args, out_shape
 
 
-def launch_total(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS):
+def launch_total(op: str, shape: Sequence, attrs: Mapping, ops=INT_OPS, others: Sequence = ()):
     """Threads the launch rule asks for (kernel_abi.h): the output elements, times the
     lanes per output of a soft or expectation reduction over the innermost axis."""
-    _, out_shape = kernel_args(op, shape, attrs, ops)
+    _, out_shape = kernel_args(op, shape, attrs, ops, others)
     outputs = numel(out_shape)
     if op not in REDUCE_OPS:
         return outputs
