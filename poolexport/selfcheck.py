@@ -4,13 +4,16 @@ For a lent or new GPU machine (torch with CUDA, CuPy, nvcc; onnxruntime-gpu and 
 optional). In one run, each part skipped with its reason when something is missing:
 
 * ``library``: the custom-op library's CUDA kernels (every op, both modes, float32 and
-  float16) through its C launchers on torch CUDA tensors;
+  float16; the adaPool family with its extra inputs) through its C launchers on torch
+  CUDA tensors;
 * ``ptx``: the TensorRT plugins' PTX loaded by CuPy and launched with the plugins' grid
   (``abi.launch_grid`` of ``shapes.launch_total``) and int32 arguments
-  (``shapes.kernel_args``), as TensorRT would;
-* ``torch``: the torch ops on CUDA tensors;
+  (``shapes.kernel_args``), one pointer per input (``abi.kernel_inputs``), as TensorRT would;
+* ``torch``: the torch ops on CUDA tensors (the adaPool family's are pure torch);
 
-each against the torch ops on the CPU (sampled picks bit for bit), then the time of each
+each against the torch ops on the CPU (sampled picks bit for bit). AdaPool's Beta is drawn
+in [0, 1] with a broadcast shape, AdaUnpool's MaskEdscw and MaskEm in [0, 1] at the output
+size, each with an N or C axis of 1 in some case. Then the time of each
 backend at 8x64x112x112 and 32x256x56x56 against a device-to-device copy of the input.
 Writes one JSON report and prints a summary; exits 1 when a check fails, else 0 (also
 where there is no GPU: the report then says "no GPU"). The report's ``steps`` holds each
@@ -38,7 +41,8 @@ import numpy as np
 
 from .tensorrt import abi, ptx, shapes
 
-# (op, input shape, attributes): every entry point in both stochastic modes, 1-D to 3-D
+# (op, X's shape, attributes[, shapes of the inputs after X]): every entry point, both
+# stochastic modes, 1-D to 3-D; AdaPool's Beta and AdaUnpool's masks in broadcast forms
 CASES = [
     ("SoftPool", (2, 3, 17), dict(kernel_shape=[4], strides=[3], pads=[2, 1], ceil_mode=1, beta=0.5)),
     ("SoftPool", (2, 4, 12, 11), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], beta=1.0)),
@@ -50,7 +54,21 @@ CASES = [
     ("ReduceSoftPool", (3, 4, 5, 6), dict(axes=[2, 3], keepdims=0, beta=1.0)),
     ("ReduceStochasticPool", (2, 16, 6, 6), dict(axes=[2, 3], keepdims=1, mode="expectation")),
     ("ReduceStochasticPool", (2, 3, 4, 5), dict(axes=[0, 3], keepdims=0, mode="sample", seed=-(2**40) - 7)),
+    ("EdscwPool", (2, 4, 12, 11), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("EdscwPool", (1, 2, 6, 7, 8), dict(kernel_shape=[2, 2, 3], strides=[2, 1, 2], auto_pad="SAME_UPPER")),
+    ("IdwPool", (2, 4, 12, 11), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("IdwPool", (2, 3, 17), dict(kernel_shape=[4], strides=[3], pads=[2, 1], ceil_mode=1)),
+    # Beta: the reference repository's form (the output's spatial shape), per channel, one scalar
+    ("AdaPool", (2, 4, 12, 11), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [(6, 6)]),
+    ("AdaPool", (2, 3, 17), dict(kernel_shape=[4], strides=[3], pads=[2, 1], ceil_mode=1), [(1, 3, 1)]),
+    ("AdaPool", (1, 2, 6, 7, 8), dict(kernel_shape=[2, 2, 3], strides=[2, 1, 2], auto_pad="SAME_UPPER"), [(1,)]),
+    # X (N, C, *I); MaskEdscw, MaskEm (N|1, C|1, *O); Beta broadcast to X
+    ("AdaUnpool", (2, 4, 6, 6), {}, [(2, 4, 12, 11), (2, 1, 12, 11), (6, 6)]),
+    ("AdaUnpool", (2, 3, 7), {}, [(1, 3, 17), (2, 3, 17), (2, 1, 1)]),
+    ("AdaUnpool", (1, 2, 3, 4, 4), {}, [(1, 1, 6, 7, 8), (1, 2, 6, 7, 8), (1, 2, 1, 1, 1)]),
 ]
+# in the order of poolexport_cuda_launch_ada's op codes (launch.h: 0, 1, 2)
+ADA_WINDOW_OPS = ("EdscwPool", "IdwPool", "AdaPool")
 # the README's benchmark shapes; windows as in its CPU tables
 BENCH_SHAPES = [(8, 64, 112, 112), (32, 256, 56, 56)]
 BENCH_OPS = [
@@ -62,17 +80,26 @@ BENCH_OPS = [
 TOL = {"float32": 1e-5, "float16": 2e-3}  # rtol, and atol in units of the scale below; sample mode: exact
 
 
-def _torch_ref(op, x, a):
-    """The torch op (the definition) on whatever device ``x`` lives on."""
+def _torch_ref(op, inputs, a):
+    """The torch op (the definition) on whatever device ``inputs`` (X, then the others) live on."""
     import torch
 
     import poolexport.ops  # noqa: F401  (registers torch.ops.poolexport)
 
     ops = torch.ops.poolexport
-    if op in ("SoftPool", "StochasticPool"):
+    x = inputs[0]
+    if op == "AdaUnpool":
+        return ops.ada_unpool(*inputs)
+    if op in ("SoftPool", "StochasticPool") + ADA_WINDOW_OPS:
         k = len(a["kernel_shape"])
         w = (a["kernel_shape"], a.get("strides", [1] * k), a.get("pads", [0] * 2 * k), a.get("dilations", [1] * k),
              bool(a.get("ceil_mode", 0)), a.get("auto_pad", "NOTSET"))
+        if op == "EdscwPool":
+            return ops.edscw_pool(x, *w)
+        if op == "IdwPool":
+            return ops.idw_pool(x, *w)
+        if op == "AdaPool":
+            return ops.ada_pool(x, inputs[1], *w)
         if op == "SoftPool":
             return ops.soft_pool(x, *w, a.get("beta", 1.0))
         return ops.stochastic_pool(x, *w, a.get("mode", "expectation"), a.get("seed", 0))
@@ -158,9 +185,10 @@ class CudaDevice:
 
         torch.cuda.synchronize()
 
-    def torch_op(self, op, x, a):
-        """The torch op on a device tensor (poolexport.ops: the CUDA kernels via _native)."""
-        return _torch_ref(op, x, a)
+    def torch_op(self, op, inputs, a):
+        """The torch op on device tensors (poolexport.ops: the CUDA kernels via _native; the
+        adaPool family's ops are pure torch)."""
+        return _torch_ref(op, inputs, a)
 
     def copy_seconds(self, x_np, iters: int):
         """Seconds of one device-to-device copy of x (the bandwidth yardstick)."""
@@ -201,26 +229,39 @@ class LibraryBackend:
         why = library_cuda_problem(lib)
         if why:
             raise RuntimeError(why)
-        for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
-            f = getattr(lib, name)
-            f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32),
-                          ctypes.c_void_p]
-            f.restype = ctypes.c_int
+        p, ptr, i = ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p, ctypes.c_int
+        # launch.h: (op, dtype, inputs..., Y, p, stream); AdaUnpool's launcher has no op
+        signatures = {"poolexport_cuda_launch_window": [i, i, ptr, ptr, p, ptr],
+                      "poolexport_cuda_launch_reduce": [i, i, ptr, ptr, p, ptr],
+                      "poolexport_cuda_launch_ada": [i, i, ptr, ptr, ptr, p, ptr],
+                      "poolexport_cuda_launch_ada_unpool": [i, ptr, ptr, ptr, ptr, ptr, p, ptr]}
+        for name, argtypes in signatures.items():
+            f = getattr(lib, name, None)  # a library older than the adaPool kernels: those rows error
+            if f is not None:
+                f.argtypes, f.restype = argtypes, ctypes.c_int
         lib.poolexport_cuda_error_string.restype = ctypes.c_char_p  # the error's name, not a pointer as an int
         self.lib, self.dev = lib, dev
 
-    def prepare(self, op, x_np, a):
+    def prepare(self, op, inputs_np, a):
         dev = self.dev
-        x = dev.to_device(x_np)
-        args, out_shape = shapes.kernel_args(op, list(x_np.shape), a)
-        y = dev.nan_like_output(out_shape, x)
+        inputs = [dev.to_device(i) for i in inputs_np]
+        args, out_shape = shapes.kernel_args(op, list(inputs_np[0].shape), a, others=[i.shape for i in inputs_np[1:]])
+        y = dev.nan_like_output(out_shape, inputs[0])
         p = (ctypes.c_int32 * len(args))(*args)
-        launch = self.lib.poolexport_cuda_launch_window if op in shapes.WINDOWED_OPS else self.lib.poolexport_cuda_launch_reduce
-        kind = 0 if op in ("SoftPool", "ReduceSoftPool") else 1
-        dt = 1 if x_np.dtype == np.float16 else 0
+        dt = 1 if inputs_np[0].dtype == np.float16 else 0
+        if op == "AdaUnpool":
+            launch, lead = self.lib.poolexport_cuda_launch_ada_unpool, (dt,)
+        elif op in ADA_WINDOW_OPS:
+            # Beta is read by AdaPool alone; the others get X in its place
+            launch, lead = self.lib.poolexport_cuda_launch_ada, (ADA_WINDOW_OPS.index(op), dt)
+            inputs = inputs + inputs[:1] * (2 - len(inputs))
+        else:
+            launch = (self.lib.poolexport_cuda_launch_window if op in shapes.WINDOWED_OPS
+                      else self.lib.poolexport_cuda_launch_reduce)
+            lead = (0 if op in ("SoftPool", "ReduceSoftPool") else 1, dt)
 
         def run():
-            rc = launch(kind, dt, dev.ptr(x), dev.ptr(y), p, dev.stream())
+            rc = launch(*lead, *[dev.ptr(i) for i in inputs], dev.ptr(y), p, dev.stream())
             if rc:
                 raise RuntimeError(f"{op}: launch failed: {self.lib.poolexport_cuda_error_string(rc).decode()}")
 
@@ -248,18 +289,19 @@ class PTXBackend:
         self.module = cupy.RawModule(path=str(path))
         self.cupy = cupy
 
-    def prepare(self, op, x_np, a):
+    def prepare(self, op, inputs_np, a):
         cupy = self.cupy
+        x_np, others = inputs_np[0], [i.shape for i in inputs_np[1:]]
         dtype = "float16" if x_np.dtype == np.float16 else "float32"
-        args, out_shape = shapes.kernel_args(op, list(x_np.shape), a)
-        x = cupy.asarray(x_np)
-        y = cupy.full(out_shape, np.nan, dtype=x.dtype)
+        args, out_shape = shapes.kernel_args(op, list(x_np.shape), a, others=others)
+        inputs = [cupy.asarray(i) for i in inputs_np]  # abi.kernel_inputs(op) order
+        y = cupy.full(out_shape, np.nan, dtype=inputs[0].dtype)
         kernel = self.module.get_function(abi.kernel_name(op, dtype))
-        grid = abi.launch_grid(shapes.launch_total(op, list(x_np.shape), a))
+        grid = abi.launch_grid(shapes.launch_total(op, list(x_np.shape), a, others=others))
         scalars = [np.int32(v) for v in args]
 
         def run():
-            kernel((grid, 1, 1), (abi.BLOCK, 1, 1), (x, *scalars, y))
+            kernel((grid, 1, 1), (abi.BLOCK, 1, 1), (*inputs, *scalars, y))
 
         return run, lambda: cupy.asnumpy(y)
 
@@ -276,12 +318,12 @@ class TorchBackend:
         dev.torch_ready()
         self.dev = dev
 
-    def prepare(self, op, x_np, a):
-        x = self.dev.to_device(x_np)
+    def prepare(self, op, inputs_np, a):
+        inputs = [self.dev.to_device(i) for i in inputs_np]
         out = {}
 
         def run():
-            out["y"] = self.dev.torch_op(op, x, a)
+            out["y"] = self.dev.torch_op(op, inputs, a)
 
         return run, lambda: self.dev.to_host(out["y"])
 
@@ -336,17 +378,23 @@ def _correctness(backends, report):
     import torch
 
     rng = np.random.default_rng(0)
-    for op, shape, a in CASES:
+    for op, shape, a, *rest in CASES:
+        others = rest[0] if rest else []
         x32 = (rng.standard_normal(shape) * 3).astype(np.float32)
         if "mode" in a:
             x32 = np.maximum(x32, 0)  # stochastic pooling's domain: activations after ReLU
+        # Beta and the masks: in [0, 1], their domain (AdaUnpool clips the masks to it)
+        inputs32 = [x32] + [rng.uniform(0, 1, s).astype(np.float32) for s in others]
         for dtype in ("float32", "float16"):
-            x = x32.astype(dtype)
-            ref = _torch_ref(op, torch.from_numpy(x), a).numpy()
+            inputs = [i.astype(dtype) for i in inputs32]
+            x = inputs[0]
+            ref = _torch_ref(op, [torch.from_numpy(i) for i in inputs], a).numpy()
             for b in backends:
                 row = {"backend": b.name, "op": op, "shape": list(shape), "attrs": a, "dtype": dtype}
+                if others:
+                    row["others"] = [list(s) for s in others]
                 try:
-                    run, fetch = b.prepare(op, x, a)
+                    run, fetch = b.prepare(op, inputs, a)
                     run()
                     b.sync()
                     row.update(_compare(fetch(), ref, x, a, dtype))
@@ -380,11 +428,11 @@ def _bandwidth(dev, backends, report, iters: int, bench_shapes):
             for op, a in BENCH_OPS:
                 out_shape = shapes.kernel_args(op, list(shape), a)[1]
                 moved = nbytes + int(np.prod(out_shape)) * x.itemsize
-                ref = _torch_ref(op, torch.from_numpy(x), a).numpy()  # a timed kernel must also be right
+                ref = _torch_ref(op, [torch.from_numpy(x)], a).numpy()  # a timed kernel must also be right
                 for b in backends:
                     row = {"backend": b.name, "op": op, "shape": list(shape), "dtype": dtype}
                     try:
-                        run, fetch = b.prepare(op, x, a)
+                        run, fetch = b.prepare(op, [x], a)
                         sec = _time(b.sync, run, iters)
                         row.update(_compare(fetch(), ref, x, a, dtype))
                         row.update(ms=round(sec * 1e3, 4), gb_s=round(moved / sec / 1e9, 1))
@@ -453,7 +501,8 @@ def estimate(iters: int = 20, bench_shapes=None) -> list[tuple[str, float, str]]
         ("CUDA context (torch, then CuPy on the same device)", A["context_s"], "driver init, once"),
         ("PTX: nvcc -ptx + ptxas (first run; cached in ~/.cache/poolexport)", A["nvcc_ptx_s"],
          "17 s measured on 2 CPU cores; 0 s when POOLEXPORT_PTX or the cache has it"),
-        ("PTX: the driver JIT-compiles compute_75 for the GPU (first load)", A["ptx_jit_s"], "8 entry points"),
+        ("PTX: the driver JIT-compiles compute_75 for the GPU (first load)", A["ptx_jit_s"],
+         f"{2 * len(abi.KERNELS)} entry points"),
         ("correctness", checks * (A["launch_s"] + 0.002) + len(CASES) * 2 * A["cpu_reference_s_per_case"],
          f"{checks} launches + copies, {len(CASES) * 2} CPU references"),
     ]

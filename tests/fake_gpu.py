@@ -3,7 +3,9 @@
 
 * The CUDA kernels: custom_ops/cuda/kernels.cu compiled as C++ against the shim of
   tests/test_kernels_emulated.py (every thread of the launch's real grid runs on the CPU),
-  plus ``px_run_<entry>`` wrappers that launch one PTX entry point with a caller's grid.
+  plus ``px_run_<entry>`` wrappers that launch one PTX entry point with a caller's grid
+  (its input pointers as an array, in ``abi.kernel_inputs`` order: AdaPool's X, Beta;
+  AdaUnpool's X, MaskEdscw, MaskEm, Beta).
 * ``cupy``: a fake CuPy installed as ``sys.modules["cupy"]``. Its ``RawModule`` follows
   CuPy 13's signature and rules, read from cupy/_core/raw.pyx (RawModule.__init__,
   get_function, _get_raw_module; github.com/cupy/cupy): keyword-only ``code=`` or
@@ -15,7 +17,9 @@
 * The library backend: the emulated build's C launchers (the same source as the GPU's).
 * The torch backend: the torch ops' CUDA launch packing (poolexport/ops/_native.py:
   window geometry and scalars) on the emulated launchers; torch itself has no CUDA here,
-  so the dispatch to that route is the one part not exercised.
+  so the dispatch to that route is the one part not exercised. The adaPool family's torch
+  ops are pure torch on every device: here they run on the CPU, so their torch rows check
+  only the backend's plumbing (and the planted bug).
 
 Planted bugs: ``FAKE_GPU_CORRUPT=library,ptx,torch`` (any subset) changes the last output
 element of every launch on that route after the kernel ran, as a wrong kernel would;
@@ -38,25 +42,40 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_ARGS = ", ".join(f"a[{i}]" for i in range(20))
 REDUCE_ARGS = ", ".join(f"a[{i}]" for i in range(8))
-ENTRIES = {  # entry -> (element type, the call's arguments after X)
-    "poolexport_soft_pool_f32": ("float", f"{WINDOW_ARGS}, a[20]"),
-    "poolexport_soft_pool_f16": ("__half", f"{WINDOW_ARGS}, a[20]"),
-    "poolexport_stochastic_pool_f32": ("float", f"{WINDOW_ARGS}, a[20], a[21], a[22]"),
-    "poolexport_stochastic_pool_f16": ("__half", f"{WINDOW_ARGS}, a[20], a[21], a[22]"),
-    "poolexport_reduce_soft_pool_f32": ("float", f"{REDUCE_ARGS}, a[8]"),
-    "poolexport_reduce_soft_pool_f16": ("__half", f"{REDUCE_ARGS}, a[8]"),
-    "poolexport_reduce_stochastic_pool_f32": ("float", f"{REDUCE_ARGS}, a[8], a[9], a[10]"),
-    "poolexport_reduce_stochastic_pool_f16": ("__half", f"{REDUCE_ARGS}, a[8], a[9], a[10]"),
+UNPOOL_ARGS = ", ".join(f"a[{i}]" for i in range(17))
+BETA_ARGS = ", ".join(f"a[{i}]" for i in range(20, 25))
+ENTRIES = {  # entry -> (element type, input pointers, the call's int32 arguments)
+    "poolexport_soft_pool_f32": ("float", 1, f"{WINDOW_ARGS}, a[20]"),
+    "poolexport_soft_pool_f16": ("__half", 1, f"{WINDOW_ARGS}, a[20]"),
+    "poolexport_stochastic_pool_f32": ("float", 1, f"{WINDOW_ARGS}, a[20], a[21], a[22]"),
+    "poolexport_stochastic_pool_f16": ("__half", 1, f"{WINDOW_ARGS}, a[20], a[21], a[22]"),
+    "poolexport_reduce_soft_pool_f32": ("float", 1, f"{REDUCE_ARGS}, a[8]"),
+    "poolexport_reduce_soft_pool_f16": ("__half", 1, f"{REDUCE_ARGS}, a[8]"),
+    "poolexport_reduce_stochastic_pool_f32": ("float", 1, f"{REDUCE_ARGS}, a[8], a[9], a[10]"),
+    "poolexport_reduce_stochastic_pool_f16": ("__half", 1, f"{REDUCE_ARGS}, a[8], a[9], a[10]"),
+    "poolexport_edscw_pool_f32": ("float", 1, WINDOW_ARGS),
+    "poolexport_edscw_pool_f16": ("__half", 1, WINDOW_ARGS),
+    "poolexport_idw_pool_f32": ("float", 1, WINDOW_ARGS),
+    "poolexport_idw_pool_f16": ("__half", 1, WINDOW_ARGS),
+    "poolexport_ada_pool_f32": ("float", 2, f"{WINDOW_ARGS}, {BETA_ARGS}"),
+    "poolexport_ada_pool_f16": ("__half", 2, f"{WINDOW_ARGS}, {BETA_ARGS}"),
+    "poolexport_ada_unpool_f32": ("float", 4, UNPOOL_ARGS),
+    "poolexport_ada_unpool_f16": ("__half", 4, UNPOOL_ARGS),
 }
+# the library's C launchers (launch.h: int codes, input pointers, Y, p, stream) ->
+# (int codes, input pointers)
+LAUNCHERS = {"poolexport_cuda_launch_window": (2, 1), "poolexport_cuda_launch_reduce": (2, 1),
+             "poolexport_cuda_launch_ada": (2, 2), "poolexport_cuda_launch_ada_unpool": (1, 4)}
 OLD_DRIVER = ("the CUDA driver supports CUDA 12.4 but this library was built with the CUDA 13.0 runtime: "
               "update the driver or rebuild poolexport with this machine's CUDA toolkit")
 
 
 def _wrappers() -> str:
     runs = "\n".join(
-        f'PX_EXPORT void px_run_{name}(unsigned g, unsigned b, const void* X, const int32_t* a, void* Y) {{\n'
-        f'  px_emulated_launch({name}, dim3(g), dim3(b))((const {t}*)X, {args}, ({t}*)Y);\n}}'
-        for name, (t, args) in ENTRIES.items())
+        f'PX_EXPORT void px_run_{name}(unsigned g, unsigned b, const void* const* in, const int32_t* a, void* Y) {{\n'
+        f'  px_emulated_launch({name}, dim3(g), dim3(b))('
+        + "".join(f"(const {t}*)in[{i}], " for i in range(n)) + f'{args}, ({t}*)Y);\n}}'
+        for name, (t, n, args) in ENTRIES.items())
     return ('#include <stdlib.h>\n#include "cuda_runtime.h"\n#include "cuda_fp16.h"\n#include "poolexport/kernel_abi.h"\n'
             + runs + '\nPX_EXPORT const char* poolexport_cuda_version_error(void) {\n'
             + f'  return getenv("FAKE_GPU_OLD_DRIVER") ? "{OLD_DRIVER}" : nullptr;\n}}\n')
@@ -68,7 +87,9 @@ def build_library(out_dir: Path | None = None) -> Path:
 
     src = ROOT / "custom_ops"
     h = hashlib.sha256((SHIM_RUNTIME + SHIM_FP16 + _wrappers()).encode())
-    for p in sorted([src / "cuda" / "kernels.cu", *(src / "include" / "poolexport").glob("*.h"), *(src / "cuda").glob("*.h")]):
+    # every .cu: kernels.cu includes ada_kernels.cu
+    for p in sorted([*(src / "cuda").glob("*.cu"), *(src / "include" / "poolexport").glob("*.h"),
+                     *(src / "cuda").glob("*.h")]):
         h.update(p.read_bytes())
     d = out_dir or Path(tempfile.gettempdir()) / f"poolexport-fake-gpu-{h.hexdigest()[:16]}"
     so = d / "libfakegpu.so"
@@ -141,10 +162,11 @@ class RawKernel:
                 ints.append(int(a))
             else:
                 raise TypeError(f"{self.name}: PTX parameter type .{t} unknown to the fake")
-        x, y = arrays
+        *inputs, y = arrays
         a32 = (ctypes.c_int32 * len(ints))(*ints)
-        getattr(self._lib, f"px_run_{self.name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]),
-                                                  ctypes.c_void_p(x.ctypes.data), a32, ctypes.c_void_p(y.ctypes.data))
+        ptrs = (ctypes.c_void_p * len(inputs))(*[x.ctypes.data for x in inputs])
+        getattr(self._lib, f"px_run_{self.name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(block[0]), ptrs, a32,
+                                                  ctypes.c_void_p(y.ctypes.data))
         if _corrupted("ptx"):
             _corrupt(y)
 
@@ -209,14 +231,14 @@ class _Library:
 
     def __init__(self, lib, arrays):
         self._lib, self._arrays = lib, arrays
-        for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
-            setattr(self, name, self._launcher(getattr(lib, name)))
+        for name, (codes, inputs) in LAUNCHERS.items():
+            setattr(self, name, self._launcher(getattr(lib, name), codes + inputs))
 
-    def _launcher(self, f):
-        def launch(op, dtype, x, y, p, stream):
-            rc = f(op, dtype, x, y, p, stream)
+    def _launcher(self, f, y_at):
+        def launch(*args):
+            rc = f(*args)
             if _corrupted("library"):
-                _corrupt(self._arrays[y])
+                _corrupt(self._arrays[args[y_at]])
             return rc
 
         return launch
@@ -236,13 +258,13 @@ class FakeDevice:
         if cls._lib is None:
             path = os.environ.get("FAKE_GPU_LIBRARY") or str(build_library())
             lib = ctypes.CDLL(path)
-            for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
-                getattr(lib, name).argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                               ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p]
+            i, ptr, p = ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)
+            for name, (codes, inputs) in LAUNCHERS.items():
+                getattr(lib, name).argtypes = [i] * codes + [ptr] * (inputs + 1) + [p, ptr]
                 getattr(lib, name).restype = ctypes.c_int
             for name in ENTRIES:
-                getattr(lib, f"px_run_{name}").argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
-                                                           ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p]
+                getattr(lib, f"px_run_{name}").argtypes = [ctypes.c_uint, ctypes.c_uint,
+                                                           ctypes.POINTER(ctypes.c_void_p), p, ctypes.c_void_p]
             cls._lib = lib
         return cls._lib
 
@@ -292,14 +314,22 @@ class FakeDevice:
     def cupy(self):
         return sys.modules["cupy"]
 
-    def torch_op(self, op, x, a):
-        """The torch ops' CUDA forward launch (_native._cuda_window / _cuda_reduce packing)."""
+    def torch_op(self, op, inputs, a):
+        """The torch ops' CUDA forward launch (_native._cuda_window / _cuda_reduce packing);
+        the adaPool family's ops are pure torch, run here on CPU tensors."""
         from poolexport._window import make_window_spec, reduce_layout
         from poolexport.ops import _native
+        from poolexport.selfcheck import _torch_ref
 
         lib = self.lib()
+        x = inputs[0]
         dt = int(x.dtype == np.float16)
-        if op in ("SoftPool", "StochasticPool"):
+        if op in ("EdscwPool", "IdwPool", "AdaPool", "AdaUnpool"):
+            import torch
+
+            y = _torch_ref(op, [torch.from_numpy(i) for i in inputs], a).numpy()
+            rc = 0
+        elif op in ("SoftPool", "StochasticPool"):
             code = _native.SOFT if op == "SoftPool" else (_native.SAMPLE if a.get("mode") == "sample" else _native.EXPECTATION)
             k = x.ndim - 2
             spec = make_window_spec(op, k, a["kernel_shape"], a.get("strides") or [1] * k, a.get("pads") or 0,

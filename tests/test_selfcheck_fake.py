@@ -15,7 +15,7 @@ import pytest
 
 import fake_gpu
 from poolexport import selfcheck
-from poolexport.tensorrt import ptx
+from poolexport.tensorrt import abi, ptx
 
 TESTS = Path(__file__).resolve().parent
 BACKENDS = ("library", "ptx", "torch")
@@ -66,7 +66,26 @@ def test_cli_passes_on_the_kernels_and_fails_on_a_corrupted_one(fake_library, tm
     assert report["versions"]["cupy"].startswith("13.") and set(report["steps"]) >= {"correctness_s", "bandwidth_s"}
     proc, report = _cli(fake_library, tmp_path, FAKE_GPU_CORRUPT="ptx")
     assert proc.returncode == 1 and report["status"] == "fail"
-    assert "ptx: 0/18 kernel checks pass" in proc.stdout
+    assert f"ptx: 0/{2 * len(selfcheck.CASES)} kernel checks pass" in proc.stdout
+
+
+def test_cases_cover_every_entry_point_and_the_broadcast_forms():
+    """Each kernel of the ABI is checked, with every input it takes; AdaPool's Beta in a
+    rank-lower, a per-channel and a one-element form; AdaUnpool's masks with N or C of 1
+    and with C channels, on 1-D to 3-D."""
+    assert {c[0] for c in selfcheck.CASES} == set(abi.KERNELS)
+    for op in abi.KERNELS:
+        cases = [c for c in selfcheck.CASES if c[0] == op]
+        assert {len(c[1]) - 2 for c in cases} >= ({1, 2, 3} if op in abi.INPUTS else {2}), op
+        assert all(len(c[3] if len(c) > 3 else []) == len(abi.kernel_inputs(op)) - 1 for c in cases), op
+    for op in abi.INPUTS:  # Beta, the last input: a rank-lower form and a per-channel one (N, C order)
+        betas = [(c[1], c[3][-1]) for c in selfcheck.CASES if c[0] == op]
+        assert any(len(b) < len(x) for x, b in betas), op
+        assert any(len(b) == len(x) and b[1] == x[1] > 1 and 1 in b for x, b in betas), op
+    assert any(c[3] == [(1,)] for c in selfcheck.CASES if c[0] == "AdaPool")
+    masks = [(c[1], m) for c in selfcheck.CASES if c[0] == "AdaUnpool" for m in c[3][:2]]
+    for axis in (0, 1):
+        assert any(m[axis] == 1 < x[axis] for x, m in masks) and any(m[axis] == x[axis] > 1 for x, m in masks)
 
 
 @pytest.mark.parametrize("corrupt", BACKENDS)
