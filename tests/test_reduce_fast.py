@@ -203,8 +203,9 @@ def test_plane_sizes_around_the_chunk(op, dtype):
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_usual_global_pool_shapes(op, dtype):
     """SE-style descriptors: many small planes (several float16 conversion batches and
-    work chunks per thread), a few large ones."""
-    for shape in [(2, 300, 7, 7), (2, 3, 14, 14), (1, 3, 56, 56)]:
+    work chunks per thread), a few large ones (threads share their chunks), and more than
+    kReduceSplitPlanes large ones (whole planes per thread, in runs)."""
+    for shape in [(2, 300, 7, 7), (2, 3, 14, 14), (1, 3, 56, 56), (1, SPLIT + 1, 56, 56)]:
         x = (np.random.default_rng(1).standard_normal(shape) * 3).astype(DTYPES[dtype][0])
         check_every_runtime(op, x, f"{shape}")
 
@@ -331,6 +332,43 @@ def test_inf_as_the_shared_math(op, dtype):
                                                   err_msg=f"torch-{path} {op} inf at {where} of {size}")
                     finite = [1, 3] if op != "soft" else [3]  # -inf is r = 0 for the expectation
                     check(op, x[:, finite], got[:, finite], f"ort-{path} {op} beside inf at {where}, size {size}")
+
+
+# SoftPool reduces the planes of one work item in a run: a lane group's sums beside the next
+# group's transpose, a whole plane's sums beside the next plane's extremes (reduce_plane.inc).
+# 7 x 7 in groups (a gathered tail), the largest lane-form planes, one-chunk planes, planes of
+# a chunk + 1 and two chunks + 1 (whole planes: at least kReduceSplitPlanes of them)
+RUN_SIZES = [49, LANE_PLANE["soft"], LANE_PLANE["soft"] + 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1]
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("where", sorted(POSITIONS))
+def test_soft_run_with_a_plane_for_the_shared_math(where, dtype):
+    """A plane for the shared math (holding +inf) first, in the middle or last of a run of
+    fast planes, a wide plane (an exponent past the clamp) early in the run, and the run's
+    last group or plane partly filled: each plane gives its bits
+    alone, the +inf plane the generic path's, the others the float64 oracle's, on every path,
+    in ORT (1 and 2 threads) and torch."""
+    for size in RUN_SIZES:
+        lanes = max(L.LANES.values())
+        count = 3 * lanes + 5 if size <= LANE_PLANE["soft"] else SPLIT + 1
+        x = planes(count, size, DTYPES[dtype][0], seed=size + count)
+        at = POSITIONS[where](count)
+        x[0, at, 0, size // 3] = np.inf
+        wide = 1 if at != 1 else 2  # in the first group or plane: its exps take the clamp
+        x[0, wide, 0, size // 2] = -130.0  # u near -190: an unclamped 2^k would wrap its exponent
+        fast = [q for q in range(count) if q != at]
+        for path in PATHS:
+            with cpu_path(path):
+                got = ort_reduce("soft", x)
+                what = f"ort-{path} {count} planes of {size}, +inf plane {where}"
+                for q in range(count):
+                    alone = ort_reduce("soft", x[:, q:q + 1])
+                    assert got[0, q].tobytes() == alone[0, 0].tobytes(), f"{what}: plane {q} {got[0, q]!r}, alone {alone[0, 0]!r}"
+                np.testing.assert_array_equal(got[:, at], generic_reduce("soft", x[:, at:at + 1])[:, 0], err_msg=what)
+                check("soft", x[:, fast], got[:, fast], what)
+                np.testing.assert_array_equal(ort_reduce("soft", x, threads=2), got, err_msg=f"{what}: 2 threads")
+                np.testing.assert_array_equal(torch_reduce("soft", x), got, err_msg=f"torch-{path}: {what}")
 
 
 def test_all_nan_plane():

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "poolexport/reduce.h"
@@ -658,16 +659,34 @@ void run_reduce_segments(Op op, const T* x, T* y, int64_t e, const Reduce6& g, f
 using limits::kReduceChunk;
 using limits::kReduceSplitPlanes;
 
+// A work item's float scratch (float16 planes converted, transposed planes), grown without
+// the zero fill of std::vector: every float is written before it is read, and a float16
+// plane of 56 x 56 is 12.5 KB, cleared once per item of two planes before.
+class FloatScratch {
+ public:
+  float* get(int64_t n) {
+    if (n > size_) {
+      p_.reset(new float[n]);
+      size_ = n;
+    }
+    return p_.get();
+  }
+
+ private:
+  std::unique_ptr<float[]> p_;
+  int64_t size_ = 0;
+};
+
 // Float view of n elements at p: p itself for float, a converted copy in buf for float16.
 template <class T>
-inline const float* chunk_floats(Isa isa, const T* p, int64_t n, std::vector<float>& buf) {
+inline const float* chunk_floats(Isa isa, const T* p, int64_t n, FloatScratch& buf) {
   if constexpr (std::is_same<T, float>::value) {
     (void)isa, (void)buf, (void)n;
     return p;
   } else {
-    buf.resize(kReduceChunk);
-    halves_to_floats(isa, p, buf.data(), n);
-    return buf.data();
+    float* f = buf.get(kReduceChunk);
+    halves_to_floats(isa, p, f, n);
+    return f;
   }
 }
 
@@ -681,7 +700,7 @@ float plane_exact(Op op, const T* p, int64_t P, float beta) {
 
 // SoftPool of a plane whose extremes are known: its shift, then its sums chunk by chunk.
 template <class T>
-float plane_soft_given_range(Isa isa, const T* p, int64_t P, float beta, float lo, float hi, std::vector<float>& buf) {
+float plane_soft_given_range(Isa isa, const T* p, int64_t P, float beta, float lo, float hi, FloatScratch& buf) {
   const PlaneShift sh = plane_shift(lo, hi, beta);
   if (sh.exact) return plane_exact(Op::kSoft, p, P, beta);
   float se = 0.0f, sd = 0.0f;
@@ -697,7 +716,7 @@ float plane_soft_given_range(Isa isa, const T* p, int64_t P, float beta, float l
 
 // One whole plane on the calling thread.
 template <class T>
-float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector<float>& buf) {
+float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, FloatScratch& buf) {
   const int64_t chunks = (P + kReduceChunk - 1) / kReduceChunk;
   auto chunk = [&](int64_t j, int64_t* n) {
     *n = std::min(kReduceChunk, P - j * kReduceChunk);
@@ -735,14 +754,13 @@ float plane_value(Op op, Isa isa, const T* p, int64_t P, float beta, std::vector
 // A float16 plane of several chunks (SoftPool): converted into plane with its extremes in one
 // pass where the path has that (the same lo, hi and floats as plane_value's chunked passes),
 // then its sums; else converted, then plane_value.
-inline float plane_soft_halves(Isa isa, const half_t* h, int64_t P, float beta, std::vector<float>& plane,
-                               std::vector<float>& buf) {
-  plane.resize(P);
+inline float plane_soft_halves(Isa isa, const half_t* h, int64_t P, float beta, FloatScratch& plane,
+                               FloatScratch& buf) {
+  float* f = plane.get(P);
   float lo, hi;
-  if (plane_halves_range(isa, h, P, plane.data(), &lo, &hi))
-    return plane_soft_given_range(isa, plane.data(), P, beta, lo, hi, buf);
-  halves_to_floats(isa, h, plane.data(), P);
-  return plane_value(Op::kSoft, isa, plane.data(), P, beta, buf);
+  if (plane_halves_range(isa, h, P, f, &lo, &hi)) return plane_soft_given_range(isa, f, P, beta, lo, hi, buf);
+  halves_to_floats(isa, h, f, P);
+  return plane_value(Op::kSoft, isa, f, P, beta, buf);
 }
 
 // SoftPool of a group whose extremes and transposed planes t are known (plane_lanes_range):
@@ -787,7 +805,22 @@ void reduce_planes_by_lane(Op op, const T* x, T* y, int64_t planes, int64_t P, f
                           ? groups
                           : std::max<int64_t>(1, std::min(grain / cost, groups / limits::kReduceLaneItems));
   pfor(groups, grain / per, [&](int64_t b, int64_t e) {
-    std::vector<float> t(op == Op::kSoft ? lanes * P : 0), buf(std::is_same<T, float>::value ? 0 : lanes * P);
+    FloatScratch t_scratch, buf_scratch;
+    float* const t = op == Op::kSoft ? t_scratch.get(2 * lanes * P) : nullptr;
+    if (op == Op::kSoft) {  // the item's groups in one run, each group's sums alongside the next one's transpose
+      const int64_t first = b * lanes, count = std::min(planes, e * lanes) - first;
+      FloatScratch res_scratch;
+      float* const res = res_scratch.get((e - b) * lanes);
+      std::vector<uint32_t> exact(e - b);
+      if (plane_lanes_soft_run(isa, x + first * P, P, e - b, count - (e - b - 1) * lanes, beta, t, res, exact.data())) {
+        for (int64_t g = 0; g < e - b; ++g)
+          for (int64_t l = 0; l < lanes && g * lanes + l < count; ++l)
+            if (exact[g] >> l & 1u) res[g * lanes + l] = plane_exact(Op::kSoft, x + (first + g * lanes + l) * P, P, beta);
+        from_floats(isa, res, y + first, count);
+        return;
+      }
+    }
+    float* const buf = std::is_same<T, float>::value ? nullptr : buf_scratch.get(lanes * P);
     alignas(64) float out[16];
     for (int64_t g = b; g < e; ++g) {
       const int64_t first = g * lanes, n = std::min(lanes, planes - first);
@@ -801,17 +834,17 @@ void reduce_planes_by_lane(Op op, const T* x, T* y, int64_t planes, int64_t P, f
         alignas(64) float c[16];
         uint32_t exact;
         bool narrow;
-        if (op == Op::kSoft && plane_lanes_range_halves(isa, x + first * P, P, n, beta, t.data(), c, &exact, &narrow)) {
+        if (op == Op::kSoft && plane_lanes_range_halves(isa, x + first * P, P, n, beta, t, c, &exact, &narrow)) {
           // the float16 rows converted as they are transposed (the same t as from a float copy)
-          lanes_soft_finish(isa, x + first * P, P, n, beta, narrow, c, exact, t.data(), next, next_bytes, out);
+          lanes_soft_finish(isa, x + first * P, P, n, beta, narrow, c, exact, t, next, next_bytes, out);
           from_floats(isa, out, y + first, n);
           continue;
         }
         // converted once; the shared math, plane_exact, then reads this copy (the same values)
-        halves_to_floats(isa, x + first * P, buf.data(), n * P);
-        f = buf.data();
+        halves_to_floats(isa, x + first * P, buf, n * P);
+        f = buf;
       }
-      planes_by_lane(op, isa, f, P, n, beta, t.data(), next, next_bytes, out);
+      planes_by_lane(op, isa, f, P, n, beta, t, next, next_bytes, out);
       from_floats(isa, out, y + first, n);
     }
   });
@@ -831,13 +864,13 @@ void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, f
       // conversion call instead of one per small plane), then each plane as above
       const int64_t batch = std::max<int64_t>(1, kReduceChunk / P);
       pfor(planes, cost, [&](int64_t b, int64_t e) {
-        std::vector<float> buf, unused;
+        FloatScratch buf, unused;
+        float* const f = buf.get(std::min(batch, e - b) * P);
         for (int64_t i = b; i < e; i += batch) {
           const int64_t k = std::min(batch, e - i);
-          buf.resize(k * P);
-          halves_to_floats(isa, x + i * P, buf.data(), k * P);
+          halves_to_floats(isa, x + i * P, f, k * P);
           // (the shared math, plane_exact, then reads the plane's float copy: the same values)
-          for (int64_t q = 0; q < k; ++q) store(y, i + q, plane_value(op, isa, buf.data() + q * P, P, beta, unused));
+          for (int64_t q = 0; q < k; ++q) store(y, i + q, plane_value(op, isa, f + q * P, P, beta, unused));
         }
       });
       return;
@@ -845,16 +878,25 @@ void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, f
   }
   if (chunks == 1 || planes >= kReduceSplitPlanes) {
     pfor(planes, cost, [&](int64_t b, int64_t e) {
-      std::vector<float> buf, plane;
+      FloatScratch buf, plane;
+      if (op == Op::kSoft) {  // the item's planes in one run, each plane's sums alongside the next one's extremes
+        FloatScratch res;
+        float* const out = res.get(e - b);
+        std::vector<uint8_t> exact(e - b);
+        if (plane_soft_run(isa, x + b * P, P, e - b, beta, plane.get(2 * P), out, exact.data())) {
+          for (int64_t i = b; i < e; ++i) store(y, i, exact[i - b] ? plane_exact(op, x + i * P, P, beta) : out[i - b]);
+          return;
+        }
+      }
       for (int64_t i = b; i < e; ++i) {
         if constexpr (std::is_same<T, float>::value) {
           store(y, i, plane_value(op, isa, x + i * P, P, beta, buf));
         } else if (op == Op::kSoft) {
           store(y, i, plane_soft_halves(isa, x + i * P, P, beta, plane, buf));
         } else {  // float16: the plane converted once, not once per pass over its chunks (same values)
-          plane.resize(P);
-          halves_to_floats(isa, x + i * P, plane.data(), P);
-          store(y, i, plane_value(op, isa, plane.data(), P, beta, buf));
+          float* const f = plane.get(P);
+          halves_to_floats(isa, x + i * P, f, P);
+          store(y, i, plane_value(op, isa, f, P, beta, buf));
         }
       }
     });
@@ -865,7 +907,7 @@ void reduce_planes_forward(Op op, const T* x, T* y, int64_t planes, int64_t P, f
   std::vector<float> pa(items), pb(items);
   auto each_chunk = [&](auto&& f) {
     pfor(items, (op == Op::kSoft ? 4 : 1) * kReduceChunk + 1, [&](int64_t b, int64_t e) {
-      std::vector<float> buf;
+      FloatScratch buf;
       for (int64_t i = b; i < e; ++i) {
         const int64_t j = i % chunks, n = std::min(kReduceChunk, P - j * kReduceChunk);
         f(i, chunk_floats(isa, x + (i / chunks) * P + j * kReduceChunk, n, buf), n);

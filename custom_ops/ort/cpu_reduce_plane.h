@@ -70,11 +70,13 @@ inline PlaneShift plane_shift(float lo, float hi, float beta) {
 #define PX_RP_TARGET PX_TARGET_AVX512
 #define PX_RP_LANES LanesAvx512
 #define PX_RP_HALVES
+#define PX_RP_POW2
 #include "reduce_plane.inc"
 #undef PX_RP_NS
 #undef PX_RP_TARGET
 #undef PX_RP_LANES
 #undef PX_RP_HALVES
+#undef PX_RP_POW2
 #pragma GCC diagnostic pop
 #endif
 
@@ -114,6 +116,27 @@ inline bool plane_soft(Isa isa, const float* x, int64_t n, float beta, float* y)
 inline void plane_chunk_moments(Isa isa, const float* x, int64_t n, float* s1, float* s2) {
   PX_RP_DISPATCH(isa, chunk_moments(x, n, s1, s2));
 }
+// SoftPool of a run of whole planes (reduce_plane.inc soft_planes_run): y[q] per plane,
+// exact[q] where the plane takes the shared math instead (y[q] left to the caller). Float planes
+// on every path; float16 where the path converts while ranging (AVX-512; f holds 2 P floats),
+// else false (not done here).
+inline bool plane_soft_run(Isa isa, const float* x, int64_t P, int64_t count, float beta, float* f, float* y,
+                           uint8_t* exact) {
+  (void)f;
+  [&] { PX_RP_DISPATCH(isa, soft_planes_run(x, P, count, beta, y, exact)); }();
+  return true;
+}
+inline bool plane_soft_run(Isa isa, const uint16_t* x, int64_t P, int64_t count, float beta, float* f, float* y,
+                           uint8_t* exact) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) {
+    plane_avx512::soft_planes_run_halves(x, P, count, beta, f, y, exact);
+    return true;
+  }
+#endif
+  (void)isa, (void)x, (void)P, (void)count, (void)beta, (void)f, (void)y, (void)exact;
+  return false;
+}
 // The one-plane-per-lane form (reduce_plane.inc): lanes per call on each path.
 inline int64_t plane_lanes(Isa isa) {
   return isa == Isa::kAvx2 ? limits::kLanesAvx2 : isa == Isa::kAvx512 ? limits::kLanesAvx512 : limits::kLanesPortable;
@@ -140,6 +163,26 @@ inline bool plane_lanes_range_halves(Isa isa, const uint16_t* x, int64_t P, int6
 inline void plane_lanes_soft_sums(Isa isa, const float* t, int64_t P, float beta, bool narrow, const float* c,
                                   const void* next, int64_t next_bytes, float* y) {
   PX_RP_DISPATCH(isa, lanes_soft_sums(t, P, beta, narrow, c, static_cast<const char*>(next), next_bytes, y));
+}
+// SoftPool of a run of groups of lanes planes (reduce_plane.inc lanes_soft_run): y gets
+// lanes results per group, exact one mask per group of the planes left to the shared math;
+// t holds 2 lanes P floats. Float planes on every path; float16 where the path converts rows as
+// it transposes them (AVX-512) and P >= its lanes, else false (not done here).
+inline bool plane_lanes_soft_run(Isa isa, const float* x, int64_t P, int64_t groups, int64_t n_last, float beta,
+                                 float* t, float* y, uint32_t* exact) {
+  [&] { PX_RP_DISPATCH(isa, lanes_soft_run(x, P, groups, n_last, beta, t, y, exact)); }();
+  return true;
+}
+inline bool plane_lanes_soft_run(Isa isa, const uint16_t* x, int64_t P, int64_t groups, int64_t n_last, float beta,
+                                 float* t, float* y, uint32_t* exact) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512 && P >= limits::kLanesAvx512) {
+    plane_avx512::lanes_soft_run_halves(x, P, groups, n_last, beta, t, y, exact);
+    return true;
+  }
+#endif
+  (void)isa, (void)x, (void)P, (void)groups, (void)n_last, (void)beta, (void)t, (void)y, (void)exact;
+  return false;
 }
 inline void plane_lanes_expectation(Isa isa, const float* x, int64_t P, int64_t n, float* y) {
   PX_RP_DISPATCH(isa, lanes_expectation(x, P, n, y));

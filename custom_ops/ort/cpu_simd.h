@@ -268,6 +268,18 @@ struct LanesAvx512 {
   PX_TARGET_AVX512 static inline R load_halves(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
   }
+  // gather_n of float16 values, as floats (0 where l >= n): lane l reads the 32 bits ending
+  // with p[off[l]], so p[off[l] - 1] must be readable too (never past the element itself)
+  PX_TARGET_AVX512 static inline R gather_halves_n(const uint16_t* p, I off, int64_t n) {
+    const __m512i w = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), first_n(n), off, p - 1, 2);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+  }
+  // a rounded to an integer, ties to even (the magic-number rounding's result, one instruction)
+  PX_TARGET_AVX512 static inline R round_even(R a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // p * 2^k for an integer-valued k, rounded once (vscalefps: subnormal results as a multiply)
+  PX_TARGET_AVX512 static inline R times_pow2(R p, R k) { return _mm512_scalef_ps(p, k); }
   // out[i] lane l = r[l] lane i
   PX_TARGET_AVX512 static inline void transpose_rows(R* r, R* out) {
     R t[16];
