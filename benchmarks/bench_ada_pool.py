@@ -7,7 +7,10 @@ Beta of the output's spatial shape), ms; ratio = op / SoftPool (target <= 1.5); 
 ops' decompositions (plain ONNX Runtime, the ``ort`` file without the library; float32).
 
     python benchmarks/bench_ada_pool.py [--repeat 10] [--threads 1] [--dtypes float32,float16]
-                                        [--no-decomposition]
+                                        [--no-decomposition] [--baseline-library PATH]
+
+``--baseline-library`` also times the three ops from another build of the custom-op library
+(e.g. before a kernel change), in the same interleaved rounds, and prints both ratios.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtypes", default="float32,float16")
     ap.add_argument("--no-decomposition", action="store_true")
+    ap.add_argument("--baseline-library", help="another build of the library, timed side by side")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
 
@@ -74,6 +78,11 @@ def main() -> None:
                 feed = {"X": x, "Beta": beta} if op == "AdaPool" else {"X": x}
                 sess = pxort.session(model.SerializeToString(), options=options())
                 fns[op] = (lambda s, f: lambda: s.run(None, f))(sess, feed)
+                if args.baseline_library:
+                    o = options()
+                    o.register_custom_ops_library(args.baseline_library)
+                    base = ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
+                    fns[op + " baseline"] = (lambda s, f: lambda: s.run(None, f))(base, feed)
                 if op != "SoftPool" and dtype == "float32" and not args.no_decomposition:
                     model.functions.extend(decompositions.functions([op]))
                     plain = ort.InferenceSession(model.SerializeToString(), options(),
@@ -86,6 +95,10 @@ def main() -> None:
                 ratio = best[op] / soft
                 line = f"  {op:10s} {best[op] * 1e3:8.2f} ms  {ratio:5.2f}x SoftPool (target <= {TARGET}: " \
                        f"{'met' if ratio <= TARGET else 'NOT met'})"
+                if op + " baseline" in best:
+                    base_soft = best["SoftPool baseline"]
+                    line += f"; baseline {best[op + ' baseline'] / base_soft:5.2f}x its SoftPool " \
+                            f"(this build {best[op + ' baseline'] / best[op]:.2f}x faster)"
                 if op + " decomposition" in best:
                     line += f"; decomposition {best[op + ' decomposition'] * 1e3:.1f} ms " \
                             f"({best[op + ' decomposition'] / best[op]:.1f}x the kernel)"

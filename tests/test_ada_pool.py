@@ -652,3 +652,140 @@ def test_ort_same_bits_for_any_thread_count(kind):
         outs.append(sess.run(None, feeds)[0])
     for other in outs[1:]:
         np.testing.assert_array_equal(other, outs[0])
+
+
+# ------------------------------------------------ eDSCW's exp on [-1, 0] and the packed rows
+def _exp_unit(path, t):
+    """The library's exp_unit (eDSCW's exp(DSC - 1), no range reduction) on path."""
+    import ctypes
+
+    lib = ctypes.CDLL(pxort.get_library_path())
+    lib.poolexport_ada_exp_unit.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    t = np.ascontiguousarray(t, np.float32)
+    out = np.full(t.size + 1, np.float32(7.0))  # a sentinel past the end
+    with _cpu_path(path):
+        lib.poolexport_ada_exp_unit(t.ctypes.data, out.ctypes.data, t.size)
+    assert out[-1] == 7.0
+    return out[:-1]
+
+
+def _ulps(t, got):
+    want = np.exp(t.astype(np.float64))
+    ulp = np.ldexp(1.0, np.frexp(want)[1] - 24)  # want = m 2^e, m in [0.5, 1): ulp 2^(e-24)
+    return np.abs(got.astype(np.float64) - want) / ulp
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+def test_exp_unit_within_2_ulp_of_float64(path):
+    # every 61st float32 of eDSCW's argument range [kAdaExpUnitMin, kAdaExpUnitMax] (about 17
+    # million), its ends and one float past each end: within the shared exp's 2 ulp
+    # (tests/test_cpu_isa.py; measured 1.5 ulp on the AVX paths, 1.8 on the portable one)
+    lo, hi = np.float32(ADA_LIMITS["kAdaExpUnitMin"]), np.float32(ADA_LIMITS["kAdaExpUnitMax"])
+    neg = np.arange(np.float32(-0.0).view(np.uint32), lo.view(np.uint32) + 1, 61, dtype=np.uint32).view(np.float32)
+    pos = np.arange(0, hi.view(np.uint32) + 1, 61, dtype=np.uint32).view(np.float32)
+    ends = [lo, hi, np.float32(0.0), np.float32(-0.0), np.float32(-2.0**-149), np.float32(2.0**-149)]
+    ends += [np.nextafter(e, np.float32(d)) for e in (lo, hi) for d in (-np.inf, np.inf)]
+    t = np.concatenate([neg, pos, np.array(ends, np.float32)])
+    ulps = _ulps(t, _exp_unit(path, t))
+    worst = int(np.argmax(ulps))
+    assert ulps[worst] <= 2.0, f"{path}: {ulps[worst]:.2f} ulp at t = {t[worst]!r}"
+    assert _exp_unit(path, np.float32([0.0, -0.0]))[0] == 1.0
+    # vector tails: lengths W - 1, W, W + 1 (and 2W +- 1) give the same values, nothing past n written
+    w = L.LANES[path]
+    for n in (w - 1, w, w + 1, 2 * w - 1, 2 * w + 1):
+        np.testing.assert_array_equal(_exp_unit(path, t[:n]), _exp_unit(path, t[: 2 * w + 2])[:n])
+
+
+# windows that neither overlap nor pad along the width and cover the row (in_w = s * out_w)
+# run kAdaPackedOutputs // out_w output rows side by side as one row: out_w around half that
+# limit and the limit (packs of 2, 1), around the lane widths (packs whose total is a
+# multiple of W, or one off), a row count that is not a multiple of the pack (the last rows
+# alone), packs that cross planes, padding rows (rows without every window row: alone),
+# stride 3 (the scalar split), a dilated window, a column left over (in_w = s * out_w + 1:
+# packs, never read); and the near misses that must not pack: a left padding column with
+# in_w = s * out_w, ceil mode's partial last window
+PACK_GEOMETRIES = {
+    "k2s2": (lambda o: 2 * o, dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "k2s3d2": (lambda o: 3 * o, dict(kernel_shape=[2, 2], strides=[2, 3], dilations=[1, 2])),
+    "k2s2ph1": (lambda o: 2 * o, dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 1, 0])),
+    "k2s2odd": (lambda o: 2 * o + 1, dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "k2s2pw1": (lambda o: 2 * o, dict(kernel_shape=[2, 2], strides=[2, 2], pads=[0, 1, 0, 0])),
+    "k2s2ceil": (lambda o: 2 * o - 1, dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+}
+
+
+def _pack_widths():
+    p = int(ADA_LIMITS["kAdaPackedOutputs"])
+    return sorted({1, 7, 8, 9, 15, 16, 17, p // 2 - 1, p // 2, p // 2 + 1, p - 1, p, p + 1})
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("geometry", list(PACK_GEOMETRIES))
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_packed_rows(path, geometry, kind):
+    in_w, a = PACK_GEOMETRIES[geometry]
+    for out_w in _pack_widths():
+        if in_w(out_w) < a["kernel_shape"][-1]:  # ceil mode's width 1: no window fits
+            continue
+        x = _x((1, 3, 10, in_w(out_w)), seed=out_w)  # 3 planes of 5 output rows (4 with padding rows)
+        feeds, beta = _feeds(kind, x, a, np.float32)
+        with _cpu_path(path):
+            got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+        assert got.shape[-1] == out_w
+        want = _oracle(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+        _close(got, want, _tol(kind, x, a, np.float32))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_packed_rows_float16_and_full_beta(path, kind):
+    # float16 rows converted side by side; a Beta of Y's full shape (each packed row its own)
+    _, a = PACK_GEOMETRIES["k2s2"]
+    x = _x((2, 2, 14, 2 * 15), seed=43).astype(np.float16).astype(np.float64)
+    feeds = {"X": x.astype(np.float16)}
+    beta = None
+    if kind == "ada":
+        beta = np.random.default_rng(2).uniform(-0.25, 1.25, (2, 2, 7, 15)).astype(np.float16)
+        feeds["Beta"] = beta
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT16)
+    want = _oracle(kind, x, None if beta is None else beta.astype(np.float64), a)
+    _close(got, want, _tol(kind, x, a, np.float32) + 2.0**-10 * (np.abs(want).reshape(-1) + np.abs(x).max()))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_packed_rows_nonfinite(path, value, where, kind):
+    # inf / NaN in the first, a middle or the last row of a pack (8 rows of 16), at that row's
+    # first, middle or last column: NaN exactly where the oracle has it, the rest unchanged
+    _, a = PACK_GEOMETRIES["k2s2"]
+    x = _x((1, 2, 16, 32), seed=47)
+    row, col = {"first": (0, 0), "middle": (9, 16), "last": (15, 31)}[where]
+    x[0, 1, row, col] = value
+    feeds, beta = _feeds(kind, x, a, np.float32, beta_range=(0.0, 1.0))
+    with _cpu_path(path):
+        got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT).astype(np.float64)
+    want = _nan_where(kind, feeds["X"].astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+    assert np.isnan(want).sum() == 1
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want).reshape(-1)
+    tol = np.broadcast_to(_tol(kind, np.nan_to_num(x, nan=0, posinf=0, neginf=0), a, np.float32), finite.shape)
+    _close(got.reshape(-1)[finite], want.reshape(-1)[finite], tol[finite])
+
+
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_packed_same_bits_for_any_thread_count(kind):
+    # packs start wherever a thread's range does (and its last rows run alone): the bits
+    # must not depend on it
+    shape, a = (3, 5, 26, 36), dict(kernel_shape=[2, 2], strides=[2, 2])
+    feeds, _ = _feeds(kind, _x(shape, seed=53), a, np.float32)
+    outs = []
+    for threads in (1, 2, 3, 4):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        sess = pxort.session(_model(kind, a, TensorProto.FLOAT, False).SerializeToString(), options=options)
+        outs.append(sess.run(None, feeds)[0])
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other, outs[0])

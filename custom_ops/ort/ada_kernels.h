@@ -64,11 +64,37 @@ inline std::string beta_strides(const std::string& op, const std::vector<int64_t
 // for memory first.
 constexpr int64_t kAdaPrefetchRows = 2;
 
+// Windows that neither overlap nor pad along the width nor run past the row (k2 s2 type):
+// up to this many outputs of consecutive output rows make one row for ada_row (the input
+// rows side by side), so short rows fill their lanes (28 outputs are 2 vectors of 16 with 4
+// lanes idle, 4 rows of 28 are 7 full vectors) and the per-row work is paid once per pack.
+// EdscwPool and IdwPool only: AdaPool measured no gain on 2-D k2 s2 rows of 28 and 10%
+// slower on 3-D rows of 14 (shared machine, A/B runs).
+constexpr int64_t kAdaPackedOutputs = 128;
+
 // ---- the vectorised row kernel (ada_rows.inc), compiled once per instruction set ----
 
 // eDSCW's DSC denominator u^2 + v^2 (u, v: a and m over the window's max |a|) is kept at
 // least this (2^-100): only where |a| and |m| are both under 2^-50 max|a| does it apply.
 constexpr float kAdaDscDenMin = 7.88860905221011805e-31f;
+
+// exp(t) for eDSCW's arguments t = DSC - 1 (ada_rows.inc's exp_unit): t >= -1 exactly (an fma
+// of non-negative DSC parts with -1) and t <= 2^-20 (DSC <= 1 up to the rounding of its
+// parts and of the reciprocal), so no range reduction: exp(t) = (1 + t) + t^2 q(t) with
+// q a degree-5 polynomial (relative-error fit on [-1, 2^-18], approximation error 1.2e-9,
+// float32 coefficients tuned by measurement). 1 + t is exact where t is near -1 (there the
+// result is smallest, so the final rounding counts most). Measured against float64 on every
+// 31st float of [-1, 2^-18]: at most 1.50 ulp with fused multiply-adds (AVX2, AVX-512), 1.78
+// on the portable path (two roundings each); the shared exp_shifted: 2 ulp over [-60, 0],
+// 0.72 on [-1, 0]. 8 vector operations instead of exp_shifted's 12. tests/test_ada_pool.py.
+constexpr float kAdaExpUnitMin = -1.0f;
+constexpr float kAdaExpUnitMax = 3.81469727e-06f;  // 2^-18
+constexpr float kAdaExpUnitC2 = 0.49999946f;
+constexpr float kAdaExpUnitC3 = 0.16665983f;
+constexpr float kAdaExpUnitC4 = 0.041633297f;
+constexpr float kAdaExpUnitC5 = 0.008251865f;
+constexpr float kAdaExpUnitC6 = 0.001281432f;
+constexpr float kAdaExpUnitC7 = 0.00012305279f;
 
 namespace cpu {
 
@@ -263,6 +289,23 @@ inline void ada_split_row(Isa isa, const float* src, const AdaSplit& g, float* d
   ada_portable::split_row(src, g, dst);
 }
 
+inline void ada_split_packed(Isa isa, const float* const* src, int64_t nsrc, int64_t ow, const AdaSplit& g,
+                             float* dst) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) return ada_avx512::split_packed(src, nsrc, ow, g, dst);
+  if (isa == Isa::kAvx2) return ada_avx2::split_packed(src, nsrc, ow, g, dst);
+#endif
+  ada_portable::split_packed(src, nsrc, ow, g, dst);
+}
+
+inline void ada_exp_unit_n(Isa isa, const float* t, float* out, int64_t n) {
+#ifdef PX_HAVE_X86_LANES
+  if (isa == Isa::kAvx512) return ada_avx512::exp_unit_n(t, out, n);
+  if (isa == Isa::kAvx2) return ada_avx2::exp_unit_n(t, out, n);
+#endif
+  ada_portable::exp_unit_n(t, out, n);
+}
+
 // The column geometry shared by every output row of a call: stride phases of one padded
 // input row (phase p, index t <- padded column s*t + p), the taps' offsets into them, the
 // padding masks, and per window-row count the reciprocal of every output's valid count.
@@ -338,52 +381,124 @@ void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, con
     for (int64_t p = 0; p < planes; ++p) beta_plane[p] = beta_offset(p * rows_per_plane * w.out[2]);
     for (int64_t q = 0; q < rows_per_plane; ++q) beta_row[q] = beta_offset(q * w.out[2]);
   }
+  // the packed rows: `pack` output rows side by side, one virtual row of pack * out_w outputs
+  // (every window inside its row: ceil mode's partial last window would read the next row)
+  const bool packable = w.pad[2] == 0 && (w.k[2] - 1) * w.dil[2] < w.s[2] &&
+                        w.s[2] * (w.out[2] - 1) + (w.k[2] - 1) * w.dil[2] < w.in[2];
+  const int64_t pack =
+      Kind != AdaKind::kAda && packable && w.out[2] < kAdaPackedOutputs ? kAdaPackedOutputs / w.out[2] : 1;
+  Window3 wp = w;
+  wp.in[2] = pack * w.in[2];
+  wp.out[2] = pack * w.out[2];
+  const cpu::AdaGeom gp(wp, isa);
+  const int64_t full_rows = w.k[0] * w.k[1];
   parallel_for(ctx, rows, cost * w.out[2], [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offs, kept_offs;
     std::vector<std::vector<float>> bufs, kept_bufs;
     std::vector<const float*> ptrs;
-    std::vector<float> row_f(w.in[2]), yrow(g.n), brow(g.n, 0.0f);
-    std::vector<int64_t> bad(g.n);
+    std::vector<float> row_f(pack > 1 ? gp.in_w : w.in[2]), yrow(gp.n > g.n ? gp.n : g.n);
+    std::vector<float> brow(yrow.size(), 0.0f);
+    std::vector<int64_t> bad(yrow.size()), pack_offs(pack > 1 ? pack * full_rows : 0);
+    // the packed rows' phases: zeros past the packed outputs, written once here
+    std::vector<std::vector<float>> pack_bufs(pack > 1 ? full_rows : 0, std::vector<float>(gp.lp, 0.0f));
+    std::vector<const float*> pack_src(pack);
     int64_t kept_plane = -1;
-    for (int64_t r = begin; r < end; ++r) {
+    // output ow of row r by the per-window math (flagged lanes)
+    auto one = [&](int64_t r, int64_t ow) {
       const int64_t plane = r / rows_per_plane, q = r % rows_per_plane;
       const int64_t od = q / w.out[1], oh = q % w.out[1];
       const S* xp = x + plane * in_plane;
       const int64_t o0 = r * w.out[2];
-      // one window by the per-window math (flagged lanes)
-      auto one = [&](int64_t ow) {
-        float buf[kAdaWindowBuffer];  // the values gathered once: the math visits them 3 to 6 times
-        int64_t count = 0;
-        const bool buffered = window_size <= kAdaWindowBuffer;
-        if (buffered) for_each_in_window(w, od, oh, ow, [&](int64_t off) { buf[count++] = ada_load(xp[off]); });
-        auto visit = [&](auto&& f) {
-          if (buffered) {
-            for (int64_t i = 0; i < count; ++i) f(buf[i]);
-          } else {
-            for_each_in_window(w, od, oh, ow, [&](int64_t off) { f(ada_load(xp[off])); });
-          }
-        };
-        float v;
-        if constexpr (Kind == AdaKind::kEdscw) {
-          v = edscw_pool_value(visit);
-        } else if constexpr (Kind == AdaKind::kIdw) {
-          v = idw_pool_value(visit);
+      float buf[kAdaWindowBuffer];  // the values gathered once: the math visits them 3 to 6 times
+      int64_t count = 0;
+      const bool buffered = window_size <= kAdaWindowBuffer;
+      if (buffered) for_each_in_window(w, od, oh, ow, [&](int64_t off) { buf[count++] = ada_load(xp[off]); });
+      auto visit = [&](auto&& f) {
+        if (buffered) {
+          for (int64_t i = 0; i < count; ++i) f(buf[i]);
         } else {
-          v = ada_blend(ada_load(beta[beta_offset(o0 + ow)]), edscw_pool_value(visit), soft_pool_value(visit, 1.0f));
+          for_each_in_window(w, od, oh, ow, [&](int64_t off) { f(ada_load(xp[off])); });
         }
-        y[o0 + ow] = ada_store<S>(v);
       };
-      if (r + kAdaPrefetchRows < end) {  // a later row's input, on its way while this one computes
-        const int64_t rn = r + kAdaPrefetchRows, qn = rn % rows_per_plane;
-        const char* pn = reinterpret_cast<const char*>(x + rn / rows_per_plane * in_plane);
-        for_each_window_row(w, qn / w.out[1], qn % w.out[1], [&](int64_t off) {
-          for (int64_t b = 0; b < w.in[2] * (int64_t)sizeof(S); b += 64) __builtin_prefetch(pn + off * sizeof(S) + b);
-        });
+      float v;
+      if constexpr (Kind == AdaKind::kEdscw) {
+        v = edscw_pool_value(visit);
+      } else if constexpr (Kind == AdaKind::kIdw) {
+        v = idw_pool_value(visit);
+      } else {
+        v = ada_blend(ada_load(beta[beta_offset(o0 + ow)]), edscw_pool_value(visit), soft_pool_value(visit, 1.0f));
       }
+      y[o0 + ow] = ada_store<S>(v);
+    };
+    auto prefetch_row = [&](int64_t rn) {  // a later row's input, on its way while this one computes
+      const int64_t qn = rn % rows_per_plane;
+      const char* pn = reinterpret_cast<const char*>(x + rn / rows_per_plane * in_plane);
+      for_each_window_row(w, qn / w.out[1], qn % w.out[1], [&](int64_t off) {
+        for (int64_t b = 0; b < w.in[2] * (int64_t)sizeof(S); b += 64) __builtin_prefetch(pn + off * sizeof(S) + b);
+      });
+    };
+    auto load_beta = [&](int64_t r, float* dst) {
+      const int64_t b0 = beta_plane[r / rows_per_plane] + beta_row[r % rows_per_plane], bs = bstrides.back();
+      for (int64_t ow = 0; ow < w.out[2]; ++ow) dst[ow] = ada_load(beta[b0 + ow * bs]);
+    };
+    auto run_row = [&](const cpu::AdaGeom& gg, int64_t nrows, int64_t r0, int64_t nr) {
+      const cpu::AdaRow row{ptrs.data(), nrows, w.k[2], gg.off.data(), gg.valid.data(), gg.pad_inf.data(),
+                            gg.interior.data(), gg.inv_count.data() + (nrows - 1) * gg.n, brow.data(), gg.n,
+                            yrow.data(), bad.data()};
+      const int64_t nbad = cpu::ada_row<Kind>(isa, row), count = nr * w.out[2];
+      if constexpr (std::is_same<S, float>::value) std::memcpy(y + r0 * w.out[2], yrow.data(), count * sizeof(float));
+      else cpu::floats_to_halves(isa, yrow.data(), y + r0 * w.out[2], count);
+      for (int64_t i = 0; i < nbad; ++i)
+        if (bad[i] < count) one(r0 + bad[i] / w.out[2], bad[i] % w.out[2]);
+    };
+    // rows r .. r + pack - 1 as one packed row; false (nothing done) where a row lacks a full
+    // set of window rows (padding, ceil mode)
+    auto packed_step = [&](int64_t r) {
+      int64_t n = 0;
+      for (int64_t b = 0; b < pack; ++b) {
+        const int64_t q = (r + b) % rows_per_plane, base = (r + b) / rows_per_plane * in_plane;
+        const int64_t before = n;
+        for_each_window_row(w, q / w.out[1], q % w.out[1], [&](int64_t off) {
+          if (n < pack * full_rows) pack_offs[n] = base + off;
+          ++n;
+        });
+        if (n - before != full_rows) return false;
+      }
+      if (r + 2 * pack <= end)
+        for (int64_t b = 0; b < pack; ++b) prefetch_row(r + pack + b);
+      ptrs.resize(full_rows);
+      for (int64_t i = 0; i < full_rows; ++i) {  // window row i of every packed row, side by side
+        for (int64_t b = 0; b < pack; ++b) {
+          const S* src = x + pack_offs[b * full_rows + i];
+          if constexpr (std::is_same<S, float>::value) {
+            pack_src[b] = src;
+          } else {
+            cpu::halves_to_floats(isa, src, row_f.data() + b * w.in[2], w.in[2]);
+            pack_src[b] = row_f.data() + b * w.in[2];
+          }
+        }
+        cpu::ada_split_packed(isa, pack_src.data(), pack, w.out[2], gp, pack_bufs[i].data());
+        ptrs[i] = pack_bufs[i].data();
+      }
+      if constexpr (Kind == AdaKind::kAda)
+        for (int64_t b = 0; b < pack; ++b) load_beta(r + b, brow.data() + b * w.out[2]);
+      run_row(gp, full_rows, r, pack);
+      return true;
+    };
+    for (int64_t r = begin; r < end;) {
+      if (pack > 1 && r + pack <= end && packed_step(r)) {
+        r += pack;
+        continue;
+      }
+      const int64_t plane = r / rows_per_plane, q = r % rows_per_plane;
+      const int64_t od = q / w.out[1], oh = q % w.out[1];
+      const S* xp = x + plane * in_plane;
+      if (r + kAdaPrefetchRows < end) prefetch_row(r + kAdaPrefetchRows);
       offs.clear();
       for_each_window_row(w, od, oh, [&](int64_t off) { offs.push_back(off); });
       if (offs.empty()) {  // a window of padding rows only
-        for (int64_t ow = 0; ow < w.out[2]; ++ow) one(ow);
+        for (int64_t ow = 0; ow < w.out[2]; ++ow) one(r, ow);
+        ++r;
         continue;
       }
       // the window rows as float phases; the previous output row's are reused
@@ -407,22 +522,12 @@ void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, con
       }
       ptrs.resize(offs.size());
       for (size_t i = 0; i < offs.size(); ++i) ptrs[i] = bufs[i].data();
-      if constexpr (Kind == AdaKind::kAda) {
-        const int64_t b0 = beta_plane[plane] + beta_row[q], bs = bstrides.back();
-        for (int64_t ow = 0; ow < w.out[2]; ++ow) brow[ow] = ada_load(beta[b0 + ow * bs]);
-      }
-      const int64_t nrows = (int64_t)offs.size();
-      const cpu::AdaRow row{ptrs.data(), nrows, w.k[2], g.off.data(), g.valid.data(), g.pad_inf.data(),
-                            g.interior.data(), g.inv_count.data() + (nrows - 1) * g.n, brow.data(), g.n,
-                            yrow.data(), bad.data()};
-      const int64_t nbad = cpu::ada_row<Kind>(isa, row);
-      if constexpr (std::is_same<S, float>::value) std::memcpy(y + o0, yrow.data(), w.out[2] * sizeof(float));
-      else cpu::floats_to_halves(isa, yrow.data(), y + o0, w.out[2]);
-      for (int64_t i = 0; i < nbad; ++i)
-        if (bad[i] < w.out[2]) one(bad[i]);
+      if constexpr (Kind == AdaKind::kAda) load_beta(r, brow.data());
+      run_row(g, (int64_t)offs.size(), r, 1);
       std::swap(kept_offs, offs);
       std::swap(kept_bufs, bufs);
       kept_plane = plane;
+      ++r;
     }
   });
 }
@@ -495,3 +600,11 @@ void add_ada_ops(std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>>& ops
 }
 
 }  // namespace poolexport
+
+// eDSCW's exp on the CPU path the kernels take now, for tests that measure its error against
+// float64 (arguments in [kAdaExpUnitMin, kAdaExpUnitMax]). Defined here, inline and kept
+// (used), so the symbol exists wherever the kernels are compiled.
+extern "C" __attribute__((visibility("default"), used)) inline void poolexport_ada_exp_unit(const float* t, float* out,
+                                                                                          int64_t n) {
+  poolexport::cpu::ada_exp_unit_n(poolexport::cpu::cpu_isa(), t, out, n);
+}
