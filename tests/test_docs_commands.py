@@ -136,7 +136,7 @@ SKIPPED: dict[str, str] = {
     "python benchmarks/bench_ort.py --threads 1,2 --repeat 12": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_ort.py --portable --threads 2 --repeat 9": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_ort.py --reduce": "a benchmark: a quiet machine",
-    "python benchmarks/bench_networks.py --networks mobilenet_se --json netbench.json": "a benchmark: minutes of a quiet machine",
+    "python benchmarks/bench_networks.py --networks mobilenet_se --profile-pools --json netbench.json": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_torch_ops.py --no-memory --repeat 25": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_openvino.py --threads 2": "a benchmark: minutes of a quiet machine",
     "python benchmarks/bench_serve.py": "a benchmark: a server and clients for minutes, on a quiet machine",
