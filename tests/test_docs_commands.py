@@ -143,6 +143,8 @@ SKIPPED: dict[str, str] = {
     "python benchmarks/bench_serve.py --server poolexport --server tritonserver":
         "a benchmark: two servers and their clients for minutes, on a quiet machine",
     "python benchmarks/bench_ada_pool.py": "a benchmark: a quiet machine",
+    "POOLEXPORT_ORT_LIBRARY=build-new/custom_ops/libpoolexport_ort.so python benchmarks/bench_ada_pool.py --repeat 60 --no-decomposition --baseline-library build-old/custom_ops/libpoolexport_ort.so":
+        "a benchmark comparing two library builds the reader made; a quiet machine",
     "python benchmarks/bench_serve.py --model my.onnx --seconds 10 --json out.json":
         "a benchmark on a file of yours (my.onnx is a placeholder): minutes on a quiet machine",
     "python benchmarks/bench_export.py": "a benchmark: every example model through both exporters (minutes)",
