@@ -69,16 +69,7 @@ struct AdaCudaOpBase {
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       msg = fits_int32(op, shape, out_shape);
       if (!msg.empty()) return invalid(msg);
-      p[0] = (int32_t)shape[0];
-      p[1] = (int32_t)shape[1];
-      for (int i = 0; i < 3; ++i) {
-        p[2 + i] = (int32_t)w.in[i];
-        p[5 + i] = (int32_t)w.out[i];
-        p[8 + i] = (int32_t)w.k[i];
-        p[11 + i] = (int32_t)w.s[i];
-        p[14 + i] = (int32_t)w.dil[i];
-        p[17 + i] = (int32_t)w.pad[i];
-      }
+      window_to_params(shape[0], shape[1], w, p);
       void* stream = Ort::KernelContext(ctx).GetGPUComputeStream();
       const void* beta = Beta ? Beta->DataRaw() : nullptr;
       return cuda_status(op, poolexport_cuda_launch_ada(Kind, cuda_dtype<T>(), X.DataRaw(), beta, y, p, stream));

@@ -153,16 +153,7 @@ struct WindowedOp {
         msg = fits_int32(op, shape, out_shape);
         if (!msg.empty()) return invalid(msg);
         int32_t p[24];
-        for (int i = 0; i < 3; ++i) {
-          p[2 + i] = (int32_t)w.in[i];
-          p[5 + i] = (int32_t)w.out[i];
-          p[8 + i] = (int32_t)w.k[i];
-          p[11 + i] = (int32_t)w.s[i];
-          p[14 + i] = (int32_t)w.dil[i];
-          p[17 + i] = (int32_t)w.pad[i];
-        }
-        p[0] = (int32_t)shape[0];
-        p[1] = (int32_t)shape[1];
+        window_to_params(shape[0], shape[1], w, p);
         p[20] = Stochastic ? (int32_t)pa.sample : float_to_bits(beta);
         p[21] = (int32_t)lo;
         p[22] = (int32_t)hi;

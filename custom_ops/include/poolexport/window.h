@@ -62,6 +62,21 @@ PX_HD Window3 window_from_params(const I* p) {
   return w;
 }
 
+// The inverse: N, C and the geometry as the int32 launch parameters p[0..20) (host side;
+// the caller has checked the sizes fit int32).
+inline void window_to_params(int64_t N, int64_t C, const Window3& w, int32_t* p) {
+  p[0] = (int32_t)N;
+  p[1] = (int32_t)C;
+  for (int i = 0; i < 3; ++i) {
+    p[2 + i] = (int32_t)w.in[i];
+    p[5 + i] = (int32_t)w.out[i];
+    p[8 + i] = (int32_t)w.k[i];
+    p[11 + i] = (int32_t)w.s[i];
+    p[14 + i] = (int32_t)w.dil[i];
+    p[17 + i] = (int32_t)w.pad[i];
+  }
+}
+
 // Calls f(row) for every valid input row (kd, kh) of output row (od, oh), in kernel
 // order; row = id * in[1] + ih, the row's index in the (n, c) plane.
 template <class F>
