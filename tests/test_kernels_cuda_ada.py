@@ -16,24 +16,12 @@ import pytest
 import torch
 
 import poolexport
-from poolexport.ops import _native
 from _oracle import windows
 from test_kernels_emulated_ada import (CASES, OPS, UNPOOL_CASES, _beta_shapes, _pad3, _unpool_expect, _unpool_inputs,
                                        dims5, expect_close, oracle)
+from test_kernels_cuda import DT, REASON  # the same skip reason and dtype codes as the other kernels
 
-
-def _reason():
-    if not torch.cuda.is_available():
-        return "no CUDA device: torch.cuda.is_available() is False"
-    if not _native.cuda_available():
-        return "the custom-op library was built without CUDA (nvcc missing at build time)"
-    return None
-
-
-REASON = _reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
-
-DT = {np.float32: 0, np.float16: 1}
 
 
 @pytest.fixture(scope="module")
