@@ -350,13 +350,14 @@ struct AdaGeom : AdaSplit {
 
 }  // namespace cpu
 
-// Every output of planes [0, N*C), one output row per step on ORT's intra-op pool: the
+// Every output of planes [0, N*C), one output row per step on `pfor` (ort_pfor(ctx) for ONNX
+// Runtime; the torch ops pass their own pool): the
 // window rows are converted to float once and split into phases (kept for the next
 // output row, which shares them when windows overlap), then ada_row across the row's
 // outputs; the lanes it flags (inf/NaN, max |x| above kSoftScaleAbove, a result that is
 // not finite) and rows without a valid input row take the per-window math of ada_pool.h.
-template <AdaKind Kind, class S>
-void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, const std::vector<int64_t>& bstrides,
+template <AdaKind Kind, class S, class Pfor>
+void ada_forward_cpu(Pfor&& pfor, const S* x, S* y, const S* beta, const std::vector<int64_t>& bstrides,
                      const std::vector<int64_t>& out_shape, int64_t planes, const Window3& w) {
   const cpu::Isa isa = cpu::cpu_isa();
   const cpu::AdaGeom g(w, isa);
@@ -392,7 +393,7 @@ void ada_forward_cpu(OrtKernelContext* ctx, const S* x, S* y, const S* beta, con
   wp.out[2] = pack * w.out[2];
   const cpu::AdaGeom gp(wp, isa);
   const int64_t full_rows = w.k[0] * w.k[1];
-  parallel_for(ctx, rows, cost * w.out[2], [&](int64_t begin, int64_t end) {
+  pfor(rows, cost * w.out[2], [&](int64_t begin, int64_t end) {
     std::vector<int64_t> offs, kept_offs;
     std::vector<std::vector<float>> bufs, kept_bufs;
     std::vector<const float*> ptrs;
@@ -565,7 +566,7 @@ struct AdaOpBase {
       S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
       const S* x = reinterpret_cast<const S*>(X.Data());
-      ada_forward_cpu<Kind>(ctx, x, y, beta, bstrides, out_shape, shape[0] * shape[1], w);
+      ada_forward_cpu<Kind>(ort_pfor(ctx), x, y, beta, bstrides, out_shape, shape[0] * shape[1], w);
       return Ort::Status{nullptr};
     } catch (const std::exception& e) {
       return Ort::Status((op + ": " + e.what()).c_str(), ORT_FAIL);

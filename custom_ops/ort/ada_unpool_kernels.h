@@ -59,8 +59,8 @@ inline std::string ada_unpool_shapes(const std::vector<int64_t>& x, const std::v
 // NaN-keeping clip to [0, 1] (torch.clamp's rule).
 inline float unpool_clip01(float m) { return m != m ? m : (m < 0.0f ? 0.0f : (m > 1.0f ? 1.0f : m)); }
 
-template <class S>
-void ada_unpool_cpu(OrtKernelContext* ctx, const S* x, const S* me, const S* mm, const S* beta,
+template <class S, class Pfor>
+void ada_unpool_cpu(Pfor&& pfor, const S* x, const S* me, const S* mm, const S* beta,
                     const std::vector<int64_t>& xs, const std::vector<int64_t>& mes, const std::vector<int64_t>& mms,
                     const std::vector<int64_t>& bstrides, S* y) {
   // 5-D view: missing spatial axes have size 1 (they interpolate to themselves)
@@ -85,7 +85,7 @@ void ada_unpool_cpu(OrtKernelContext* ctx, const S* x, const S* me, const S* mm,
   const int64_t me_n = mes[0] == 1 ? 0 : mes[1] * out_plane, me_c = mes[1] == 1 ? 0 : out_plane;
   const int64_t mm_n = mms[0] == 1 ? 0 : mms[1] * out_plane, mm_c = mms[1] == 1 ? 0 : out_plane;
   const int64_t rows = N * C * out[0] * out[1];
-  parallel_for(ctx, rows, 16 * out[2], [&](int64_t begin, int64_t end) {
+  pfor(rows, 16 * out[2], [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t oh = r % out[1], od = (r / out[1]) % out[0], plane = r / (out[0] * out[1]);
       const int64_t n = plane / C, c = plane % C;
@@ -135,7 +135,7 @@ struct AdaUnpoolOp {
       using S = typename Storage<T>::type;
       S* y = reinterpret_cast<S*>(Y.Allocate(out_shape));
       if (numel(out_shape) == 0) return Ort::Status{nullptr};
-      ada_unpool_cpu<S>(ctx, reinterpret_cast<const S*>(X.Data()), reinterpret_cast<const S*>(MaskEdscw.Data()),
+      ada_unpool_cpu<S>(ort_pfor(ctx), reinterpret_cast<const S*>(X.Data()), reinterpret_cast<const S*>(MaskEdscw.Data()),
                         reinterpret_cast<const S*>(MaskEm.Data()), reinterpret_cast<const S*>(Beta.Data()), xs, mes,
                         mms, bstrides, y);
       return Ort::Status{nullptr};

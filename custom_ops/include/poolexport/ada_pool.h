@@ -134,6 +134,64 @@ PX_HD float idw_pool_value(Visit&& visit) {
   return idw_stats(visit).y;
 }
 
+// ---------------------------------------------------------------- backward
+// dy/da_j of one window for each valid a_j, from a state taken once per window (the
+// torch ops' CPU and CUDA backward kernels; ada_pool.py's *_windows_backward is the same
+// math). In the scaled units, where k cancels:
+//   eDSCW: w_j (1 + (a_j - y) dDSC/da_j) + t,  t = (1/n) sum_i w_i (a_i - y) dDSC/dm_i;
+//   IDW:   w_j (1 - r_j) + t,  r_i = (a_i - y) / (a_i - m),  t = (1/n) sum_i w_i r_i; where
+//          some a_i equals m (y = m, not differentiable there) the mean's gradient 1/n.
+// ada_unscale's clamp only guards rounding and is not differentiated. adaPool's gradient
+// is beta * eDSCW's plus (1 - beta) * SoftPool's (soft_pool.h, beta 1).
+struct EdscwGrad {
+  EdscwStats st;
+  float t;
+};
+
+template <class Visit>
+PX_HD EdscwGrad edscw_grad_state(Visit&& visit) {
+  const EdscwStats st = edscw_stats(visit);
+  if (st.mean.n == 0) return EdscwGrad{st, 0.0f};
+  float acc = 0.0f;
+  visit([&](float a) {
+    const float ak = a * st.mean.k;
+    const Dsc p = dsc_parts(ak, st.mean.mk);
+    if (p.q > 0.0f) acc += fast_exp(p.d) * ((ak - st.yk) * (p.dm_q / p.q));
+  });
+  return EdscwGrad{st, acc / (st.s * (float)st.mean.n)};
+}
+
+PX_HD float edscw_grad_local(const EdscwGrad& g, float a) {
+  const float ak = a * g.st.mean.k;
+  const Dsc p = dsc_parts(ak, g.st.mean.mk);
+  const float da = p.q > 0.0f ? p.da_q / p.q : 0.0f;
+  return fast_exp(p.d) / g.st.s * (1.0f + (ak - g.st.yk) * da) + g.t;
+}
+
+struct IdwGrad {
+  IdwStats st;
+  float t;
+};
+
+template <class Visit>
+PX_HD IdwGrad idw_grad_state(Visit&& visit) {
+  const IdwStats st = idw_stats(visit);
+  if (st.mean.n == 0 || st.dmin == 0.0f) return IdwGrad{st, 0.0f};
+  float acc = 0.0f;
+  visit([&](float a) {
+    const float ak = a * st.mean.k, d = ak - st.mean.mk;
+    acc += st.dmin / (d < 0.0f ? -d : d) * ((ak - st.yk) / d);
+  });
+  return IdwGrad{st, acc / (st.s * (float)st.mean.n)};
+}
+
+PX_HD float idw_grad_local(const IdwGrad& g, float a) {
+  if (g.st.dmin == 0.0f) return 1.0f / (float)g.st.mean.n;  // the hit window: y = m
+  const float ak = a * g.st.mean.k, d = ak - g.st.mean.mk;
+  const float w = g.st.dmin / (d < 0.0f ? -d : d) / g.st.s;
+  return w * (1.0f - (ak - g.st.yk) / d) + g.t;
+}
+
 // adaPool's blend; beta is not clamped (the adaPool repository's default path). For beta
 // in [0, 1] the result is kept between the two values (rounding near FLT_MAX stays finite).
 PX_HD float ada_blend(float beta, float edscw, float em) {
