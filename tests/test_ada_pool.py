@@ -789,3 +789,104 @@ def test_ort_packed_same_bits_for_any_thread_count(kind):
         outs.append(sess.run(None, feeds)[0])
     for other in outs[1:]:
         np.testing.assert_array_equal(other, outs[0])
+
+
+# ---------------------------------------------------------------- Beta rows and float16 output rows
+# AdaPool reads a Beta row that is contiguous along the width as one block (float16: the
+# vector conversion, whose tail past its last whole vector is converted one by one), any
+# other layout value by value; float16 outputs are converted in whole vectors of 8 and the
+# row's count copied. Widths around 8 and the lane widths, every Beta layout.
+FP16_ROW_WIDTHS = [1, 7, 8, 9, 15, 16, 17, 31, 33]
+ROW_GEOMETRIES_FP16 = {
+    "k2s2": (lambda ow: 2 * ow, dict(kernel_shape=[2, 2], strides=[2, 2])),  # packed rows (eDSCW, IDW)
+    "k3s2p1": (lambda ow: 2 * ow - 1, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+}
+# Beta shapes for Y (2, 2, 3, out_w), "W" standing for out_w: contiguous rows (one per output
+# row, or one row for all), broadcast along the width, one value per plane, a full Beta
+BETA_LAYOUTS = {"rows": (3, "W"), "one-row": (1, "W"), "per-row-value": (3, 1), "per-plane": (2, 2, 1, 1),
+                "full": (2, 2, 3, "W")}
+
+
+def _beta_shape(layout, out_w):
+    return tuple(out_w if d == "W" else d for d in BETA_LAYOUTS[layout])
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("geometry", list(ROW_GEOMETRIES_FP16))
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_float16_rows_of_any_width(path, geometry, kind):
+    in_w, a = ROW_GEOMETRIES_FP16[geometry]
+    for out_w in FP16_ROW_WIDTHS:
+        x = _x((2, 2, 6, in_w(out_w)), seed=60 + out_w).astype(np.float16).astype(np.float64)
+        feeds, beta = _feeds(kind, x, a, np.float16)
+        with _cpu_path(path):
+            got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT16)
+        assert got.dtype == np.float16 and got.shape[-1] == out_w
+        want = _oracle(kind, x, None if beta is None else beta.astype(np.float64), a)
+        _close(got, want, _tol(kind, x, a, np.float32) + 2.0**-10 * (np.abs(want).reshape(-1) + np.abs(x).max()))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("layout", list(BETA_LAYOUTS))
+@pytest.mark.parametrize("geometry", list(ROW_GEOMETRIES_FP16))
+def test_ort_ada_beta_layouts(path, dtype, layout, geometry):
+    in_w, a = ROW_GEOMETRIES_FP16[geometry]
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    for out_w in FP16_ROW_WIDTHS:
+        x = _x((2, 2, 6, in_w(out_w)), seed=80 + out_w).astype(dtype).astype(np.float64)
+        # Beta's ends 0 and 1 and both sides of them, each at least once in the larger rows
+        beta = np.random.default_rng(out_w).uniform(-0.25, 1.25, _beta_shape(layout, out_w))
+        flat = beta.reshape(-1)
+        flat[:6] = [0.0, 1.0, -2.0**-10, 1 + 2.0**-10, 0.5, 2.0][:flat.size]
+        beta = beta.astype(dtype)
+        with _cpu_path(path):
+            got = _run("ort-library", "ada", a, {"X": x.astype(dtype), "Beta": beta}, elem)
+        want = _oracle("ada", x, beta.astype(np.float64), a)
+        assert got.shape == want.shape
+        eps = 2.0**-10 if dtype == np.float16 else 0.0
+        _close(got, want, _tol("ada", x, a, np.float32) + eps * (np.abs(want).reshape(-1) + np.abs(x).max()))
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("out_w", [16, 17])  # the last column: in a whole vector / the scalar tail
+def test_ort_ada_beta_nan_in_a_row(path, dtype, where, out_w):
+    # a NaN Beta value gives NaN at its outputs only, wherever the row conversion puts it
+    _, a = ROW_GEOMETRIES_FP16["k3s2p1"]
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    x = _x((2, 2, 6, 2 * out_w - 1), seed=91).astype(dtype).astype(np.float64)
+    beta = np.random.default_rng(5).uniform(0.0, 1.0, (3, out_w))
+    col = {"first": 0, "middle": out_w // 2, "last": out_w - 1}[where]
+    beta[1, col] = np.nan
+    beta = beta.astype(dtype)
+    with _cpu_path(path):
+        got = _run("ort-library", "ada", a, {"X": x.astype(dtype), "Beta": beta}, elem).astype(np.float64)
+    want = _oracle("ada", x, beta.astype(np.float64), a)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(want).sum() == 4  # N x C
+    finite = np.isfinite(want).reshape(-1)
+    eps = 2.0**-10 if dtype == np.float16 else 0.0
+    tol = _tol("ada", x, a, np.float32) + eps * (np.abs(want).reshape(-1) + np.abs(x).max())
+    _close(got.reshape(-1)[finite], want.reshape(-1)[finite], np.broadcast_to(tol, finite.shape)[finite])
+
+
+@pytest.mark.parametrize("path", cpu_paths())
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("kind", ["edscw", "idw", "ada"])
+def test_ort_unused_last_column_nonfinite(path, value, kind):
+    # floor mode leaves the last column of an odd width unread by every window; the lanes past
+    # the row's outputs may read it (their results are dropped): every output stays finite
+    # and matches the oracle, which never sees that column
+    a = dict(kernel_shape=[2, 2], strides=[2, 2])
+    for out_w in (15, 16, 17, 31, 33):
+        x = _x((1, 2, 4, 2 * out_w + 1), seed=100 + out_w)
+        x[..., -1] = value
+        feeds, beta = _feeds(kind, x, a, np.float32, beta_range=(0.0, 1.0))
+        with _cpu_path(path):
+            got = _run("ort-library", kind, a, feeds, TensorProto.FLOAT)
+        clean = x[..., :-1]
+        want = _oracle(kind, clean.astype(np.float32).astype(np.float64), None if beta is None else beta.astype(np.float64), a)
+        assert np.isfinite(got).all()
+        _close(got, want, _tol(kind, clean, a, np.float32))

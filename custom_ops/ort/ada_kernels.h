@@ -101,7 +101,7 @@ namespace cpu {
 // One output row for ada_row: the window's valid input rows split into stride phases
 // (padding 0), tap kw of outputs [o, o + W) at rows[i] + off[kw] + o; valid (all-ones bits
 // or 0) and pad_inf (0 or inf) mark the padding at the same offsets; interior[v] is set
-// where every tap of vector v is valid. n: outputs rounded up to the lane width; y, bad,
+// where every tap of vector v's outputs is valid (lanes past the row's outputs aside). n: outputs rounded up to the lane width; y, bad,
 // beta, inv_count hold n values.
 struct AdaRow {
   const float* const* rows;
@@ -337,9 +337,13 @@ struct AdaGeom : AdaSplit {
         cols[ow] += c >= 0 && c < in_w;
       }
     }
+    // a vector is interior when its outputs' windows have no padding; the lanes past out_w
+    // are not outputs (their results are dropped, and they read only the phases' zeros and
+    // the row's finite values, which pass 1 checks anyway), so they do not count: a row of
+    // 28 outputs keeps its second vector on the path without padding masks
     interior.assign(n / lanes, 1);
-    for (int64_t ow = 0; ow < n; ++ow)
-      if (ow >= out_w || cols[ow] != k) interior[ow / lanes] = 0;
+    for (int64_t ow = 0; ow < out_w; ++ow)
+      if (cols[ow] != k) interior[ow / lanes] = 0;
     const int64_t max_rows = w.k[0] * w.k[1];
     inv_count.resize(max_rows * n);
     for (int64_t r = 1; r <= max_rows; ++r)
@@ -399,6 +403,7 @@ void ada_forward_cpu(Pfor&& pfor, const S* x, S* y, const S* beta, const std::ve
     std::vector<const float*> ptrs;
     std::vector<float> row_f(pack > 1 ? gp.in_w : w.in[2]), yrow(gp.n > g.n ? gp.n : g.n);
     std::vector<float> brow(yrow.size(), 0.0f);
+    std::vector<uint16_t> yhalf(std::is_same<S, float>::value ? 0 : yrow.size());
     std::vector<int64_t> bad(yrow.size()), pack_offs(pack > 1 ? pack * full_rows : 0);
     // the packed rows' phases: zeros past the packed outputs, written once here
     std::vector<std::vector<float>> pack_bufs(pack > 1 ? full_rows : 0, std::vector<float>(gp.lp, 0.0f));
@@ -438,17 +443,28 @@ void ada_forward_cpu(Pfor&& pfor, const S* x, S* y, const S* beta, const std::ve
         for (int64_t b = 0; b < w.in[2] * (int64_t)sizeof(S); b += 64) __builtin_prefetch(pn + off * sizeof(S) + b);
       });
     };
+    // Beta's values for output row r; a row of contiguous float16 goes through the vector
+    // conversion (one by one, its integer conversion cost as much as the row's math)
     auto load_beta = [&](int64_t r, float* dst) {
       const int64_t b0 = beta_plane[r / rows_per_plane] + beta_row[r % rows_per_plane], bs = bstrides.back();
-      for (int64_t ow = 0; ow < w.out[2]; ++ow) dst[ow] = ada_load(beta[b0 + ow * bs]);
+      if (bs == 1 && w.out[2] > 1) {
+        if constexpr (std::is_same<S, float>::value) std::memcpy(dst, beta + b0, w.out[2] * sizeof(float));
+        else cpu::halves_to_floats(isa, beta + b0, dst, w.out[2]);
+      } else {
+        for (int64_t ow = 0; ow < w.out[2]; ++ow) dst[ow] = ada_load(beta[b0 + ow * bs]);
+      }
     };
     auto run_row = [&](const cpu::AdaGeom& gg, int64_t nrows, int64_t r0, int64_t nr) {
       const cpu::AdaRow row{ptrs.data(), nrows, w.k[2], gg.off.data(), gg.valid.data(), gg.pad_inf.data(),
                             gg.interior.data(), gg.inv_count.data() + (nrows - 1) * gg.n, brow.data(), gg.n,
                             yrow.data(), bad.data()};
       const int64_t nbad = cpu::ada_row<Kind>(isa, row), count = nr * w.out[2];
-      if constexpr (std::is_same<S, float>::value) std::memcpy(y + r0 * w.out[2], yrow.data(), count * sizeof(float));
-      else cpu::floats_to_halves(isa, yrow.data(), y + r0 * w.out[2], count);
+      if constexpr (std::is_same<S, float>::value) {
+        std::memcpy(y + r0 * w.out[2], yrow.data(), count * sizeof(float));
+      } else {  // whole vectors (gg.n is a multiple of 8) into yhalf: no scalar tail conversion
+        cpu::floats_to_halves(isa, yrow.data(), yhalf.data(), (count + 7) / 8 * 8);
+        std::memcpy(y + r0 * w.out[2], yhalf.data(), count * sizeof(S));
+      }
       for (int64_t i = 0; i < nbad; ++i)
         if (bad[i] < count) one(r0 + bad[i] / w.out[2], bad[i] % w.out[2]);
     };

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "ada_cpu_backward.h"
 #include "cpu_entry.h"
 #include "poolexport/attributes.h"
 #include "stable_abi.h"
@@ -389,6 +390,76 @@ void reduce_kernel(StableIValue* stack, uint64_t, uint64_t) {
             });
 }
 
+// ---------------------------------------------------------------- the adaPool family
+// edscw_pool(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad), idw_pool(...),
+// ada_pool(X, Beta, ...); the backward ops take grad first, and ada_pool_backward returns
+// (dX, dBeta). Beta must have X's dtype and lie on the CPU for the native kernel (else the
+// reference takes the call); it broadcasts to Y = (N, C, *out) by numpy rules.
+template <AdaKind Kind, bool Backward>
+void ada_kernel(StableIValue* stack, uint64_t, uint64_t) {
+  constexpr bool kBeta = Kind == AdaKind::kAda;
+  const char* op = Kind == AdaKind::kEdscw ? "EdscwPool" : (Kind == AdaKind::kIdw ? "IdwPool" : "AdaPool");
+  const char* name = Kind == AdaKind::kEdscw ? (Backward ? "edscw_pool_backward" : "edscw_pool")
+                     : Kind == AdaKind::kIdw ? (Backward ? "idw_pool_backward" : "idw_pool")
+                                             : (Backward ? "ada_pool_backward" : "ada_pool");
+  const int a = Backward ? 1 : 0;
+  if (!native(stack, Backward)) return run_reference(name, stack);
+  if (kBeta) {
+    AtenTensorHandle b = bits<AtenTensorHandle>(stack[a + 1]);
+    int32_t device = -1;
+    check(api.get_device_type(b, &device), "device_type");
+    if (Tensor::dtype_of(b) != Tensor::dtype_of(bits<AtenTensorHandle>(stack[a])) || device != api.device_type_cpu())
+      return run_reference(name, stack);
+  }
+  Tensor grad(Backward ? bits<AtenTensorHandle>(stack[0]) : nullptr);
+  Tensor x(bits<AtenTensorHandle>(stack[a]));
+  Tensor beta(kBeta ? bits<AtenTensorHandle>(stack[a + 1]) : nullptr);
+  const int at = a + 1 + (kBeta ? 1 : 0);
+  WindowAttrs attrs;
+  attrs.kernel = take_ints(stack[at]);
+  attrs.strides = take_ints(stack[at + 1]);
+  attrs.pads = take_ints(stack[at + 2]);
+  attrs.dilations = take_ints(stack[at + 3]);
+  attrs.ceil_mode = bits<bool>(stack[at + 4]);
+  const std::string auto_pad = take_string(stack[at + 5]);
+  attrs.validate(op, auto_pad);
+  if (!attrs.error.empty()) fail(attrs.error);
+  x = contiguous(std::move(x));
+  const std::vector<int64_t> shape = x.sizes();
+  Window3 w;
+  std::vector<int64_t> out_shape, bshape, bstrides;
+  const std::string err = attrs.resolve(op, shape, &w, &out_shape);
+  if (!err.empty()) fail(err);
+  int64_t beta_numel = 0;
+  if (kBeta) {
+    beta = contiguous(std::move(beta));
+    bshape = beta.sizes();
+    const std::string msg = beta_strides(op, bshape, out_shape, &bstrides);
+    if (!msg.empty()) fail(msg);
+    beta_numel = 1;
+    for (int64_t d : bshape) beta_numel *= d;
+  }
+  if (Backward) {
+    window_shape_check(op, grad, out_shape);
+    grad = contiguous(std::move(grad));
+  }
+  const int32_t dt = Tensor::dtype_of(x.get());
+  Tensor out = empty_like_device(Backward ? shape : out_shape, dt, x.get());
+  Tensor dbeta = Backward && kBeta ? empty_like_device(bshape, dt, x.get()) : Tensor();
+  TorchPool pool;
+  auto run = [&](auto* tag) {
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+    cpu::run_ada<Kind>(static_cast<const S*>(x.data()), kBeta ? static_cast<const S*>(beta.data()) : nullptr, bstrides,
+                       beta_numel, Backward ? static_cast<const S*>(grad.data()) : nullptr, static_cast<S*>(out.data()),
+                       Backward && kBeta ? static_cast<S*>(dbeta.data()) : nullptr, out_shape, w, pool);
+  };
+  if (dtype_code(dt) == 0) run(static_cast<float*>(nullptr));
+  else run(static_cast<cpu::half_t*>(nullptr));
+  if (!pool.ok) throw std::runtime_error(std::string(op) + ": the native kernel failed (out of memory?)");
+  stack[0] = box(out.release());
+  if (Backward && kBeta) stack[1] = box(dbeta.release());
+}
+
 // ---------------------------------------------------------------- seed tensors
 // The stochastic ops' .tensor_seed overloads: the seed comes as a one-element int64 CPU
 // tensor (drawn inside a compiled graph), read here; then the int overload's kernel runs
@@ -466,6 +537,12 @@ const Kernel kKernels[] = {
     {"reduce_stochastic_pool", reduce_kernel<true, false>},
     {"reduce_stochastic_pool_backward", reduce_kernel<true, true>},
     {"_window_pool_packed", packed_window_kernel},
+    {"edscw_pool", ada_kernel<AdaKind::kEdscw, false>},
+    {"edscw_pool_backward", ada_kernel<AdaKind::kEdscw, true>},
+    {"idw_pool", ada_kernel<AdaKind::kIdw, false>},
+    {"idw_pool_backward", ada_kernel<AdaKind::kIdw, true>},
+    {"ada_pool", ada_kernel<AdaKind::kAda, false>},
+    {"ada_pool_backward", ada_kernel<AdaKind::kAda, true>},
     {"stochastic_pool.tensor_seed", tensor_seed_kernel<window_kernel<true, false>, 8, false>},
     {"stochastic_pool_backward.tensor_seed", tensor_seed_kernel<window_kernel<true, true>, 9, false>},
     {"reduce_stochastic_pool.tensor_seed", tensor_seed_kernel<reduce_kernel<true, false>, 4, true>},

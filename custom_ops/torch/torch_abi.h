@@ -23,6 +23,13 @@ int poolexport_torch_window(int op, int dtype, const void* X, const void* dY, vo
                             float beta, int64_t seed, int threads);
 int poolexport_torch_reduce(int op, int dtype, const void* X, const void* dY, void* out, const int64_t* dims,
                             int32_t mask, float beta, int64_t seed, int threads);
+// The adaPool family (op: 0 EdscwPool, 1 IdwPool, 2 AdaPool), forward or backward as above;
+// rank: the spatial rank (1 to 3) of Y = (N, C, *out), against which Beta (AdaPool only, X's
+// dtype, contiguous, beta_dim sizes in beta_shape) broadcasts by numpy rules. An AdaPool
+// backward also writes dBeta (Beta's shape) to dbeta. Returns 1 also where Beta does not
+// broadcast.
+int poolexport_torch_ada(int op, int dtype, const void* X, const void* Beta, const int64_t* beta_shape, int beta_dim,
+                         const void* dY, void* out, void* dbeta, const int64_t* geom, int rank, int threads);
 // diagnostics: the CPU path in use ("avx512" | "avx2" | "portable", capped by the
 // POOLEXPORT_CPU_ISA variable) and SoftPool's exp on it, for arguments in [-60, 0]
 const char* poolexport_cpu_isa(void);

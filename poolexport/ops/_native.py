@@ -10,8 +10,9 @@ ctypes: the CPU path where the compiled registration is unavailable (torch older
 
 On CUDA tensors (library built with nvcc) the ops launch the ONNX Runtime CUDA build's
 forward kernels (launch.h) and the backward kernels of custom_ops/cuda/backward.cu on
-torch's current stream. The pure-torch implementation in ``soft_pool.py`` /
-``stochastic_pool.py`` stays the reference, and the fallback for float64, bfloat16 and
+torch's current stream. The adaPool family (``ada_pool.py``) has its CPU entry here too
+(:func:`ada`; its CUDA wrappers are ``_native_ada_cuda.py``). The pure-torch implementation
+in ``soft_pool.py`` / ``stochastic_pool.py`` / ``ada_pool.py`` stays the reference, and the fallback for float64, bfloat16 and
 devices without a kernel. Select it everywhere with ``POOLEXPORT_TORCH_KERNELS=reference``
 or, in code (tests), ``with reference_kernels(): ...``.
 """
@@ -33,6 +34,7 @@ _ENV = "POOLEXPORT_TORCH_KERNELS"  # "reference": pure torch everywhere
 _DTYPES = {torch.float32: 0, torch.float16: 1}
 # op codes of torch_abi.h
 SOFT, EXPECTATION, SAMPLE = 0, 1, 2
+EDSCW, IDW, ADA = 0, 1, 2  # poolexport_torch_ada's
 
 _state = threading.local()
 
@@ -75,6 +77,14 @@ def _library() -> Optional[ctypes.CDLL]:
     lib.poolexport_torch_window.argtypes = common + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]
     lib.poolexport_torch_reduce.argtypes = common + [ctypes.c_int32, ctypes.c_float, ctypes.c_int64, ctypes.c_int]
     lib.poolexport_torch_window.restype = lib.poolexport_torch_reduce.restype = ctypes.c_int
+    try:  # the adaPool family (a library older than these ops lacks it: the reference runs them)
+        vp = ctypes.c_void_p
+        lib.poolexport_torch_ada.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, i64p, ctypes.c_int, vp, vp, vp, i64p,
+                                             ctypes.c_int, ctypes.c_int]
+        lib.poolexport_torch_ada.restype = ctypes.c_int
+        lib.ada = True
+    except AttributeError:
+        lib.ada = False
     try:  # built with CUDA: the forward launchers of launch.h and the backward ones of backward.h
         i32p, vp = ctypes.POINTER(ctypes.c_int32), ctypes.c_void_p
         for name in ("poolexport_cuda_launch_window", "poolexport_cuda_launch_reduce"):
@@ -196,6 +206,32 @@ def reduce(op: str, code: int, x: torch.Tensor, reduced: tuple[int, ...], out_sh
                                                 mask, float(beta), int(seed), torch.get_num_threads())
         _check(rc, op)
     return result
+
+
+def ada_available() -> bool:
+    """Whether the installed library has the adaPool family's CPU kernels."""
+    return available() and _library().ada
+
+
+def ada(op: str, code: int, x: torch.Tensor, spec: WindowSpec, beta: Optional[torch.Tensor] = None,
+        grad: Optional[torch.Tensor] = None):
+    """The adaPool family on CPU tensors (code EDSCW, IDW or ADA; beta: AdaPool's Beta, in
+    x's dtype): Y for a forward (grad None); dX for a backward, (dX, dBeta) for AdaPool's."""
+    x = x.contiguous()
+    n, c, *spatial = x.shape
+    geom, out = _window_geometry(spec, n, c, tuple(spatial))
+    result, grad, gptr = _result(x, grad, (n, c, *out))
+    bptr, bshape, bdim, dbeta = None, None, 0, None
+    if beta is not None:
+        beta = beta.contiguous()
+        bptr, bshape, bdim = beta.data_ptr(), _int64s(beta.shape), beta.dim()
+        if grad is not None:
+            dbeta = torch.empty_like(beta)
+    rc = _library().poolexport_torch_ada(code, _DTYPES[x.dtype], x.data_ptr(), bptr, bshape, bdim, gptr,
+                                         result.data_ptr(), None if dbeta is None else dbeta.data_ptr(), geom,
+                                         spec.rank, torch.get_num_threads())
+    _check(rc, op)
+    return result if dbeta is None else (result, dbeta)
 
 
 # ------------------------------------------------------------------ CUDA (launch.h, backward.h)

@@ -1,6 +1,6 @@
 """The one place the ``poolexport`` torch ops are registered.
 
-Each op file (``soft_pool.py``, ``stochastic_pool.py``) states its ops' arguments and
+Each op file (``soft_pool.py``, ``stochastic_pool.py``, ``ada_pool.py``) states its ops' arguments and
 its Python functions, and calls :func:`define_pair`, which for a forward op and its
 backward op:
 
@@ -15,7 +15,8 @@ backward op:
 * defines ``_reference_<name>``, the pure-torch twin with the same schema, which the
   compiled kernels hand float64/bfloat16 inputs and the ``reference_kernels()`` case to;
 * registers the fake (meta) kernels for torch.compile / torch.export, and the autograd
-  formula (backward = the backward op, on the saved input).
+  formula (backward = the backward op, on the saved input; an op with a second
+  differentiable tensor, AdaPool's Beta, has a backward op returning both gradients).
 
 An op may have further overloads (``define_pair(..., overload="tensor_seed")``): the same
 registration under ``name.overload``, with the overload's own schema and kernels.
@@ -86,10 +87,11 @@ def direct(op):
     return call
 
 
-def _define(name: str, schema_args: str, reference: Callable, python_kernel: Callable, fake: Callable) -> None:
+def _define(name: str, schema_args: str, reference: Callable, python_kernel: Callable, fake: Callable,
+            returns: str = "Tensor") -> None:
     """``name`` may be ``op.overload``."""
-    LIB.define(f"{name}({schema_args}) -> Tensor")
-    LIB.define(f"_reference_{name}({schema_args}) -> Tensor")
+    LIB.define(f"{name}({schema_args}) -> {returns}")
+    LIB.define(f"_reference_{name}({schema_args}) -> {returns}")
     LIB.impl(f"_reference_{name}", reference, "CompositeExplicitAutograd")
     LIB.impl(name, python_kernel, "CUDA")
     # the Python kernel takes CPU where the compiled library registered none for this op
@@ -105,13 +107,17 @@ def define_pair(
     forward: tuple[Callable, Callable, Callable],
     backward: tuple[Callable, Callable, Callable],
     overload: str = "",
+    grads: int = 1,
 ):
     """Define ``name(Tensor X, args)`` and ``name_backward(Tensor grad, Tensor X, args)``
     (as their ``overload`` if one is given); each of ``forward``/``backward`` is
-    (reference, python kernel, fake). Returns the two OpOverloads."""
+    (reference, python kernel, fake). ``grads``: how many leading tensor arguments get a
+    gradient (X, then those that open ``args``, like AdaPool's Beta); the backward op
+    returns one tensor per gradient. Returns the two OpOverloads."""
     suffix = f".{overload}" if overload else ""
     _define(name + suffix, f"Tensor X, {args}", *forward)
-    _define(f"{name}_backward{suffix}", f"Tensor grad, Tensor X, {args}", *backward)
+    returns = "Tensor" if grads == 1 else "(" + ", ".join(["Tensor"] * grads) + ")"
+    _define(f"{name}_backward{suffix}", f"Tensor grad, Tensor X, {args}", *backward, returns=returns)
     op = getattr(getattr(torch.ops.poolexport, name), overload or "default")
     backward_op = getattr(getattr(torch.ops.poolexport, f"{name}_backward"), overload or "default")
     # tensor arguments besides X (a seed tensor) are saved for the backward like X is
@@ -134,7 +140,9 @@ def define_pair(
             args = list(ctx.attrs)
             for i, t in zip(tensor_at, ctx.saved_tensors):
                 args[i] = t
-            return (backward_op(grad, *args),) + (None,) * (len(args) - 1)
+            result = backward_op(grad, *args)
+            result = (result,) if grads == 1 else tuple(result)
+            return result + (None,) * (len(args) - grads)
 
     torch.library.register_autograd(f"poolexport::{name}{suffix}", grad_fn, setup_context=setup_context, lib=LIB)
     return op, backward_op

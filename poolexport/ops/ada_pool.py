@@ -19,14 +19,20 @@ taken on values scaled by 2^-64 where max |a| exceeds 2^64 (ada_pool.h, the same
 SoftPool). Gradients are exact, including the weights' derivatives (the repository's
 backward holds the weights constant), and ``ada_pool`` has a gradient for beta.
 
-These are the pure-torch implementations (any device, float dtype); the C++ twin is
-custom_ops/include/poolexport/ada_pool.h, run by the ONNX Runtime kernels.
+The functions here are the pure-torch reference (any device, any float dtype); the C++
+twin is custom_ops/include/poolexport/ada_pool.h. On CPU float32/float16 the ops run the
+library's native kernels instead (registered by ``_registry.define_pair``): the forward is
+the ONNX Runtime kernel's own code (the same bits), the backward
+custom_ops/torch/ada_cpu_backward.h. On CUDA the Python kernel hands the call to
+``_native_ada_cuda`` where that module exists and takes the tensors (else the reference).
 """
 from __future__ import annotations
 
 import torch
 
 from .._window import output_spatial
+from . import _native
+from ._registry import WINDOW_ARGS, define_pair
 from ._windows import compute_dtype, gather_windows, scatter_windows, spec_from_attrs
 from .soft_pool import soft_pool_windows, soft_pool_windows_backward
 
@@ -193,82 +199,115 @@ def ada_backward(grad, X, Beta, attrs):
 
 
 # ---------------------------------------------------------------- registration
-def _register_windowed(name: str, fn, fn_backward):
-    op_name = OPS[name]
+# the schemas' window arguments, in order
+def _attrs(kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    return (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
 
-    @torch.library.custom_op(f"poolexport::{name}", mutates_args=())
-    def forward(X: torch.Tensor, kernel_shape: list[int], strides: list[int], pads: list[int],
-                dilations: list[int], ceil_mode: bool, auto_pad: str) -> torch.Tensor:
-        return _window_forward(op_name, fn, X, (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
 
-    @torch.library.custom_op(f"poolexport::{name}_backward", mutates_args=())
-    def backward(grad: torch.Tensor, X: torch.Tensor, kernel_shape: list[int], strides: list[int], pads: list[int],
-                 dilations: list[int], ceil_mode: bool, auto_pad: str) -> torch.Tensor:
-        return _window_backward(op_name, fn_backward, grad, X,
-                                (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
+CODES = {"EdscwPool": _native.EDSCW, "IdwPool": _native.IDW, "AdaPool": _native.ADA}
 
-    @forward.register_fake
-    def _(X, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
-        spec = spec_from_attrs(op_name, X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+
+def _cuda_call(name, X, spec, beta, grad):
+    """The CUDA kernels' result (poolexport/ops/_native_ada_cuda.py, where present and
+    usable for these tensors), or None."""
+    try:
+        from . import _native_ada_cuda as cuda
+    except ImportError:
+        return None
+    if not cuda.usable(X, beta):
+        return None
+    if grad is None:
+        return cuda.forward(name, X, beta, spec)
+    dx, dbeta = cuda.backward(name, grad, X, beta, spec)
+    return dx if dbeta is None else (dx, dbeta)
+
+
+def _native_call(name, X, attrs, beta=None, grad=None):
+    """The native kernel's result (Y; dX, or (dX, dBeta) for AdaPool's backward), or None
+    where the reference must run: float64/bfloat16, the reference selected, no kernel for
+    the device; on CPU also a Beta of another dtype or device than X."""
+    op = OPS[name]
+    if not _native.use_native(X) or (grad is not None and grad.device != X.device):
+        return None
+    _check_input(op, X)
+    spec = spec_from_attrs(op, X.dim(), *attrs)
+    if beta is not None:
+        _beta_for(op, beta, (X.shape[0], X.shape[1], *output_spatial(spec, X.shape[2:])))
+    if X.device.type != "cpu":
+        return _cuda_call(name, X, spec, beta, grad)
+    if not _native.ada_available() or (beta is not None and (beta.dtype != X.dtype or beta.device != X.device)):
+        return None
+    return _native.ada(op, CODES[op], X, spec, beta, grad)
+
+
+def _pair(name, fn, fn_backward):
+    op = OPS[name]
+
+    def reference(X, *attrs):
+        return _window_forward(op, fn, X, attrs)
+
+    def backward_reference(grad, X, *attrs):
+        return _window_backward(op, fn_backward, grad, X, attrs)
+
+    def kernel(X, *attrs):
+        y = _native_call(name, X, attrs)
+        return reference(X, *attrs) if y is None else y
+
+    def backward_kernel(grad, X, *attrs):
+        dx = _native_call(name, X, attrs, grad=grad)
+        return backward_reference(grad, X, *attrs) if dx is None else dx
+
+    def fake(X, *attrs):
+        spec = spec_from_attrs(op, X.dim(), *attrs)
         return X.new_empty((X.shape[0], X.shape[1], *output_spatial(spec, X.shape[2:])))
 
-    @backward.register_fake
-    def _(grad, X, *_):
+    def backward_fake(grad, X, *attrs):
         return torch.empty_like(X)
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.attrs = inputs[1:]
-
-    def grad_fn(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return (backward(grad, x, *ctx.attrs),) + (None,) * len(ctx.attrs)
-
-    forward.register_autograd(grad_fn, setup_context=setup_context)
-    return forward, backward
+    for f, suffix in ((reference, "reference"), (backward_reference, "backward_reference"), (kernel, "kernel"),
+                      (backward_kernel, "backward_kernel")):
+        f.__name__ = f.__qualname__ = f"{name}_{suffix}"
+    return define_pair(name, WINDOW_ARGS, (reference, kernel, fake), (backward_reference, backward_kernel, backward_fake))
 
 
-edscw_pool, edscw_pool_backward = _register_windowed("edscw_pool", edscw_windows, edscw_windows_backward)
-idw_pool, idw_pool_backward = _register_windowed("idw_pool", idw_windows, idw_windows_backward)
+edscw_pool, edscw_pool_backward = _pair("edscw_pool", edscw_windows, edscw_windows_backward)
+idw_pool, idw_pool_backward = _pair("idw_pool", idw_windows, idw_windows_backward)
 
 
-@torch.library.custom_op("poolexport::ada_pool", mutates_args=())
-def ada_pool(X: torch.Tensor, Beta: torch.Tensor, kernel_shape: list[int], strides: list[int], pads: list[int],
-             dilations: list[int], ceil_mode: bool, auto_pad: str) -> torch.Tensor:
-    return ada_forward(X, Beta, (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
+def ada_pool_reference(X, Beta, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    return ada_forward(X, Beta, _attrs(kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
 
 
-@torch.library.custom_op("poolexport::ada_pool_backward", mutates_args=())
-def ada_pool_backward(grad: torch.Tensor, X: torch.Tensor, Beta: torch.Tensor, kernel_shape: list[int],
-                      strides: list[int], pads: list[int], dilations: list[int], ceil_mode: bool,
-                      auto_pad: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return ada_backward(grad, X, Beta, (kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
+def ada_pool_backward_reference(grad, X, Beta, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
+    return ada_backward(grad, X, Beta, _attrs(kernel_shape, strides, pads, dilations, ceil_mode, auto_pad))
 
 
-@ada_pool.register_fake
-def _(X, Beta, kernel_shape, strides, pads, dilations, ceil_mode, auto_pad):
-    spec = spec_from_attrs("AdaPool", X.dim(), kernel_shape, strides, pads, dilations, ceil_mode, auto_pad)
+def _ada_kernel(X, Beta, *attrs):
+    y = _native_call("ada_pool", X, attrs, beta=Beta)
+    return ada_pool_reference(X, Beta, *attrs) if y is None else y
+
+
+def _ada_backward_kernel(grad, X, Beta, *attrs):
+    result = _native_call("ada_pool", X, attrs, beta=Beta, grad=grad)
+    return ada_pool_backward_reference(grad, X, Beta, *attrs) if result is None else result
+
+
+def _ada_fake(X, Beta, *attrs):
+    spec = spec_from_attrs("AdaPool", X.dim(), *attrs)
     out = (X.shape[0], X.shape[1], *output_spatial(spec, X.shape[2:]))
     _beta_for("AdaPool", Beta, out)
     return X.new_empty(out)
 
 
-@ada_pool_backward.register_fake
-def _(grad, X, Beta, *_):
+def _ada_backward_fake(grad, X, Beta, *_):
     return torch.empty_like(X), torch.empty_like(Beta)
 
 
-def _ada_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1])
-    ctx.attrs = inputs[2:]
-
-
-def _ada_grad(ctx, grad):
-    x, beta = ctx.saved_tensors
-    dx, dbeta = ada_pool_backward(grad, x, beta, *ctx.attrs)
-    return (dx, dbeta) + (None,) * len(ctx.attrs)
-
-
-ada_pool.register_autograd(_ada_grad, setup_context=_ada_setup)
+ada_pool, ada_pool_backward = define_pair(
+    "ada_pool", f"Tensor Beta, {WINDOW_ARGS}",
+    (ada_pool_reference, _ada_kernel, _ada_fake),
+    (ada_pool_backward_reference, _ada_backward_kernel, _ada_backward_fake),
+    grads=2,
+)
 
 __all__ = ["edscw_pool", "idw_pool", "ada_pool"]

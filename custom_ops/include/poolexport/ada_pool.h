@@ -156,7 +156,8 @@ PX_HD EdscwGrad edscw_grad_state(Visit&& visit) {
   visit([&](float a) {
     const float ak = a * st.mean.k;
     const Dsc p = dsc_parts(ak, st.mean.mk);
-    if (p.q > 0.0f) acc += fast_exp(p.d) * ((ak - st.yk) * (p.dm_q / p.q));
+    // (a - y) / q first: dm_q / q overflows where q is subnormal
+    if (p.q > 0.0f) acc += fast_exp(p.d) * ((ak - st.yk) / p.q * p.dm_q);
   });
   return EdscwGrad{st, acc / (st.s * (float)st.mean.n)};
 }
@@ -164,8 +165,8 @@ PX_HD EdscwGrad edscw_grad_state(Visit&& visit) {
 PX_HD float edscw_grad_local(const EdscwGrad& g, float a) {
   const float ak = a * g.st.mean.k;
   const Dsc p = dsc_parts(ak, g.st.mean.mk);
-  const float da = p.q > 0.0f ? p.da_q / p.q : 0.0f;
-  return fast_exp(p.d) / g.st.s * (1.0f + (ak - g.st.yk) * da) + g.t;
+  const float r = p.q > 0.0f ? (ak - g.st.yk) / p.q * p.da_q : 0.0f;  // (a - y) dDSC/da, as in the state
+  return fast_exp(p.d) / g.st.s * (1.0f + r) + g.t;
 }
 
 struct IdwGrad {
