@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 GPU_TEST_FILES = ["test_kernels_cuda.py", "test_torch_cuda.py", "test_tensorrt_gpu.py", "test_ort_cuda.py",
                   "test_selfcheck.py", "test_kernels_cuda_ada.py", "test_ort_cuda_ada.py",
-                  "test_tensorrt_gpu_ada.py"]
+                  "test_tensorrt_gpu_ada.py", "test_ada_cuda_torch.py"]
 CHECKED_FOR_REFERENCES = [TESTS / f for f in GPU_TEST_FILES] + [ROOT / "poolexport" / "selfcheck.py"]
 
 # calls that move or reshape data, not compute with it

@@ -274,3 +274,5 @@ __attribute__((visibility("default"))) int poolexport_cuda_launch_reduce_backwar
 }
 
 }  // extern "C"
+
+#include "ada_backward.cu"  // the adaPool family's backward (after the helpers above)

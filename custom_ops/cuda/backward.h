@@ -19,6 +19,15 @@ int poolexport_cuda_launch_window_backward(int op, int dtype, const void* X, con
 int poolexport_cuda_launch_reduce_backward(int op, int dtype, const void* X, const void* dY, void* dX,
                                            const int32_t* p, void* stream);
 
+// adaPool family (ada_backward.cu). op: 0 EdscwPool, 1 IdwPool, 2 AdaPool; p[25]: the
+// adaPool params of launch.h (the window params, then Beta's 5-D dims, read for op 2 only).
+// workspace: poolexport_cuda_ada_backward_workspace(op) floats per output element, device
+// memory. dbeta_terms (op 2; Beta and it unused otherwise): float32 of the output's shape,
+// set to (eDSCW - eM) * dY per output; dBeta is its sum over Beta's broadcast axes.
+int poolexport_cuda_ada_backward_workspace(int op);
+int poolexport_cuda_launch_ada_backward(int op, int dtype, const void* X, const void* Beta, const void* dY, void* dX,
+                                        void* dbeta_terms, void* workspace, const int32_t* p, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
