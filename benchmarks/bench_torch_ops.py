@@ -12,10 +12,14 @@ Also: training-mode sampling on 64 x 64 x 32 x 32 k2 s2 (forward) vs avg_pool2d'
 (target <= 2), the per-call time on a 1x8x7x7 map (target <= 3x avg_pool2d), and the peak
 memory of one SoftPool k3 s2 p1 training step on 16 x 64 x 112 x 112 above avg_pool2d's
 (target <= 1.0x the input's size; measured in a child process per variant).
+--ada: the adaPool family instead (edscw_pool, idw_pool, ada_pool with a per-position Beta),
+forward (no_grad) and forward + backward on the same shapes: the native kernels against the
+pure-torch reference (its own loop, scaled by soft_pool2d's time measured in both loops) and
+against SoftPool's native op, as ratios.
 The process is the user's: no environment variable is set here (torch's OpenMP workers
 keep their default wait policy); the load average is printed before and after.
 
-    python benchmarks/bench_torch_ops.py [--repeat 15] [--threads 2] [--no-memory]
+    python benchmarks/bench_torch_ops.py [--repeat 15] [--threads 2] [--no-memory] [--ada]
 """
 from __future__ import annotations
 
@@ -136,6 +140,47 @@ def speed(repeat: int) -> None:
               f"({b['soft_pool_reduce (global)'] / b['adaptive_avg_pool2d(1)']:.2f}x)")
 
 
+def ada_speed(repeat: int) -> None:
+    from poolexport.ops import ada_pool as A
+
+    torch.manual_seed(0)
+    print("| 8x64x56x56 fp32 | pass | native / soft_pool2d native | pure-torch reference / native | native ms |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for case, kw in CASES:
+        k, st, p = kw["kernel_size"], kw["stride"], kw["padding"]
+        args = ([k, k], [st, st], [p] * 4, [1, 1], False, "NOTSET")
+        x = torch.randn(8, 64, 56, 56).requires_grad_()
+        with torch.no_grad():
+            g = torch.randn_like(F.avg_pool2d(x, **kw))
+        beta = torch.rand(g.shape[2:]).requires_grad_()  # one per output position, as the repository's AdaPool2d
+        ops = {"edscw_pool": lambda t: A.edscw_pool(t, *args), "idw_pool": lambda t: A.idw_pool(t, *args),
+               "ada_pool": lambda t: A.ada_pool(t, beta, *args)}
+        soft = lambda t: soft_pool2d(t, **kw)  # noqa: E731
+
+        def forward(fn):
+            def run():
+                with torch.no_grad():
+                    fn(x)
+            return run
+
+        def reference(run):
+            def ref():
+                with _native.reference_kernels():
+                    run()
+            return ref
+
+        for pass_name, make in (("forward", forward), ("forward + backward", lambda fn: fwd_bwd(fn, x, g))):
+            native = interleaved({"soft": make(soft), **{n: make(f) for n, f in ops.items()}}, repeat)
+            # the reference allocates gigabytes per call: a loop of its own, anchored on soft_pool2d
+            ref = interleaved({"soft": make(soft), **{n: reference(make(f)) for n, f in ops.items()}},
+                              max(3, repeat // 3))
+            for n in ops:
+                scaled_ref = ref[n] * native["soft"] / ref["soft"]
+                print(f"| {n} {case} | {pass_name} | {native[n] / native['soft']:.2f}x | "
+                      f"{scaled_ref / native[n]:.1f}x | {native[n] * 1e3:.2f} |")
+            print(f"| soft_pool2d {case} | {pass_name} | 1.00x | | {native['soft'] * 1e3:.2f} |")
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -185,6 +230,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", default=None)
+    ap.add_argument("--ada", action="store_true", help="the adaPool family's section only")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.memory_child:
@@ -195,6 +241,10 @@ def main() -> None:
     print(f"{datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{a.threads} threads")
     load_line("before")
+    if a.ada:
+        ada_speed(a.repeat)
+        load_line("after")
+        return
     speed(a.repeat)
     if not a.no_memory:
         memory()
