@@ -26,26 +26,33 @@ BLOCK = 256
 SOFT, EXPECTATION, SAMPLE = 0, 1, 2  # op codes of backward.h
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
+def build_backward_emulation(tmp_path_factory, name):
+    """backward.cu (with the adaPool backward it includes) built for the CPU through the
+    shim; its grid-cap and last-launch hooks typed."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler (g++) to build the emulated CUDA kernels")
-    d = tmp_path_factory.mktemp("emu_backward")
+    d = tmp_path_factory.mktemp(name)
     (d / "cuda_runtime.h").write_text(SHIM_RUNTIME + "\n#define cudaErrorInvalidValue 1\n")
     (d / "cuda_fp16.h").write_text(SHIM_FP16)
-    so = d / "libemu_backward.so"
+    so = d / f"lib{name}.so"
     cmd = [cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++", "-DPOOLEXPORT_HOST_EMULATION",
            f"-I{d}", f"-I{ROOT / 'custom_ops' / 'include'}", f"-I{ROOT / 'custom_ops' / 'cuda'}",
            str(ROOT / "custom_ops" / "cuda" / "backward.cu"), "-o", str(so)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lib = ctypes.CDLL(str(so))
+    lib.px_emu_set_grid_cap.argtypes = [ctypes.c_uint]
+    lib.px_emu_last_launch.argtypes = [ctypes.POINTER(ctypes.c_uint)]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    lib = build_backward_emulation(tmp_path_factory, "emu_backward")
     vp, i32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)
     lib.poolexport_cuda_launch_window_backward.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, i32p, vp]
     lib.poolexport_cuda_launch_reduce_backward.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, vp, i32p, vp]
-    lib.px_emu_set_grid_cap.argtypes = [ctypes.c_uint]
-    lib.px_emu_last_launch.argtypes = [ctypes.POINTER(ctypes.c_uint)]
     yield lib
     lib.px_emu_set_grid_cap(0)
 

@@ -24,6 +24,7 @@ import torch
 import _ada_oracle as O
 from _oracle import windows
 from test_kernels_emulated import BLOCK, MAX_GRID, ROOT, SHIM_FP16, SHIM_RUNTIME, _i32, last_launch
+from test_backward_emulated import build_backward_emulation
 from test_kernels_emulated_ada import CASES, _beta_shapes, dims5
 
 from poolexport.ops import _native, ada_pool as A
@@ -37,25 +38,11 @@ FLT_MAX = float(np.finfo(np.float32).max)
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler (g++) to build the emulated CUDA kernels")
-    d = tmp_path_factory.mktemp("emu_ada_backward")
-    (d / "cuda_runtime.h").write_text(SHIM_RUNTIME + "\n#define cudaErrorInvalidValue 1\n")
-    (d / "cuda_fp16.h").write_text(SHIM_FP16)
-    so = d / "libemu_ada_backward.so"
-    cmd = [cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-x", "c++", "-DPOOLEXPORT_HOST_EMULATION",
-           f"-I{d}", f"-I{ROOT / 'custom_ops' / 'include'}", f"-I{ROOT / 'custom_ops' / 'cuda'}",
-           str(ROOT / "custom_ops" / "cuda" / "backward.cu"), "-o", str(so)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lib = ctypes.CDLL(str(so))
+    lib = build_backward_emulation(tmp_path_factory, "emu_ada_backward")
     vp, i32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)
     lib.poolexport_cuda_launch_ada_backward.argtypes = [ctypes.c_int, ctypes.c_int, vp, vp, vp, vp, vp, vp, i32p, vp]
     lib.poolexport_cuda_launch_ada_backward.restype = ctypes.c_int
     lib.poolexport_cuda_ada_backward_workspace.argtypes = [ctypes.c_int]
-    lib.px_emu_set_grid_cap.argtypes = [ctypes.c_uint]
-    lib.px_emu_last_launch.argtypes = [ctypes.POINTER(ctypes.c_uint)]
     yield lib
     lib.px_emu_set_grid_cap(0)
 
