@@ -1,5 +1,5 @@
 // CUDA backward kernels of the adaPool family's torch ops (EdscwPool, IdwPool, AdaPool),
-// included by backward.cu after SoftPool's (it uses that file's prod3 and tap_output and
+// included by backward.cu after SoftPool's (it uses that file's prod3 and for_each_window_holding and
 // its launch macro). SoftPool's two passes, deterministic and free of atomics:
 //   1. ada_state, one thread per output window: the window's gradient state from
 //      ada_pool.h (edscw_grad_state / idw_grad_state; AdaPool adds SoftPool's stats with
@@ -89,26 +89,15 @@ template <int Kind, class T>
 __global__ void ada_gather(const T* X, const T* dY, Window3 w, int64_t planes, const float* ws, T* dX) {
   const int64_t out3 = prod3(w.out), in3 = prod3(w.in), total = planes * in3;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t plane = i / in3, r = i - plane * in3;
-    const int64_t iw = r % w.in[2], ih = r / w.in[2] % w.in[1], id = r / (w.in[2] * w.in[1]);
     const float a = ld(X, i);
     float acc = 0.0f;
-    int64_t od, oh, ow;
-    for (int64_t kd = 0; kd < w.k[0]; ++kd) {
-      if (!tap_output(id, kd, w, 0, &od)) continue;
-      for (int64_t kh = 0; kh < w.k[1]; ++kh) {
-        if (!tap_output(ih, kh, w, 1, &oh)) continue;
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-          if (!tap_output(iw, kw, w, 2, &ow)) continue;
-          const int64_t o = plane * out3 + (od * w.out[1] + oh) * w.out[2] + ow;
-          const float* s = ws + kAdaStateFloats[Kind] * o;
-          if (Kind == 0) acc += ld(dY, o) * edscw_grad_local(edscw_grad_unpack(s), a);
-          else if (Kind == 1) acc += ld(dY, o) * idw_grad_local(idw_grad_unpack(s), a);
-          else acc += s[8] * edscw_grad_local(edscw_grad_unpack(s), a) +
-                      soft_pool_grad(a, 1.0f, soft_pool_unpack(s + 5, 1.0f), s[9]);
-        }
-      }
-    }
+    for_each_window_holding(i, w, in3, out3, [&](int64_t o) {
+      const float* s = ws + kAdaStateFloats[Kind] * o;
+      if (Kind == 0) acc += ld(dY, o) * edscw_grad_local(edscw_grad_unpack(s), a);
+      else if (Kind == 1) acc += ld(dY, o) * idw_grad_local(idw_grad_unpack(s), a);
+      else acc += s[8] * edscw_grad_local(edscw_grad_unpack(s), a) +
+                  soft_pool_grad(a, 1.0f, soft_pool_unpack(s + 5, 1.0f), s[9]);
+    });
     st(dX, i, acc);
   }
 }

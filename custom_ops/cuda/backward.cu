@@ -74,30 +74,39 @@ __device__ __forceinline__ bool tap_output(int64_t i, int64_t k, const Window3& 
   return *o < w.out[axis];
 }
 
+// f(o) for every output o (an index into the whole output) whose window holds input i
+// (an index into the whole input), in one fixed order: the gathers' deterministic sums.
+template <class F>
+__device__ __forceinline__ void for_each_window_holding(int64_t i, const Window3& w, int64_t in3, int64_t out3, F&& f) {
+  const int64_t plane = i / in3, r = i - plane * in3;
+  const int64_t iw = r % w.in[2], ih = r / w.in[2] % w.in[1], id = r / (w.in[2] * w.in[1]);
+  int64_t od, oh, ow;
+  for (int64_t kd = 0; kd < w.k[0]; ++kd) {
+    if (!tap_output(id, kd, w, 0, &od)) continue;
+    for (int64_t kh = 0; kh < w.k[1]; ++kh) {
+      if (!tap_output(ih, kh, w, 1, &oh)) continue;
+      for (int64_t kw = 0; kw < w.k[2]; ++kw) {
+        if (!tap_output(iw, kw, w, 2, &ow)) continue;
+        f(plane * out3 + (od * w.out[1] + oh) * w.out[2] + ow);
+      }
+    }
+  }
+}
+
 template <class T>
 __global__ void window_gather(const T* X, const T* dY, Window3 w, int64_t planes, int op, float beta, const float* ws,
                               T* dX) {
   const int64_t out3 = prod3(w.out), in3 = prod3(w.in), total = planes * in3;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t plane = i / in3, r = i - plane * in3;
-    const int64_t iw = r % w.in[2], ih = r / w.in[2] % w.in[1], id = r / (w.in[2] * w.in[1]);
+    const int64_t r = i % in3;
     const float a = ld(X, i);
     float acc = 0.0f;
-    int64_t od, oh, ow;
-    for (int64_t kd = 0; kd < w.k[0]; ++kd) {
-      if (!tap_output(id, kd, w, 0, &od)) continue;
-      for (int64_t kh = 0; kh < w.k[1]; ++kh) {
-        if (!tap_output(ih, kh, w, 1, &oh)) continue;
-        for (int64_t kw = 0; kw < w.k[2]; ++kw) {
-          if (!tap_output(iw, kw, w, 2, &ow)) continue;
-          const int64_t o = plane * out3 + (od * w.out[1] + oh) * w.out[2] + ow;
-          const float g = ld(dY, o);
-          if (op == 0) acc += soft_pool_grad(a, beta, soft_pool_unpack(ws + 3 * o, beta), g);
-          else if (op == 1) acc += stochastic_expectation_grad(a, ws[3 * o], ws[3 * o + 1], ws[3 * o + 2], g);
-          else if (reinterpret_cast<const int32_t*>(ws)[3 * o] == (int32_t)r) acc += g;
-        }
-      }
-    }
+    for_each_window_holding(i, w, in3, out3, [&](int64_t o) {
+      const float g = ld(dY, o);
+      if (op == 0) acc += soft_pool_grad(a, beta, soft_pool_unpack(ws + 3 * o, beta), g);
+      else if (op == 1) acc += stochastic_expectation_grad(a, ws[3 * o], ws[3 * o + 1], ws[3 * o + 2], g);
+      else if (reinterpret_cast<const int32_t*>(ws)[3 * o] == (int32_t)r) acc += g;
+    });
     st(dX, i, acc);
   }
 }
